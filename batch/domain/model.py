@@ -1,0 +1,92 @@
+"""Frozen values the decision policy and the executor work on, in the domain's own words."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+
+class Decision(StrEnum):
+    PAY = "PAY"  # pay now
+    DEFER = "DEFER"  # not now, a later night may pay (e.g. not enough cash yet)
+    SKIP = "SKIP"  # not ours to pay (paper money, archived, ineligible status)
+    HOLD = "HOLD"  # needs a human before any money moves
+
+
+class Reason(StrEnum):
+    """Reason codes, stable: they appear in reports, the journal and alerts."""
+
+    # PAY
+    PARTIAL = "PARTIAL"
+    FULL_WITHDRAWAL = "FULL_WITHDRAWAL"
+    # DEFER
+    INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
+    POSITIONS_OPEN = "POSITIONS_OPEN"
+    NOTHING_TO_PAY = "NOTHING_TO_PAY"
+    BALANCE_CHANGED = "BALANCE_CHANGED"
+    PAYOUT_IN_PROGRESS = "PAYOUT_IN_PROGRESS"
+    # SKIP
+    PAPER_MONEY = "PAPER_MONEY"
+    ARCHIVED = "ARCHIVED"
+    DELETED = "DELETED"
+    STATUS_NOT_ALLOWED = "STATUS_NOT_ALLOWED"
+    NO_DIVEST_AMOUNT = "NO_DIVEST_AMOUNT"
+    # HOLD
+    INVALID_AMOUNT = "INVALID_AMOUNT"
+    UNKNOWN_CURRENCY = "UNKNOWN_CURRENCY"
+    NO_LEDGER_ACCOUNT = "NO_LEDGER_ACCOUNT"
+    CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
+    NO_COUNTER_ACCOUNT = "NO_COUNTER_ACCOUNT"
+    RECONCILIATION_BREAK = "RECONCILIATION_BREAK"
+    OVER_PAYOUT_CAP = "OVER_PAYOUT_CAP"
+    OVER_RUN_CAP = "OVER_RUN_CAP"
+    MALFORMED_PAYLOAD = "MALFORMED_PAYLOAD"
+    INVALID_HOLDINGS = "INVALID_HOLDINGS"
+
+
+@dataclass(frozen=True)
+class PortfolioView:
+    """What the policy needs to know about one InvestSuite portfolio, already parsed.
+
+    ``divest_raw`` is the divest amount exactly as received (Decimal when it parsed, else the raw
+    text), so an invalid amount can be recorded as such. ``holdings`` maps instrument ids (ISINs and
+    ``$CCY`` cash keys) to Decimal quantities; ``holdings_error`` is set when they did not parse.
+    """
+
+    portfolio_id: str
+    external_id: str | None
+    owner_user_id: str | None
+    base_currency: str
+    money_type: str
+    status: str | None
+    archived: bool
+    deleted: bool
+    divest_raw: Decimal | str | None
+    holdings: Mapping[str, Decimal] = field(default_factory=dict)
+    holdings_error: str | None = None
+    counter_account: str | None = None
+
+    @property
+    def cash_key(self) -> str:
+        return f"${self.base_currency}"
+
+    @property
+    def cash(self) -> Decimal | None:
+        """The InvestSuite cash holding in the base currency (None when absent)."""
+        return self.holdings.get(self.cash_key)
+
+    @property
+    def has_open_positions(self) -> bool:
+        """True when a non-cash holding is not zero."""
+        return any(q != 0 for key, q in self.holdings.items() if not key.startswith("$"))
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """The core banking ledger's view of the account the portfolio maps to."""
+
+    account_reference: str
+    currency: str
+    available: Decimal

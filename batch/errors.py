@@ -1,0 +1,105 @@
+"""The one error tree of the job.
+
+    BatchError
+    ├── ConfigError                 broken or missing configuration (exit code 2)
+    ├── RunLockedError              another run holds the run lock (exit code 75)
+    ├── TransientError              worth retrying: the same call may succeed later
+    │   ├── RemoteTransientError    InvestSuite: connect error, timeout, 429, 5xx
+    │   └── LedgerUnavailableError  core banking ledger unreachable
+    ├── PermanentError              retrying the same call will not help
+    │   ├── RemotePermanentError    InvestSuite: 4xx other than 401/429
+    │   │   └── NotFoundError       404
+    │   ├── PayloadError            a response that does not match the documented shape
+    │   └── LedgerConflictError     an idempotency key reused with a different payout
+    └── DomainError                 a business rule said no
+        ├── InsufficientFundsError  the ledger's available cash is short at posting time
+        ├── InvalidAmountError      negative, NaN, non-numeric or absurd amount
+        ├── UnknownCurrencyError    not an ISO 4217 code we know the minor unit of
+        └── InvalidTransitionError  a payout state change lost a race or is not allowed
+
+Adapters translate driver and HTTP errors into this tree with ``raise ... from exc``;
+the service layer only ever catches these.
+"""
+
+from __future__ import annotations
+
+
+class BatchError(Exception):
+    """Base of every error the job raises on purpose."""
+
+
+class ConfigError(BatchError):
+    """Configuration is missing, malformed or inconsistent."""
+
+
+class RunLockedError(BatchError):
+    """Another run holds the run lock."""
+
+
+class TransientError(BatchError):
+    """A failure that may go away if the same call is retried later."""
+
+    retry_after: float | None = None
+
+
+class RemoteTransientError(TransientError):
+    """InvestSuite did not answer usefully: connect error, timeout, 429 or 5xx."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class LedgerUnavailableError(TransientError):
+    """The core banking ledger could not be reached."""
+
+
+class PermanentError(BatchError):
+    """A failure that retrying the same call will not cure."""
+
+
+class RemotePermanentError(PermanentError):
+    """InvestSuite refused the request (4xx other than 401/429)."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class NotFoundError(RemotePermanentError):
+    """InvestSuite answered 404 for the entity."""
+
+
+class PayloadError(PermanentError):
+    """A payload does not have the documented shape (HTML instead of JSON, missing fields, ...)."""
+
+
+class LedgerConflictError(PermanentError):
+    """A ledger idempotency key was reused for a different payout."""
+
+
+class DomainError(BatchError):
+    """A business rule refused the operation."""
+
+
+class InsufficientFundsError(DomainError):
+    """The account's available balance is below the payout amount."""
+
+    def __init__(self, message: str, *, available: object = None, requested: object = None) -> None:
+        super().__init__(message)
+        self.available = available
+        self.requested = requested
+
+
+class InvalidAmountError(DomainError):
+    """An amount is negative, not a number, or absurd."""
+
+
+class UnknownCurrencyError(DomainError):
+    """A currency code we do not know the minor unit of."""
+
+
+class InvalidTransitionError(DomainError):
+    """A payout state transition is not allowed or lost a race against another writer."""

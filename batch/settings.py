@@ -1,0 +1,200 @@
+"""Settings: loaded once from a TOML file plus ``BATCH_*`` environment variables, passed explicitly.
+
+Environment variables override the file; nested keys use ``__``
+(``BATCH_INVESTSUITE__SECRET_ACCESS_KEY``, ``BATCH_DATABASE__JOURNAL_DSN``). Secrets are ``SecretStr``
+and have no defaults. Nothing here connects to anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from batch.errors import ConfigError
+
+DEFAULT_CONFIG_ENV = "BATCH_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    """Where the job's journal, the core banking ledger and the sandbox live.
+
+    A DSN left empty means: the embedded PostgreSQL server under ``data_dir`` (started on demand).
+    """
+
+    journal_dsn: SecretStr | None = None
+    ledger_dsn: SecretStr | None = None
+    sandbox_dsn: SecretStr | None = None
+    data_dir: Path = Path(".data/pg")
+    pool_size: int = Field(default=20, ge=1, le=500)
+
+
+class InvestSuiteSettings(_Section):
+    base_url: str = "http://127.0.0.1:8765"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=30.0, gt=0)
+    page_size: int = Field(default=100, ge=1, le=100)
+    max_attempts: int = Field(default=6, ge=1, le=50)
+    max_retry_seconds: float = Field(default=120.0, gt=0)
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    max_connections: int = Field(default=100, ge=1)
+
+
+class ReconciliationPolicy(StrEnum):
+    PAY_SMALLER = "pay_smaller"
+    HOLD = "hold"
+
+
+class AccountMapping(StrEnum):
+    EXTERNAL_ID = "external_id"
+    PORTFOLIO_ID = "portfolio_id"
+    TEMPLATE = "template"
+
+
+class PolicySettings(_Section):
+    allowed_statuses: tuple[str, ...] = ("ACTIVE",)
+    reconciliation_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0)
+    reconciliation_policy: ReconciliationPolicy = ReconciliationPolicy.PAY_SMALLER
+    #: HOLD a single payout above this amount, per currency (absent = no cap).
+    max_payout: dict[str, Decimal] = Field(default_factory=dict)
+    #: HOLD payouts once a run's total for the currency would exceed this (absent = no cap).
+    max_run_total: dict[str, Decimal] = Field(default_factory=dict)
+    account_mapping: AccountMapping = AccountMapping.EXTERNAL_ID
+    #: With account_mapping = "template": e.g. "CASH-{external_id}" or "{portfolio_id}".
+    account_template: str = "{external_id}"
+
+    @field_validator("max_payout", "max_run_total")
+    @classmethod
+    def _positive_caps(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for currency, cap in value.items():
+            if cap <= 0:
+                raise ValueError(f"cap for {currency} must be positive")
+        return value
+
+
+class LedgerSettings(_Section):
+    #: Account the payouts are credited to (cash on its way to the customer's counter account).
+    clearing_account_template: str = "CLEARING-{currency}"
+
+
+class RunSettings(_Section):
+    timezone: str = "Europe/Brussels"
+    concurrency: int = Field(default=32, ge=1, le=512)
+    report_dir: Path = Path("reports")
+    max_step_attempts: int = Field(default=5, ge=1, le=100)
+    lease_seconds: int = Field(default=300, ge=5)
+    progress_interval_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class ScheduleSettings(_Section):
+    cron: str = "30 1 * * *"
+    timezone: str = "Europe/Brussels"
+    misfire_grace_seconds: int = Field(default=3600, ge=1)
+
+
+class MetricsSettings(_Section):
+    pushgateway_url: str | None = None
+    job_name: str = "investsuite_payout_batch"
+    textfile_path: Path | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    investsuite: InvestSuiteSettings = InvestSuiteSettings()
+    policy: PolicySettings = PolicySettings()
+    ledger: LedgerSettings = LedgerSettings()
+    run: RunSettings = RunSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    def digest(self) -> str:
+        """A short hash of the effective configuration, secrets excluded; printed in every report."""
+        data = self.model_dump(mode="json")
+        data["investsuite"].pop("secret_access_key", None)
+        data["investsuite"].pop("access_key_id", None)
+        for key in ("journal_dsn", "ledger_dsn", "sandbox_dsn"):
+            data["database"].pop(key, None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load the TOML file (``path``, else ``$BATCH_CONFIG``, else none) and the environment.
+
+    Raises ConfigError with a readable message for a missing file, bad TOML or invalid values.
+    """
+    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
+        path = Path(os.environ[DEFAULT_CONFIG_ENV])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+    class _FileAndEnvSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _TomlSource(settings_cls, data))
+
+    try:
+        loaded = _FileAndEnvSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+    return Settings.model_validate(loaded.model_dump())
