@@ -43,14 +43,24 @@ CREATE INDEX transfers_by_debit ON ledger.transfers (debit_account_id);
 
 -- Posting a transfer moves both balances in the same transaction; the currency must match both
 -- accounts; a customer account may not be debited below its available cash (balance - active holds).
+-- AFTER INSERT, not BEFORE: a BEFORE trigger also fires for a row that INSERT ... ON CONFLICT DO
+-- NOTHING then discards, and would move the balances of a transfer that was never recorded.
+-- Both account rows are locked in id order so two opposite transfers cannot deadlock, with FOR NO KEY
+-- UPDATE: the INSERT's foreign keys hold FOR KEY SHARE on both rows, which FOR UPDATE would conflict
+-- with (two payouts into the same clearing account would deadlock).
 CREATE FUNCTION ledger.apply_transfer() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     debit  ledger.accounts%ROWTYPE;
     credit ledger.accounts%ROWTYPE;
     held   numeric;
 BEGIN
-    SELECT * INTO debit FROM ledger.accounts WHERE id = NEW.debit_account_id FOR UPDATE;
-    SELECT * INTO credit FROM ledger.accounts WHERE id = NEW.credit_account_id FOR UPDATE;
+    PERFORM 1 FROM ledger.accounts WHERE id IN (NEW.debit_account_id, NEW.credit_account_id)
+      ORDER BY id FOR NO KEY UPDATE;
+    SELECT * INTO debit FROM ledger.accounts WHERE id = NEW.debit_account_id;
+    SELECT * INTO credit FROM ledger.accounts WHERE id = NEW.credit_account_id;
+    IF debit.id IS NULL OR credit.id IS NULL THEN
+        RAISE EXCEPTION 'transfer refers to an unknown account' USING ERRCODE = 'foreign_key_violation';
+    END IF;
     IF debit.currency <> NEW.currency OR credit.currency <> NEW.currency THEN
         RAISE EXCEPTION 'transfer currency % does not match the accounts (% -> %)',
             NEW.currency, debit.currency, credit.currency USING ERRCODE = 'check_violation';
@@ -60,15 +70,16 @@ BEGIN
          WHERE account_id = debit.id AND released_at IS NULL;
         IF debit.balance - held < NEW.amount THEN
             RAISE EXCEPTION 'insufficient available balance on %: available %, transfer %',
-                debit.reference, debit.balance - held, NEW.amount USING ERRCODE = 'check_violation';
+                debit.reference, debit.balance - held, NEW.amount
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'insufficient_available_balance';
         END IF;
     END IF;
     UPDATE ledger.accounts SET balance = balance - NEW.amount WHERE id = debit.id;
     UPDATE ledger.accounts SET balance = balance + NEW.amount WHERE id = credit.id;
-    RETURN NEW;
+    RETURN NULL;
 END $$;
 
-CREATE TRIGGER transfers_apply BEFORE INSERT ON ledger.transfers
+CREATE TRIGGER transfers_apply AFTER INSERT ON ledger.transfers
     FOR EACH ROW EXECUTE FUNCTION ledger.apply_transfer();
 
 -- Posted transfers are facts: corrections are new transfers, never edits.
@@ -80,6 +91,8 @@ END $$;
 
 CREATE TRIGGER transfers_immutable BEFORE UPDATE OR DELETE ON ledger.transfers
     FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
+CREATE TRIGGER transfers_no_truncate BEFORE TRUNCATE ON ledger.transfers
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
 
 -- Balances only move through transfers (the trigger above); a direct UPDATE of balance is refused
 -- unless it happens inside apply_transfer (pg_trigger_depth() > 1). Opening balances are transfers
@@ -105,9 +118,12 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         RAISE EXCEPTION 'holds are released, not deleted' USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF NEW.amount <> OLD.amount OR NEW.account_id <> OLD.account_id
-       OR (OLD.released_at IS NOT NULL AND NEW.released_at IS DISTINCT FROM OLD.released_at) THEN
-        RAISE EXCEPTION 'a hold can only be released once' USING ERRCODE = 'insufficient_privilege';
+    IF OLD.released_at IS NOT NULL THEN
+        RAISE EXCEPTION 'hold % is already released', OLD.id USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.amount <> OLD.amount OR NEW.account_id <> OLD.account_id OR NEW.reason <> OLD.reason
+       OR NEW.created_at <> OLD.created_at THEN
+        RAISE EXCEPTION 'a hold can only be released' USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END $$;
