@@ -1,0 +1,39 @@
+"""The named cases a seeded sandbox scenario covers (DESIGN.md §3 and the money edge cases).
+
+Every case appears at least once in any scenario with ``size >= len(CASES)``; the remaining
+portfolios are ``partial_enough_cash``. "cash" is the InvestSuite ``$CCY`` holding, "ledger" the
+core banking account's balance (available = balance - active holds).
+"""
+
+from __future__ import annotations
+
+DEFAULT_CASE = "partial_enough_cash"
+
+CASES: dict[str, str] = {
+    "partial_enough_cash": "partial divest (EUR or USD), ledger = cash, enough cash for it",
+    "insufficient_cash": "divest 5000.00 EUR, cash and ledger 100.00, positions still open",
+    "full_no_positions": "divest 1e100 (full withdrawal), cash and ledger 2500.00 EUR, only zero positions left",
+    "full_with_positions": "divest 1e100 (full withdrawal), cash and ledger 300.00 EUR, a non-cash position is open",
+    "paper_money": "PAPER_MONEY portfolio with a divest of 100.00 EUR, no ledger account",
+    "archived": "archived portfolio with a divest of 100.00 EUR and enough cash",
+    "deleted": "deleted portfolio with a divest of 100.00 EUR and enough cash",
+    "ineligible_status": "status WAITING_FOR_FUNDS with a divest of 100.00 EUR and enough cash",
+    "no_ledger_account": "external_id names no ledger account; divest 100.00 EUR",
+    "currency_mismatch": "EUR portfolio whose ledger account is in USD (1000.00); divest 100.00",
+    "recon_break_enough": "cash 1000.00 EUR, ledger 800.00, divest 500.00: the smaller still covers it",
+    "recon_break_short": "cash 1000.00 EUR, ledger 300.00, divest 500.00: the smaller does not cover it",
+    "sub_minor_amount": "divest 10.005 EUR (below the minor unit), cash and ledger 1000.00",
+    "jpy": "JPY portfolio, divest 1234.5 JPY, cash and ledger 500000",
+    "kwd": "KWD portfolio (3 decimals), divest 125.1255 KWD, cash and ledger 1000.000",
+    "ledger_hold": "cash and ledger balance 1000.00 EUR but a hold of 800.00: available 200.00 < divest 500.00",
+    "negative_divest": "divest -100.00 EUR (invalid amount), cash and ledger 1000.00",
+    "string_divest": 'divest stored as the string "250.00" (EUR), cash and ledger 1000.00',
+    "unknown_currency": "base currency XYZ (not ISO 4217), divest 100, ledger account in XYZ",
+    "no_counter_account": "owner has no counter_account (null); divest 100.00 EUR, enough cash",
+    "above_cap": "divest 60000.00 EUR, cash and ledger 100000.00 (above a typical payout cap)",
+    "no_divest_zero": "divest 0.0: not pending, must not be listed",
+    "no_divest_null": "divest null: not pending, must not be listed",
+}
+
+#: Cases the pending-withdrawal query must not return.
+NOT_PENDING_CASES = frozenset({"no_divest_zero", "no_divest_null"})

@@ -1,0 +1,311 @@
+"""The sandbox's state in PostgreSQL, the JSON codec that keeps amounts exact, and InvestSuite ids.
+
+Documents are parsed with ``Decimal`` for every JSON number with a fraction or exponent and written
+back as JSON numbers with the same digits (never through float). PostgreSQL keeps the documents as
+``json`` (the exact text), so ``10.005`` stays ``10.005`` and ``1E+100`` stays ``1E+100``; queries run
+on a generated ``jsonb`` copy whose numbers are ``numeric``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from batch.sandbox.query import Expression, compile_sql
+
+JsonValue = Any
+Document = dict[str, Any]
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ID_PATTERN = r"^[A-Z][0-9A-HJKMNP-TV-Z]{26}$"
+
+
+class JsonInputError(ValueError):
+    """A request body is not valid JSON (or uses NaN/Infinity)."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise JsonInputError(f"{name} is not a valid JSON number")
+
+
+def loads(text: str | bytes) -> JsonValue:
+    """Parse JSON keeping every fractional number as an exact Decimal."""
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, JsonInputError):
+            raise
+        raise JsonInputError(f"invalid JSON: {exc}") from exc
+
+
+_encode_string = json.encoder.encode_basestring_ascii
+
+
+def dumps(value: JsonValue) -> str:
+    """Serialize to compact JSON; Decimals become JSON numbers with their exact digits."""
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
+
+
+def _write(value: JsonValue, parts: list[str]) -> None:
+    if isinstance(value, str):
+        parts.append(_encode_string(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(str(value))
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} cannot be written as a JSON number")
+        parts.append(str(value))
+    elif isinstance(value, float):
+        parts.append(json.dumps(value, allow_nan=False))
+    elif isinstance(value, dict):
+        parts.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                parts.append(",")
+            parts.append(_encode_string(str(key)))
+            parts.append(":")
+            _write(item, parts)
+        parts.append("}")
+    elif isinstance(value, list | tuple):
+        parts.append("[")
+        for index, item in enumerate(value):
+            if index:
+                parts.append(",")
+            _write(item, parts)
+        parts.append("]")
+    else:
+        raise TypeError(f"cannot serialize {type(value).__name__} to JSON")
+
+
+def new_id(type_letter: str, *, timestamp_ms: int | None = None, randomness: bytes | None = None) -> str:
+    """An InvestSuite id: the type letter and a 26-character Crockford base32 ULID (time + random)."""
+    millis = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    random_part = os.urandom(10) if randomness is None else randomness
+    number = (millis << 80) | int.from_bytes(random_part[:10], "big")
+    chars = []
+    for _ in range(26):
+        chars.append(CROCKFORD[number & 31])
+        number >>= 5
+    return type_letter + "".join(reversed(chars))
+
+
+def now_iso() -> str:
+    """The current time as InvestSuite writes it: ISO 8601 with microseconds and +00:00."""
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing: the documents as JSON text (as PostgreSQL wrote them) and whether more follow."""
+
+    documents: list[str]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class Token:
+    token: str
+    kind: str
+    expires_at: float  # epoch seconds
+
+
+class SandboxStore:
+    """Async access to the ``sandbox`` schema through a psycopg connection pool."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
+        if dsn.startswith("postgresql+psycopg://"):
+            dsn = "postgresql://" + dsn[len("postgresql+psycopg://") :]
+        self._pool = AsyncConnectionPool(
+            dsn,
+            min_size=min(2, pool_size),
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "investsuite-sandbox"},
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        async with self._pool.connection() as conn:
+            yield conn
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    async def issue_tokens(self, access_ttl: float, refresh_ttl: float) -> tuple[Token, Token]:
+        now = time.time()
+        access = Token("at-" + secrets.token_urlsafe(24), "access", now + access_ttl)
+        refresh = Token("rt-" + secrets.token_urlsafe(24), "refresh", now + refresh_ttl)
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO sandbox.tokens (token, kind, expires_at) VALUES "
+                "(%s, %s, to_timestamp(%s)), (%s, %s, to_timestamp(%s))",
+                [access.token, access.kind, access.expires_at, refresh.token, refresh.kind, refresh.expires_at],
+            )
+        return access, refresh
+
+    async def find_token(self, token: str) -> Token | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT kind, extract(epoch FROM expires_at)::float8 FROM sandbox.tokens WHERE token = %s",
+                [token],
+            )
+            row = await cursor.fetchone()
+        return None if row is None else Token(token, row[0], row[1])
+
+    async def consume_refresh_token(self, token: str) -> bool:
+        """Delete a valid refresh token (refresh tokens rotate); False when unknown or expired."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM sandbox.tokens WHERE token = %s AND kind = 'refresh' AND expires_at > now() "
+                "RETURNING token",
+                [token],
+            )
+            return await cursor.fetchone() is not None
+
+    async def expire_all_tokens(self) -> int:
+        async with self._connection() as conn:
+            cursor = await conn.execute("UPDATE sandbox.tokens SET expires_at = now() WHERE expires_at > now()")
+            return cursor.rowcount
+
+    # -- portfolios and users -------------------------------------------------------------------
+
+    async def portfolio_text(self, portfolio_id: str) -> str | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute("SELECT doc::text FROM sandbox.portfolios WHERE id = %s", [portfolio_id])
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def portfolio_exists(self, portfolio_id: str) -> tuple[bool, str | None]:
+        """Whether the portfolio exists, and its base currency."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT doc ->> 'base_currency' FROM sandbox.portfolios WHERE id = %s", [portfolio_id]
+            )
+            row = await cursor.fetchone()
+        return (False, None) if row is None else (True, row[0])
+
+    async def user_text(self, user_id: str) -> str | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute("SELECT doc::text FROM sandbox.users WHERE id = %s", [user_id])
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def users_text(self, user_ids: list[str]) -> dict[str, str]:
+        if not user_ids:
+            return {}
+        async with self._connection() as conn:
+            cursor = await conn.execute("SELECT id, doc::text FROM sandbox.users WHERE id = ANY(%s)", [user_ids])
+            rows = await cursor.fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def list_portfolios(self, query: Expression | None, limit: int, offset: int) -> tuple[Page, list[str]]:
+        """A page of portfolios ordered by id, and the owners' user ids on that page."""
+        where, params = compile_sql(query) if query is not None else ("true", [])
+        # Page the ids first (an index-only scan for the pending query), then read only those documents.
+        sql = (
+            f"WITH page AS (SELECT id FROM sandbox.portfolios WHERE {where} ORDER BY id LIMIT %s OFFSET %s) "
+            "SELECT p.doc::text, p.search_doc ->> 'owned_by_user_id' "
+            "FROM page JOIN sandbox.portfolios p USING (id) ORDER BY p.id"
+        )
+        async with self._connection() as conn:
+            cursor = await conn.execute(sql, [*params, limit + 1, offset])
+            rows = await cursor.fetchall()
+        owners = sorted({str(r[1]) for r in rows[:limit] if r[1]})
+        return Page([str(r[0]) for r in rows[:limit]], len(rows) > limit), owners
+
+    async def patch_portfolio(self, portfolio_id: str, apply: Any) -> tuple[int, Document | str]:
+        """Lock the portfolio, let ``apply(doc) -> (status, new_doc_or_problem)`` change it, store it.
+
+        Returns the status and either the stored document or the problem ``apply`` reported.
+        """
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT doc::text FROM sandbox.portfolios WHERE id = %s FOR UPDATE", [portfolio_id]
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return 404, "portfolio not found"
+            status, outcome = apply(loads(row[0]))
+            if status != 200 or not isinstance(outcome, dict):
+                return status, outcome
+            await conn.execute(
+                "UPDATE sandbox.portfolios SET doc = %s::json, version = %s WHERE id = %s",
+                [dumps(outcome), outcome["version"], portfolio_id],
+            )
+            return 200, outcome
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    async def insert_transaction(self, transaction: Document) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO sandbox.transactions (id, portfolio_id, external_id, doc) VALUES (%s, %s, %s, %s::json)",
+                [transaction["id"], transaction["portfolio_id"], transaction.get("external_id"), dumps(transaction)],
+            )
+
+    async def list_transactions(self, portfolio_id: str, query: Expression | None, limit: int, offset: int) -> Page:
+        where, params = compile_sql(query) if query is not None else ("true", [])
+        sql = (
+            f"SELECT doc::text FROM sandbox.transactions WHERE portfolio_id = %s AND {where} "
+            "ORDER BY id LIMIT %s OFFSET %s"
+        )
+        async with self._connection() as conn:
+            cursor = await conn.execute(sql, [portfolio_id, *params, limit + 1, offset])
+            rows = await cursor.fetchall()
+        return Page([str(r[0]) for r in rows[:limit]], len(rows) > limit)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def record_event(self, idempotency_key: str, body_hash: str, response: Document) -> tuple[str, int, str]:
+        """Store the event's response under its key unless the key is known.
+
+        Returns ("created" | "replayed" | "conflict", status, response JSON text).
+        """
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO sandbox.events (idempotency_key, body_hash, status, response) "
+                "VALUES (%s, %s, 201, %s::json) ON CONFLICT (idempotency_key) DO NOTHING "
+                "RETURNING response::text",
+                [idempotency_key, body_hash, dumps(response)],
+            )
+            row = await cursor.fetchone()
+            if row is not None:
+                return "created", 201, str(row[0])
+            cursor = await conn.execute(
+                "SELECT body_hash, status, response::text FROM sandbox.events WHERE idempotency_key = %s",
+                [idempotency_key],
+            )
+            existing = await cursor.fetchone()
+        if existing is None:  # pragma: no cover - a key is never deleted
+            raise RuntimeError("idempotency key vanished")
+        if existing[0].strip() != body_hash:
+            return "conflict", 409, ""
+        return "replayed", int(existing[1]), str(existing[2])
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute("SELECT 1")
