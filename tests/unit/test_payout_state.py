@@ -1,0 +1,194 @@
+"""The payout state machine: the transition table, the step that moves each state on, the forward path."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from batch.domain.payout import (
+    EXECUTABLE_STATES,
+    NEXT_STEP,
+    OPEN_STATES,
+    PAST_LEDGER,
+    TRANSITIONS,
+    PayoutState,
+    Step,
+    check_transition,
+    path,
+)
+from batch.errors import DomainError, InvalidTransitionError
+
+S = PayoutState
+FLOW = [
+    S.PLANNED,
+    S.LEDGER_POSTED,
+    S.TRANSACTION_RECORDED,
+    S.DIVEST_CLEARED,
+    S.HOLDINGS_UPDATED,
+    S.EVENT_SENT,
+    S.COMPLETED,
+]
+
+ALLOWED = [
+    (S.HELD, S.PLANNED),  # approved
+    (S.HELD, S.CANCELLED),  # rejected before any money moved
+    (S.PLANNED, S.LEDGER_POSTED),
+    (S.PLANNED, S.CANCELLED),
+    (S.PLANNED, S.NEEDS_ATTENTION),
+    (S.LEDGER_POSTED, S.TRANSACTION_RECORDED),
+    (S.LEDGER_POSTED, S.NEEDS_ATTENTION),
+    (S.TRANSACTION_RECORDED, S.DIVEST_CLEARED),
+    (S.TRANSACTION_RECORDED, S.NEEDS_ATTENTION),
+    (S.DIVEST_CLEARED, S.HOLDINGS_UPDATED),
+    (S.DIVEST_CLEARED, S.NEEDS_ATTENTION),
+    (S.HOLDINGS_UPDATED, S.EVENT_SENT),
+    (S.HOLDINGS_UPDATED, S.NEEDS_ATTENTION),
+    (S.EVENT_SENT, S.COMPLETED),
+    (S.EVENT_SENT, S.NEEDS_ATTENTION),
+    # an operator's retry puts the payout back in the state it stopped in
+    (S.NEEDS_ATTENTION, S.PLANNED),
+    (S.NEEDS_ATTENTION, S.LEDGER_POSTED),
+    (S.NEEDS_ATTENTION, S.TRANSACTION_RECORDED),
+    (S.NEEDS_ATTENTION, S.DIVEST_CLEARED),
+    (S.NEEDS_ATTENTION, S.HOLDINGS_UPDATED),
+    (S.NEEDS_ATTENTION, S.EVENT_SENT),
+    # Allowed by the table; only legal when the payout stopped before the ledger post. The table alone
+    # cannot tell, so that guard belongs to whoever cancels (journal/service).
+    (S.NEEDS_ATTENTION, S.CANCELLED),
+]
+
+FORBIDDEN = [
+    pytest.param(S.LEDGER_POSTED, S.CANCELLED, id="ledger-posted-never-cancelled"),
+    pytest.param(S.TRANSACTION_RECORDED, S.CANCELLED, id="transaction-recorded-never-cancelled"),
+    pytest.param(S.EVENT_SENT, S.CANCELLED, id="event-sent-never-cancelled"),
+    pytest.param(S.LEDGER_POSTED, S.PLANNED, id="no-rollback-of-ledger-post"),
+    pytest.param(S.PLANNED, S.COMPLETED, id="no-skipping-to-completed"),
+    pytest.param(S.PLANNED, S.TRANSACTION_RECORDED, id="no-skipping-the-ledger"),
+    pytest.param(S.HELD, S.LEDGER_POSTED, id="held-needs-approval-first"),
+    pytest.param(S.COMPLETED, S.NEEDS_ATTENTION, id="completed-is-terminal"),
+    pytest.param(S.COMPLETED, S.PLANNED, id="completed-not-replanned"),
+    pytest.param(S.CANCELLED, S.PLANNED, id="cancelled-is-terminal"),
+    pytest.param(S.NEEDS_ATTENTION, S.COMPLETED, id="attention-cannot-jump-to-completed"),
+    pytest.param(S.PLANNED, S.PLANNED, id="no-self-transition"),
+]
+
+
+@pytest.mark.parametrize(("current", "target"), ALLOWED, ids=[f"{a}->{b}" for a, b in ALLOWED])
+def test_allowed_transition(current: PayoutState, target: PayoutState) -> None:
+    """Every transition the design allows passes check_transition."""
+    check_transition(current, target)
+
+
+@pytest.mark.parametrize(("current", "target"), FORBIDDEN)
+def test_forbidden_transition(current: PayoutState, target: PayoutState) -> None:
+    """A transition the design forbids raises InvalidTransitionError naming both states."""
+    with pytest.raises(InvalidTransitionError, match=f"{current}.*{target}"):
+        check_transition(current, target)
+
+
+def test_transition_table_is_exactly_the_allowed_list() -> None:
+    """Every pair of states not listed as allowed is refused: the table has no extra edges."""
+    allowed = set(ALLOWED)
+    for current, target in itertools.product(PayoutState, repeat=2):
+        if (current, target) in allowed:
+            check_transition(current, target)
+        else:
+            with pytest.raises(InvalidTransitionError):
+                check_transition(current, target)
+
+
+def test_every_state_has_a_row() -> None:
+    """The transition table covers every state, so check_transition never fails with a KeyError."""
+    assert set(TRANSITIONS) == set(PayoutState)
+
+
+def test_nothing_past_the_ledger_is_cancelled() -> None:
+    """No state in which money has left the ledger account can reach CANCELLED."""
+    assert frozenset(FLOW[1:]) == PAST_LEDGER
+    for state in PAST_LEDGER:
+        assert S.CANCELLED not in TRANSITIONS[state]
+
+
+@pytest.mark.parametrize("state", [S.COMPLETED, S.CANCELLED])
+def test_terminal_states(state: PayoutState) -> None:
+    """COMPLETED and CANCELLED are terminal: no way out, not open, not executable."""
+    assert TRANSITIONS[state] == frozenset()
+    assert state not in OPEN_STATES
+    assert state not in EXECUTABLE_STATES
+
+
+def test_open_and_executable_states() -> None:
+    """HELD and NEEDS_ATTENTION are open but wait for a human; the flow states before COMPLETED execute."""
+    assert frozenset(PayoutState) - {S.COMPLETED, S.CANCELLED} == OPEN_STATES
+    assert frozenset(FLOW[:-1]) == EXECUTABLE_STATES
+    assert S.HELD not in EXECUTABLE_STATES
+    assert S.NEEDS_ATTENTION not in EXECUTABLE_STATES
+    assert EXECUTABLE_STATES <= OPEN_STATES
+
+
+@pytest.mark.parametrize("state", sorted(EXECUTABLE_STATES))
+def test_next_step_lands_on_a_reachable_state(state: PayoutState) -> None:
+    """Each executable state's next step lands on a later flow state reachable by allowed transitions."""
+    step, landing = NEXT_STEP[state]
+    assert isinstance(step, Step)
+    assert landing in FLOW
+    assert FLOW.index(landing) > FLOW.index(state)
+    for before, after in itertools.pairwise([state, *path(state, landing)]):
+        check_transition(before, after)
+
+
+def test_next_steps_in_flow_order() -> None:
+    """The steps run ledger first, then the InvestSuite transaction, the portfolio PATCH and the event."""
+    assert [NEXT_STEP[s][0] for s in FLOW[:-1]] == [
+        Step.LEDGER_POST,
+        Step.RECORD_TRANSACTION,
+        Step.UPDATE_PORTFOLIO,
+        Step.UPDATE_PORTFOLIO,
+        Step.SEND_EVENT,
+        Step.SEND_EVENT,
+    ]
+
+
+def test_driving_next_steps_from_planned_reaches_completed() -> None:
+    """Following NEXT_STEP from PLANNED ends at COMPLETED after the four external steps."""
+    state, steps = S.PLANNED, []
+    while state in NEXT_STEP:
+        step, state = NEXT_STEP[state]
+        steps.append(step)
+    assert state is S.COMPLETED
+    assert steps == [Step.LEDGER_POST, Step.RECORD_TRANSACTION, Step.UPDATE_PORTFOLIO, Step.SEND_EVENT]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        pytest.param(S.PLANNED, S.LEDGER_POSTED, [S.LEDGER_POSTED], id="one-step"),
+        pytest.param(
+            S.TRANSACTION_RECORDED, S.HOLDINGS_UPDATED, [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED], id="portfolio-patch"
+        ),
+        pytest.param(S.HOLDINGS_UPDATED, S.COMPLETED, [S.EVENT_SENT, S.COMPLETED], id="event"),
+        pytest.param(S.PLANNED, S.COMPLETED, FLOW[1:], id="whole-flow"),
+    ],
+)
+def test_path_order(start: PayoutState, end: PayoutState, expected: list[PayoutState]) -> None:
+    """path() lists the states passed through, in flow order, excluding the start and including the end."""
+    assert path(start, end) == expected
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        pytest.param(S.LEDGER_POSTED, S.LEDGER_POSTED, id="same-state"),
+        pytest.param(S.COMPLETED, S.PLANNED, id="backwards"),
+    ],
+)
+def test_path_refuses_non_forward(start: PayoutState, end: PayoutState) -> None:
+    """path() raises InvalidTransitionError unless the end is strictly after the start."""
+    with pytest.raises(InvalidTransitionError):
+        path(start, end)
+
+
+def test_invalid_transition_is_a_domain_error() -> None:
+    """InvalidTransitionError sits under DomainError in the one error tree."""
+    assert issubclass(InvalidTransitionError, DomainError)
