@@ -97,7 +97,7 @@ class RunSettings(_Section):
     timezone: str = "Europe/Brussels"
     concurrency: int = Field(default=32, ge=1, le=512)
     report_dir: Path = Path("reports")
-    max_step_attempts: int = Field(default=5, ge=1, le=100)
+    max_step_attempts: int = Field(default=8, ge=1, le=100)
     lease_seconds: int = Field(default=300, ge=5)
     progress_interval_seconds: float = Field(default=10.0, gt=0)
 

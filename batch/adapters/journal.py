@@ -1,0 +1,652 @@
+"""The job's journal in PostgreSQL: runs, decisions, payouts, step attempts and the audit log.
+
+Every payout state change is a guarded ``UPDATE ... WHERE state = ANY(:expected) RETURNING``; a
+writer that lost a race gets InvalidTransitionError instead of silently overwriting. Every change
+appends to the hash-chained audit log in the same database transaction, so the audit trail and
+the journal can never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+from batch.domain.payout import OPEN_STATES, PayoutState, Step, check_transition
+from batch.errors import InvalidTransitionError, RunLockedError, TransientError
+
+RUN_LOCK_KEY = "batch.run"
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """Stable JSON text (sorted keys, no spaces, Decimals as strings) used in the audit hash."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def audit_hash(
+    prev_hash: str, seq: int, at: datetime, actor: str, action: str,
+    run_id: uuid.UUID | None, payout_id: uuid.UUID | None, portfolio_id: str | None, details: str,
+) -> str:
+    """The same hash the database computes in ``batch.audit_hash`` (used to verify the chain)."""
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = "|".join([
+        prev_hash, str(seq), stamp, actor, action, str(run_id) if run_id else "",
+        str(payout_id) if payout_id else "", portfolio_id or "", details,
+    ])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PayoutRecord:
+    """One row of batch.payouts."""
+
+    id: uuid.UUID
+    portfolio_id: str
+    business_date: date
+    run_id: uuid.UUID
+    decision_id: int
+    state: PayoutState
+    stopped_in_state: str | None
+    currency: str
+    amount: Decimal
+    full_withdrawal: bool
+    ledger_account: str
+    counter_account: str
+    cash_snapshot: Decimal
+    divest_snapshot: str
+    hold_reason: str | None
+    approved_by: str | None
+    ledger_reference: str | None
+    transaction_id: str | None
+    divest_target: str | None
+    holdings_base_cash: Decimal | None
+    holdings_target_cash: Decimal | None
+    failing_step: str | None
+    last_error: str | None
+    attempts: int
+    lease_owner: str | None
+    created_at: datetime
+    updated_at: datetime
+    ledger_posted_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> PayoutRecord:
+        data = row._mapping
+        values = {f.name: data[f.name] for f in fields(cls)}
+        values["state"] = PayoutState(values["state"])
+        values["currency"] = values["currency"].strip()
+        return cls(**values)
+
+
+_PAYOUT_COLUMNS = ", ".join(f.name for f in fields(PayoutRecord))
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    portfolio_id: str
+    decision: str
+    reason: str
+    currency: str | None
+    requested_raw: str | None
+    requested_amount: Decimal | None
+    full_withdrawal: bool
+    ledger_account: str | None
+    ledger_available: Decimal | None
+    investsuite_cash: Decimal | None
+    pay_amount: Decimal | None
+    reconciliation_break: bool
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class NewPayout:
+    """A payout to create together with its decision (PAY -> PLANNED, capped HOLD -> HELD)."""
+
+    id: uuid.UUID
+    portfolio_id: str
+    state: PayoutState
+    currency: str
+    amount: Decimal
+    full_withdrawal: bool
+    ledger_account: str
+    counter_account: str
+    cash_snapshot: Decimal
+    divest_snapshot: str
+    hold_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    ok: bool
+    rows: int
+    head_seq: int
+    head_hash: str
+    first_broken_seq: int | None = None
+    problem: str | None = None
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, OperationalError):
+        return TransientError(f"journal database unavailable: {type(exc.orig).__name__}")
+    return exc
+
+
+class Journal:
+    """All reads and writes of the job's journal go through here."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise _translate(exc) from exc
+
+    @staticmethod
+    def _audit(
+        conn: Connection, *, actor: str, action: str, run_id: uuid.UUID | None = None,
+        payout_id: uuid.UUID | None = None, portfolio_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO batch.audit_log (seq, at, actor, action, run_id, payout_id, portfolio_id,"
+                " details, prev_hash, hash) VALUES (0, now(), :actor, :action, :run_id, :payout_id,"
+                " :portfolio_id, :details, '', '')"
+            ),
+            {"actor": actor, "action": action, "run_id": run_id, "payout_id": payout_id,
+             "portfolio_id": portfolio_id, "details": canonical_json(details or {})},
+        )
+
+    def audit(self, *, actor: str, action: str, **kw: Any) -> None:
+        with self._tx() as conn:
+            self._audit(conn, actor=actor, action=action, **kw)
+
+    # -- run lock and run lifecycle ---------------------------------------------------------------
+    @contextmanager
+    def run_lock(self, key: str = RUN_LOCK_KEY) -> Iterator[None]:
+        """Hold the session advisory lock for the whole run; RunLockedError if someone else has it.
+
+        The lock also proves liveness: a RUNNING run whose process died no longer holds it.
+        """
+        try:
+            conn = self.engine.connect()
+        except OperationalError as exc:
+            raise _translate(exc) from exc
+        try:
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": key}).scalar_one()
+            conn.commit()
+            if not got:
+                raise RunLockedError("another run holds the run lock")
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+                conn.commit()
+        finally:
+            conn.close()
+
+    def abandon_stale_runs(self, actor: str) -> list[uuid.UUID]:
+        """Mark runs left RUNNING by a dead process ABANDONED (call only while holding the run lock)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "UPDATE batch.runs SET status = 'ABANDONED', finished_at = now(),"
+                    " error = coalesce(error, 'process died while running') "
+                    "WHERE status = 'RUNNING' AND parameters->>'role' IS DISTINCT FROM 'worker' RETURNING id"
+                )
+            ).scalars().all()
+            for run_id in rows:
+                self._audit(conn, actor=actor, action="run.abandoned", run_id=run_id)
+        return list(rows)
+
+    def start_run(
+        self, *, run_id: uuid.UUID, business_date: date, trigger: str, operator: str, dry_run: bool,
+        parameters: Mapping[str, Any], software_version: str, config_digest: str, host: str, pid: int,
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO batch.runs (id, business_date, trigger, operator, status, dry_run, parameters,"
+                    " software_version, config_digest, host, pid) VALUES (:id, :d, :t, :o, 'RUNNING', :dry,"
+                    " CAST(:p AS jsonb), :v, :c, :h, :pid)"
+                ),
+                {"id": run_id, "d": business_date, "t": trigger, "o": operator, "dry": dry_run,
+                 "p": canonical_json(parameters), "v": software_version, "c": config_digest, "h": host, "pid": pid},
+            )
+            self._audit(conn, actor=operator, action="run.started", run_id=run_id,
+                        details={"business_date": business_date, "trigger": trigger, "dry_run": dry_run,
+                                 "parameters": parameters, "config_digest": config_digest,
+                                 "software_version": software_version})
+
+    def finish_run(
+        self, run_id: uuid.UUID, *, status: str, exit_code: int, summary: Mapping[str, Any],
+        error: str | None, actor: str,
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE batch.runs SET status = :s, exit_code = :e, summary = CAST(:sum AS jsonb),"
+                    " error = :err, finished_at = now() WHERE id = :id AND status = 'RUNNING'"
+                ),
+                {"s": status, "e": exit_code, "sum": canonical_json(summary), "err": error, "id": run_id},
+            )
+            self._audit(conn, actor=actor, action="run.finished", run_id=run_id,
+                        details={"status": status, "exit_code": exit_code, "error": error,
+                                 "totals": summary.get("totals", {})})
+
+    def mark_planned(self, run_id: uuid.UUID, actor: str, stats: Mapping[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.text("UPDATE batch.runs SET planned_at = now() WHERE id = :id"), {"id": run_id})
+            self._audit(conn, actor=actor, action="run.planned", run_id=run_id, details=stats)
+
+    def current_planned_run(self) -> uuid.UUID | None:
+        """The RUNNING, non-dry run whose plan is complete (what scale-out workers work for)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.text(
+                "SELECT id FROM batch.runs WHERE status = 'RUNNING' AND dry_run = false AND planned_at IS NOT NULL"
+                " ORDER BY started_at DESC LIMIT 1")).scalar_one_or_none()
+        return value if isinstance(value, uuid.UUID) else None
+
+    def run_status(self, run_id: uuid.UUID) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.text("SELECT status FROM batch.runs WHERE id = :id"), {"id": run_id}).scalar()
+        return None if value is None else str(value)
+
+    def get_run(self, run_id: uuid.UUID) -> Mapping[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT * FROM batch.runs WHERE id = :id"), {"id": run_id}).first()
+        return None if row is None else dict(row._mapping)
+
+    # -- planning ----------------------------------------------------------------------------------
+    def open_payout_portfolios(self, portfolio_ids: Sequence[str]) -> dict[str, uuid.UUID]:
+        """Portfolios (of these) that already have an open payout, with its id. One query."""
+        if not portfolio_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT portfolio_id, id FROM batch.payouts WHERE portfolio_id = ANY(:ids)"
+                    " AND state NOT IN ('COMPLETED', 'CANCELLED')"
+                ),
+                {"ids": list(portfolio_ids)},
+            )
+            return {r.portfolio_id: r.id for r in rows}
+
+    def record_decisions(
+        self, *, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str,
+        decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
+    ) -> int:
+        """Record a page of decisions (and the payouts they create) in one transaction.
+
+        Returns how many were new; a portfolio already decided in this run is not recorded twice.
+        """
+        inserted = 0
+        with self._tx() as conn:
+            for row, payout in decisions:
+                decision_id = conn.execute(
+                    sa.text(
+                        "INSERT INTO batch.decisions (run_id, business_date, portfolio_id, decision, reason,"
+                        " currency, requested_raw, requested_amount, full_withdrawal, ledger_account,"
+                        " ledger_available, investsuite_cash, pay_amount, reconciliation_break, payout_id,"
+                        " dry_run, details) VALUES (:run, :d, :pid, :dec, :reason, :ccy, :raw, :req, :full,"
+                        " :acct, :lav, :isc, :pay, :brk, :payout, :dry, CAST(:det AS jsonb))"
+                        " ON CONFLICT (run_id, portfolio_id) DO NOTHING RETURNING id"
+                    ),
+                    {"run": run_id, "d": business_date, "pid": row.portfolio_id, "dec": row.decision,
+                     "reason": row.reason, "ccy": row.currency, "raw": row.requested_raw,
+                     "req": row.requested_amount, "full": row.full_withdrawal, "acct": row.ledger_account,
+                     "lav": row.ledger_available, "isc": row.investsuite_cash, "pay": row.pay_amount,
+                     "brk": row.reconciliation_break, "payout": payout.id if payout else None,
+                     "dry": dry_run, "det": canonical_json(row.details)},
+                ).scalar_one_or_none()
+                if decision_id is None:
+                    continue
+                inserted += 1
+                if payout is not None:
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO batch.payouts (id, portfolio_id, business_date, run_id, decision_id,"
+                            " state, currency, amount, full_withdrawal, ledger_account, counter_account,"
+                            " cash_snapshot, divest_snapshot, hold_reason) VALUES (:id, :pid, :d, :run, :dec,"
+                            " :state, :ccy, :amt, :full, :acct, :ctr, :cash, :div, :hold)"
+                        ),
+                        {"id": payout.id, "pid": payout.portfolio_id, "d": business_date, "run": run_id,
+                         "dec": decision_id, "state": payout.state.value, "ccy": payout.currency,
+                         "amt": payout.amount, "full": payout.full_withdrawal, "acct": payout.ledger_account,
+                         "ctr": payout.counter_account, "cash": payout.cash_snapshot,
+                         "div": payout.divest_snapshot, "hold": payout.hold_reason},
+                    )
+                self._audit(
+                    conn, actor=actor, action="decision.recorded", run_id=run_id,
+                    payout_id=payout.id if payout else None, portfolio_id=row.portfolio_id,
+                    details={"decision": row.decision, "reason": row.reason, "currency": row.currency,
+                             "requested": row.requested_amount, "pay_amount": row.pay_amount,
+                             "dry_run": dry_run},
+                )
+        return inserted
+
+    def revise_decision(self, conn: Connection, payout_id: uuid.UUID, decision: str, reason: str) -> None:
+        conn.execute(
+            sa.text("UPDATE batch.decisions SET final_decision = :d, final_reason = :r WHERE payout_id = :p"),
+            {"d": decision, "r": reason, "p": payout_id},
+        )
+
+    # -- execution: claiming and stepping ----------------------------------------------------------
+    def claim_payouts(
+        self, *, worker: str, limit: int, lease_seconds: int, states: Sequence[PayoutState],
+        portfolio_ids: Sequence[str] | None = None, run_id: uuid.UUID | None = None,
+    ) -> list[PayoutRecord]:
+        """Lease up to ``limit`` executable payouts nobody else holds (FOR UPDATE SKIP LOCKED)."""
+        filters = ""
+        params: dict[str, Any] = {"w": worker, "n": limit, "lease": lease_seconds,
+                                  "states": [s.value for s in states]}
+        if portfolio_ids is not None:
+            filters += " AND portfolio_id = ANY(:pids)"
+            params["pids"] = list(portfolio_ids)
+        if run_id is not None:
+            filters += " AND run_id = :run"
+            params["run"] = run_id
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "UPDATE batch.payouts SET lease_owner = :w,"
+                    " lease_expires_at = now() + make_interval(secs => :lease)"
+                    f" WHERE id IN (SELECT id FROM batch.payouts WHERE state = ANY(:states)"
+                    f" AND (lease_expires_at IS NULL OR lease_expires_at < now()){filters}"
+                    f" ORDER BY created_at, id LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING {_PAYOUT_COLUMNS}"
+                ),
+                params,
+            ).all()
+        return [PayoutRecord.from_row(r) for r in rows]
+
+    def release_lease(self, payout_id: uuid.UUID, worker: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                sa.text("UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL"
+                        " WHERE id = :id AND lease_owner = :w"),
+                {"id": payout_id, "w": worker},
+            )
+
+    def get_payout(self, payout_id: uuid.UUID) -> PayoutRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE id = :id"), {"id": payout_id}
+            ).first()
+        return None if row is None else PayoutRecord.from_row(row)
+
+    def prior_attempts(self, payout_id: uuid.UUID, step: Step) -> int:
+        """How many attempts of this step were made before (any outcome, or none: a crash)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                sa.text("SELECT count(*) FROM batch.step_attempts WHERE payout_id = :p AND step = :s"),
+                {"p": payout_id, "s": step.value},
+            ).scalar_one())
+
+    def begin_step(
+        self, payout: PayoutRecord, *, run_id: uuid.UUID, step: Step, actor: str, worker: str,
+        intent: Mapping[str, Any], payout_updates: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record the intent to call an external system (durably, before the call)."""
+        with self._tx() as conn:
+            self._guard(conn, payout, worker, payout_updates or {})
+            attempt_id = int(conn.execute(
+                sa.text(
+                    "INSERT INTO batch.step_attempts (payout_id, run_id, step, intent)"
+                    " VALUES (:p, :r, :s, CAST(:i AS jsonb)) RETURNING id"
+                ),
+                {"p": payout.id, "r": run_id, "s": step.value, "i": canonical_json(intent)},
+            ).scalar_one())
+            self._audit(conn, actor=actor, action=f"step.{step.value.lower()}.intent", run_id=run_id,
+                        payout_id=payout.id, portfolio_id=payout.portfolio_id, details=intent)
+        return attempt_id
+
+    def _guard(
+        self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]
+    ) -> None:
+        """Check we still own the payout in the state we think it is in (and apply column updates)."""
+        sets = ", ".join(f"{k} = :u_{k}" for k in updates)
+        row = conn.execute(
+            sa.text(
+                f"UPDATE batch.payouts SET updated_at = now(){', ' + sets if sets else ''},"
+                " lease_expires_at = greatest(lease_expires_at, now() + interval '60 seconds')"
+                " WHERE id = :id AND state = :state AND lease_owner = :w RETURNING id"
+            ),
+            {"id": payout.id, "state": payout.state.value, "w": worker, **{f"u_{k}": v for k, v in updates.items()}},
+        ).first()
+        if row is None:
+            raise InvalidTransitionError(
+                f"payout {payout.id} is no longer {payout.state} under this worker's lease"
+            )
+
+    def finish_step(
+        self, payout: PayoutRecord, attempt_id: int, *, run_id: uuid.UUID, step: Step, actor: str,
+        worker: str, outcome: str, detail: Mapping[str, Any], through: Sequence[PayoutState] = (),
+        payout_updates: Mapping[str, Any] | None = None, revise: tuple[str, str] | None = None,
+    ) -> PayoutRecord:
+        """Record the outcome of an attempt and move the payout through ``through`` states (guarded).
+
+        Returns the payout as it is afterwards.
+        """
+        updates = dict(payout_updates or {})
+        with self._tx() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE batch.step_attempts SET outcome = :o, outcome_at = now(), detail = CAST(:d AS jsonb)"
+                    " WHERE id = :id AND outcome IS NULL"
+                ),
+                {"o": outcome, "d": canonical_json(detail), "id": attempt_id},
+            )
+            current = payout
+            for target in through:
+                current = self._transition(conn, current, target, worker=worker, updates=updates)
+                updates = {}
+                self._audit(conn, actor=actor, action="payout.state", run_id=run_id, payout_id=payout.id,
+                            portfolio_id=payout.portfolio_id,
+                            details={"from": payout.state, "to": target, "step": step})
+            if updates:
+                self._guard(conn, current, worker, updates)
+            if revise is not None:
+                self.revise_decision(conn, payout.id, *revise)
+            self._audit(conn, actor=actor, action=f"step.{step.value.lower()}.{outcome.lower()}", run_id=run_id,
+                        payout_id=payout.id, portfolio_id=payout.portfolio_id, details=detail)
+            row = conn.execute(
+                sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE id = :id"), {"id": payout.id}
+            ).one()
+        return PayoutRecord.from_row(row)
+
+    _STAMP = {
+        PayoutState.LEDGER_POSTED: "ledger_posted_at",
+        PayoutState.TRANSACTION_RECORDED: "transaction_recorded_at",
+        PayoutState.DIVEST_CLEARED: "divest_cleared_at",
+        PayoutState.HOLDINGS_UPDATED: "holdings_updated_at",
+        PayoutState.EVENT_SENT: "event_sent_at",
+        PayoutState.COMPLETED: "completed_at",
+    }
+
+    def _transition(
+        self, conn: Connection, payout: PayoutRecord, target: PayoutState, *, worker: str | None,
+        updates: Mapping[str, Any],
+    ) -> PayoutRecord:
+        check_transition(payout.state, target)
+        sets = [f"{k} = :u_{k}" for k in updates]
+        stamp = self._STAMP.get(target)
+        if stamp:
+            sets.append(f"{stamp} = coalesce({stamp}, now())")
+        if target is PayoutState.NEEDS_ATTENTION:
+            sets.append("stopped_in_state = :from_state")
+        if target in (PayoutState.NEEDS_ATTENTION, PayoutState.CANCELLED):
+            sets.append("stopped_at = now()")
+        owner = " AND lease_owner = :w" if worker is not None else ""
+        row = conn.execute(
+            sa.text(
+                f"UPDATE batch.payouts SET state = :to, updated_at = now(){''.join(', ' + s for s in sets)}"
+                f" WHERE id = :id AND state = :from_state{owner} RETURNING {_PAYOUT_COLUMNS}"
+            ),
+            {"to": target.value, "id": payout.id, "from_state": payout.state.value, "w": worker,
+             **{f"u_{k}": v for k, v in updates.items()}},
+        ).first()
+        if row is None:
+            raise InvalidTransitionError(f"payout {payout.id}: {payout.state} -> {target} lost a race")
+        return PayoutRecord.from_row(row)
+
+    def needs_attention(
+        self, payout: PayoutRecord, *, run_id: uuid.UUID | None, step: Step | None, actor: str,
+        worker: str | None, error: str, evidence: Mapping[str, Any] | None = None,
+        attempt_id: int | None = None,
+    ) -> PayoutRecord:
+        """Stop a payout for a human: the exact step, the error and the evidence are recorded."""
+        with self._tx() as conn:
+            if attempt_id is not None:
+                conn.execute(
+                    sa.text("UPDATE batch.step_attempts SET outcome = 'PERMANENT_ERROR', outcome_at = now(),"
+                            " detail = CAST(:d AS jsonb) WHERE id = :id AND outcome IS NULL"),
+                    {"d": canonical_json({"error": error, **(evidence or {})}), "id": attempt_id},
+                )
+            updated = self._transition(
+                conn, payout, PayoutState.NEEDS_ATTENTION, worker=worker,
+                updates={"failing_step": step.value if step else None, "last_error": error[:2000],
+                         "lease_owner": None, "lease_expires_at": None},
+            )
+            self._audit(conn, actor=actor, action="payout.needs_attention", run_id=run_id, payout_id=payout.id,
+                        portfolio_id=payout.portfolio_id,
+                        details={"from": payout.state, "step": step, "error": error, "evidence": evidence or {}})
+        return updated
+
+    def cancel_before_ledger(
+        self, payout: PayoutRecord, *, run_id: uuid.UUID | None, actor: str, worker: str | None,
+        reason: str, revise: tuple[str, str] | None, attempt_id: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> PayoutRecord:
+        """CANCEL a payout that has not reached the ledger (the only kind that may be cancelled)."""
+        with self._tx() as conn:
+            if attempt_id is not None:
+                conn.execute(
+                    sa.text("UPDATE batch.step_attempts SET outcome = 'REFUSED', outcome_at = now(),"
+                            " detail = CAST(:d AS jsonb) WHERE id = :id AND outcome IS NULL"),
+                    {"d": canonical_json(detail or {}), "id": attempt_id},
+                )
+            if payout.ledger_reference is not None:
+                raise InvalidTransitionError(f"payout {payout.id} reached the ledger; it cannot be cancelled")
+            updated = self._transition(conn, payout, PayoutState.CANCELLED, worker=worker,
+                                       updates={"last_error": reason, "lease_owner": None, "lease_expires_at": None})
+            if revise is not None:
+                self.revise_decision(conn, payout.id, *revise)
+            self._audit(conn, actor=actor, action="payout.cancelled", run_id=run_id, payout_id=payout.id,
+                        portfolio_id=payout.portfolio_id, details={"reason": reason, **(detail or {})})
+        return updated
+
+    # -- operator controls ---------------------------------------------------------------------------
+    def operator_transition(
+        self, payout_id: uuid.UUID, *, target: PayoutState | None, actor: str, action: str,
+        reason: str, updates: Mapping[str, Any] | None = None,
+    ) -> PayoutRecord:
+        """An operator's change (approve, retry, cancel), guarded and audited with who did it."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE id = :id FOR UPDATE"),
+                {"id": payout_id},
+            ).first()
+            if row is None:
+                raise InvalidTransitionError(f"no payout {payout_id}")
+            payout = PayoutRecord.from_row(row)
+            if target is PayoutState.CANCELLED and payout.ledger_reference is not None:
+                raise InvalidTransitionError(
+                    f"payout {payout_id} reached the ledger ({payout.ledger_reference}); it cannot be cancelled"
+                )
+            resolved = target
+            if action == "payout.retry":
+                if payout.state is not PayoutState.NEEDS_ATTENTION or not payout.stopped_in_state:
+                    raise InvalidTransitionError(f"payout {payout_id} is {payout.state}, not NEEDS_ATTENTION")
+                resolved = PayoutState(payout.stopped_in_state)
+            assert resolved is not None
+            updated = self._transition(
+                conn, payout, resolved, worker=None,
+                updates={"lease_owner": None, "lease_expires_at": None, **(updates or {})},
+            )
+            if resolved is PayoutState.CANCELLED:
+                self.revise_decision(conn, payout_id, "DEFER", "CANCELLED_BY_OPERATOR")
+            self._audit(conn, actor=actor, action=action, payout_id=payout_id, portfolio_id=payout.portfolio_id,
+                        details={"from": payout.state, "to": resolved, "reason": reason})
+        return updated
+
+    def list_payouts(self, states: Sequence[PayoutState], limit: int = 1000) -> list[PayoutRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE state = ANY(:s)"
+                        " ORDER BY created_at, id LIMIT :n"),
+                {"s": [s.value for s in states], "n": limit},
+            ).all()
+        return [PayoutRecord.from_row(r) for r in rows]
+
+    def count_open(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT state, count(*) AS n FROM batch.payouts WHERE state = ANY(:s) GROUP BY state"),
+                {"s": [s.value for s in OPEN_STATES]},
+            )
+            return {r.state: int(r.n) for r in rows}
+
+    # -- audit verification ---------------------------------------------------------------------------
+    def verify_audit(self, batch_size: int = 5000) -> AuditVerification:
+        """Recompute the whole hash chain in seq order; name the first row that does not verify."""
+        prev, expected_seq, count, head_hash = GENESIS_HASH, 1, 0, GENESIS_HASH
+        last_seq = 0
+        with self.engine.connect() as conn:
+            while True:
+                rows = conn.execute(
+                    sa.text("SELECT seq, at, actor, action, run_id, payout_id, portfolio_id, details, prev_hash,"
+                            " hash FROM batch.audit_log WHERE seq > :after ORDER BY seq LIMIT :n"),
+                    {"after": last_seq, "n": batch_size},
+                ).all()
+                if not rows:
+                    break
+                for r in rows:
+                    count += 1
+                    if r.seq != expected_seq:
+                        return AuditVerification(False, count, last_seq, head_hash, r.seq,
+                                                 f"sequence gap: expected {expected_seq}, found {r.seq} (row deleted?)")
+                    if r.prev_hash != prev:
+                        return AuditVerification(False, count, last_seq, head_hash, r.seq,
+                                                 "prev_hash does not match the previous row's hash")
+                    computed = audit_hash(prev, r.seq, r.at, r.actor, r.action, r.run_id, r.payout_id,
+                                          r.portfolio_id, r.details)
+                    if computed != r.hash:
+                        return AuditVerification(False, count, last_seq, head_hash, r.seq,
+                                                 "row content does not match its hash (edited?)")
+                    prev = head_hash = r.hash
+                    last_seq = r.seq
+                    expected_seq += 1
+        return AuditVerification(True, count, last_seq, head_hash)
+
+    def audit_head(self) -> tuple[int, str]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT seq, hash FROM batch.audit_log ORDER BY seq DESC LIMIT 1")).first()
+        return (0, GENESIS_HASH) if row is None else (int(row.seq), str(row.hash))
+
+

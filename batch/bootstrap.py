@@ -1,0 +1,56 @@
+"""The composition root: builds the real adapters from settings. Nothing else constructs them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from batch.adapters.investsuite import InvestSuiteClient
+from batch.adapters.journal import Journal
+from batch.adapters.ledger import Ledger
+from batch.adapters.migrations import migrate
+from batch.adapters.postgres import Dsns, make_engine, resolve_dsns
+from batch.settings import Settings
+
+
+@dataclass
+class App:
+    """The wired application for one process. Close it when done."""
+
+    settings: Settings
+    dsns: Dsns
+    journal_engine: Engine
+    ledger_engine: Engine
+    _client: InvestSuiteClient | None = field(default=None, repr=False)
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.journal_engine)
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_engine, self.settings.ledger)
+
+    @property
+    def client(self) -> InvestSuiteClient:
+        if self._client is None:
+            self._client = InvestSuiteClient(self.settings.investsuite)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.journal_engine.dispose()
+        self.ledger_engine.dispose()
+
+
+def build_app(settings: Settings, *, dsns: Dsns | None = None, migrate_schemas: bool = True) -> App:
+    """Resolve the databases (starting the embedded server if no DSN is set) and build the adapters."""
+    resolved = dsns or resolve_dsns(settings.database)
+    pool = max(settings.database.pool_size, settings.run.concurrency + 4)
+    journal_engine = make_engine(resolved.journal, pool_size=pool, application_name="batch-journal")
+    ledger_engine = make_engine(resolved.ledger, pool_size=pool, application_name="batch-ledger")
+    if migrate_schemas:
+        migrate(journal_engine, "journal")
+    return App(settings=settings, dsns=resolved, journal_engine=journal_engine, ledger_engine=ledger_engine)

@@ -1,0 +1,100 @@
+"""``batch demo``: the real job on the embedded PostgreSQL and the local sandbox, ending with a report.
+
+1. start the embedded PostgreSQL (data under ``database.data_dir``) and migrate the three schemas;
+2. start the InvestSuite-compatible sandbox on 127.0.0.1 and seed a scenario (once: a second demo
+   reuses it, which is how it shows that nothing is paid twice);
+3. run the nightly job for today, print the summary and where the reports are;
+4. run the same business date again and show that it paid nothing new;
+5. stop the sandbox and the database server.
+"""
+
+from __future__ import annotations
+
+import shutil
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from batch.adapters.migrations import migrate
+from batch.adapters.postgres import EmbeddedServer, make_engine, resolve_dsns
+from batch.bootstrap import build_app
+from batch.sandbox.seed import seed_scenario
+from batch.sandbox.server import SandboxProcess
+from batch.service.run import ExitCode, RunRequest, run_job
+from batch.settings import Settings
+
+DEMO_ACCESS_KEY = "demo-access-key"
+DEMO_SECRET = "demo-secret-key"  # noqa: S105 - the sandbox's published demo credential, not a secret
+
+
+def _ledger_payouts(ledger_dsn: str) -> tuple[int, Decimal]:
+    engine = make_engine(ledger_dsn, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT count(*), coalesce(sum(t.amount), 0) FROM ledger.transfers t"
+                " JOIN ledger.accounts a ON a.id = t.credit_account_id WHERE a.kind = 'PAYOUT_CLEARING'")).one()
+        return int(row[0]), Decimal(row[1])
+    finally:
+        engine.dispose()
+
+
+def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) -> int:
+    server = EmbeddedServer(settings.database.data_dir)
+    if reset:
+        server.stop()
+        shutil.rmtree(settings.database.data_dir, ignore_errors=True)
+    print(f"== embedded PostgreSQL under {settings.database.data_dir}")
+    dsns = resolve_dsns(settings.database)
+    for component in ("journal", "ledger", "sandbox"):
+        engine = make_engine(getattr(dsns, component), pool_size=1)
+        try:
+            migrate(engine, component)
+        finally:
+            engine.dispose()
+    try:
+        with SandboxProcess(dsns.sandbox, access_key_id=DEMO_ACCESS_KEY, secret_access_key=DEMO_SECRET) as sandbox:
+            print(f"== InvestSuite sandbox on {sandbox.base_url}")
+            manifest = seed_scenario(dsns.sandbox, dsns.ledger, size=size)
+            seeded = "reused" if manifest.get("already_seeded") else "seeded"
+            print(f"== scenario {seeded}: {manifest['size']} portfolios over {len(manifest['cases'])} cases")
+            demo_settings = settings.model_copy(update={
+                "investsuite": settings.investsuite.model_copy(update={
+                    "base_url": sandbox.base_url,
+                    "access_key_id": settings.investsuite.access_key_id or DEMO_ACCESS_KEY,
+                    "secret_access_key": settings.investsuite.secret_access_key or _secret(DEMO_SECRET),
+                }),
+            })
+            app = build_app(demo_settings, dsns=dsns)
+            try:
+                before = _ledger_payouts(dsns.ledger)
+                print("== nightly run")
+                first = run_job(app, RunRequest(trigger="manual", operator="demo"))
+                from batch.cli import print_run_result  # noqa: PLC0415 - the CLI prints, the service does not
+
+                print_run_result(first)
+                middle = _ledger_payouts(dsns.ledger)
+                print(f"\n== the same business date again ({first.business_date})")
+                second = run_job(app, RunRequest(business_date=first.business_date, trigger="manual",
+                                                 operator="demo"))
+                after = _ledger_payouts(dsns.ledger)
+                print(f"  ledger payouts before the demo: {before[0]} ({before[1]})")
+                print(f"  after the first run:            {middle[0]} ({middle[1]})")
+                print(f"  after the second run:           {after[0]} ({after[1]})"
+                      f"  -> {after[0] - middle[0]} new payout(s): nothing is paid twice")
+                print(f"  second run exit code {int(second.exit_code)} ({second.status}); reports in "
+                      f"{demo_settings.run.report_dir}/")
+                print("\nNext: `batch payouts --state held`, `batch runs`, `batch audit verify` "
+                      "(see README, Operations).")
+                return int(first.exit_code) if first.exit_code is not ExitCode.ATTENTION else ExitCode.OK
+            finally:
+                app.close()
+    finally:
+        if not keep_running:
+            server.stop()
+
+
+def _secret(value: str) -> object:
+    from pydantic import SecretStr  # noqa: PLC0415
+
+    return SecretStr(value)

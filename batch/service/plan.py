@@ -1,0 +1,195 @@
+"""Plan: list the pending withdrawals, read the ledger set-wise, decide, and record every decision.
+
+The pending list is paged by offset over a live filter, so nothing remote is changed while paging:
+every candidate and its decision is written to the journal (one transaction per page) before any
+payout is executed. One ledger query per page, never one per portfolio; pages are streamed, so
+memory stays flat however large the book is.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+import structlog
+
+from batch.adapters.investsuite import InvestSuiteClient
+from batch.adapters.investsuite_models import MalformedPortfolio, PortfolioPage, RemotePortfolio, RemoteUser
+from batch.adapters.journal import DecisionRow, Journal, NewPayout
+from batch.adapters.ledger import Ledger
+from batch.domain.model import Decision, LedgerView, PortfolioView, Reason
+from batch.domain.payout import PayoutState
+from batch.domain.policy import Policy, Verdict, decide
+from batch.errors import BatchError, NotFoundError, TransientError
+from batch.settings import AccountMapping, PolicySettings
+
+log = structlog.get_logger("batch.plan")
+
+
+@dataclass
+class PlanStats:
+    pages: int = 0
+    candidates: int = 0
+    duplicates: int = 0
+    ledger_queries: int = 0
+    by_decision: Counter[str] = field(default_factory=Counter)
+
+
+def ledger_account_for(view: PortfolioView, settings: PolicySettings) -> str | None:
+    """Which ledger account a portfolio maps to (configurable; default: its external_id)."""
+    if settings.account_mapping is AccountMapping.PORTFOLIO_ID:
+        return view.portfolio_id
+    if settings.account_mapping is AccountMapping.TEMPLATE:
+        if "{external_id}" in settings.account_template and not view.external_id:
+            return None
+        return settings.account_template.format(external_id=view.external_id or "", portfolio_id=view.portfolio_id)
+    return view.external_id or None
+
+
+def _counter_account(user: RemoteUser | None) -> str | None:
+    if user is None or user.counter_account is None:
+        return None
+    number = user.counter_account.bank_account_number
+    return number.strip() if isinstance(number, str) and number.strip() else None
+
+
+@dataclass
+class Planner:
+    journal: Journal
+    ledger: Ledger
+    client: InvestSuiteClient
+    policy: Policy
+    policy_settings: PolicySettings
+    run_id: uuid.UUID
+    business_date: date
+    dry_run: bool
+    actor: str
+    on_page: Callable[[PlanStats], None] | None = None
+    run_totals: dict[str, Decimal] = field(default_factory=dict)
+    stats: PlanStats = field(default_factory=PlanStats)
+
+    def plan(self, portfolio_ids: Sequence[str] | None = None) -> PlanStats:
+        pages: Iterable[PortfolioPage] = (
+            self._explicit_pages(portfolio_ids) if portfolio_ids else self.client.iter_pending_pages()
+        )
+        for page in pages:
+            self._plan_page(page)
+            if self.on_page is not None:
+                self.on_page(self.stats)
+        return self.stats
+
+    def _explicit_pages(self, portfolio_ids: Sequence[str]) -> Iterator[PortfolioPage]:
+        """``--portfolio`` re-runs: fetch just these portfolios (and owners), in pages of 100."""
+        for start in range(0, len(portfolio_ids), 100):
+            items: list[RemotePortfolio | MalformedPortfolio] = []
+            users: dict[str, RemoteUser] = {}
+            for pid in portfolio_ids[start : start + 100]:
+                try:
+                    portfolio = self.client.get_portfolio(pid)
+                except NotFoundError:
+                    items.append(MalformedPortfolio(raw=None, portfolio_id=pid, error="portfolio not found (404)"))
+                    continue
+                items.append(portfolio)
+            yield PortfolioPage(items=items, users=users, page_number=start // 100 + 1)
+
+    def _balances(self, references: list[str]) -> dict[str, LedgerView]:
+        for attempt in range(4):
+            try:
+                self.stats.ledger_queries += 1
+                return self.ledger.available_balances(references)
+            except TransientError:
+                if attempt == 3:
+                    raise
+                log.warning("plan.ledger_retry", attempt=attempt + 1)
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _user(self, page: PortfolioPage, user_id: str | None) -> RemoteUser | None:
+        if user_id is None:
+            return None
+        if user_id in page.users:
+            return page.users[user_id]
+        try:
+            user = self.client.get_user(user_id)
+        except NotFoundError:
+            return None
+        page.users[user_id] = user
+        return user
+
+    def _plan_page(self, page: PortfolioPage) -> None:
+        self.stats.pages += 1
+        parsed: list[tuple[RemotePortfolio | MalformedPortfolio, PortfolioView | None, str | None]] = []
+        for item in page.items:
+            if isinstance(item, MalformedPortfolio):
+                parsed.append((item, None, None))
+                continue
+            try:
+                view = item.to_view(_counter_account(self._user(page, item.owned_by_user_id)))
+            except BatchError as exc:
+                parsed.append((MalformedPortfolio(raw=None, portfolio_id=item.id, error=str(exc)), None, None))
+                continue
+            parsed.append((item, view, ledger_account_for(view, self.policy_settings)))
+        references = sorted({ref for _, _, ref in parsed if ref})
+        balances = self._balances(references) if references else {}
+        portfolio_ids = [v.portfolio_id for _, v, _ in parsed if v is not None]
+        open_payouts = self.journal.open_payout_portfolios(portfolio_ids)
+
+        rows: list[tuple[DecisionRow, NewPayout | None]] = []
+        for index, (item, candidate, ref) in enumerate(parsed):
+            self.stats.candidates += 1
+            if candidate is None:
+                assert isinstance(item, MalformedPortfolio)
+                pid = item.portfolio_id or f"UNREADABLE-{self.run_id.hex[:8]}-{self.stats.pages}-{index}"
+                row = DecisionRow(pid, Decision.HOLD, Reason.MALFORMED_PAYLOAD, None, None, None, False, None,
+                                  None, None, None, False, {"error": item.error[:500]})
+                rows.append((row, None))
+                self.stats.by_decision[row.decision] += 1
+                continue
+            if candidate.portfolio_id in open_payouts:
+                verdict = Verdict(Decision.DEFER, Reason.PAYOUT_IN_PROGRESS, candidate.base_currency,
+                                  note=f"open payout {open_payouts[candidate.portfolio_id]}")
+            else:
+                verdict = decide(candidate, balances.get(ref) if ref else None, self.policy, self.business_date,
+                                 self.run_totals)
+            rows.append(self._row(candidate, ref, verdict))
+            self.stats.by_decision[verdict.decision] += 1
+        inserted = self.journal.record_decisions(
+            run_id=self.run_id, business_date=self.business_date, dry_run=self.dry_run, actor=self.actor,
+            decisions=rows,
+        )
+        self.stats.duplicates += len(rows) - inserted
+
+    def _row(self, view: PortfolioView, ref: str | None, verdict: Verdict) -> tuple[DecisionRow, NewPayout | None]:
+        raw = view.divest_raw
+        details: dict[str, object] = {"note": verdict.note} if verdict.note else {}
+        details["status"] = view.status
+        payout: NewPayout | None = None
+        creates_payout = verdict.decision is Decision.PAY or verdict.held_payout
+        if creates_payout and not self.dry_run:
+            assert verdict.pay_amount is not None and ref is not None and view.counter_account is not None
+            payout = NewPayout(
+                id=uuid.uuid4(), portfolio_id=view.portfolio_id,
+                state=PayoutState.PLANNED if verdict.decision is Decision.PAY else PayoutState.HELD,
+                currency=view.base_currency, amount=verdict.pay_amount, full_withdrawal=verdict.full_withdrawal,
+                ledger_account=ref, counter_account=view.counter_account,
+                cash_snapshot=view.cash if view.cash is not None else Decimal(0),
+                divest_snapshot=str(raw), hold_reason=None if verdict.decision is Decision.PAY else verdict.reason,
+            )
+        if verdict.decision is Decision.PAY and verdict.pay_amount is not None and verdict.currency:
+            self.run_totals[verdict.currency] = self.run_totals.get(verdict.currency, Decimal(0)) + verdict.pay_amount
+        if verdict.held_payout:
+            details["held_amount"] = str(verdict.pay_amount)
+        row = DecisionRow(
+            portfolio_id=view.portfolio_id, decision=verdict.decision, reason=verdict.reason,
+            currency=verdict.currency, requested_raw=None if raw is None else str(raw)[:100],
+            requested_amount=verdict.requested, full_withdrawal=verdict.full_withdrawal, ledger_account=ref,
+            ledger_available=verdict.ledger_available, investsuite_cash=verdict.investsuite_cash,
+            pay_amount=verdict.pay_amount if verdict.decision is Decision.PAY else None,
+            reconciliation_break=verdict.reconciliation_break, details=details,
+        )
+        return row, payout

@@ -1,0 +1,190 @@
+"""One nightly run: lock, resume open payouts, plan, execute, report. Called by the CLI and the scheduler.
+
+Exit codes (for cron and Kubernetes podFailurePolicy):
+    0   done
+    3   done, but some payouts are held or need attention
+    1   technical failure (the run is recorded as FAILED)
+    2   usage or configuration error
+    75  another run holds the lock (nothing was done)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from batch import __version__
+from batch.bootstrap import App
+from batch.domain.payout import PayoutState
+from batch.domain.policy import Policy
+from batch.errors import BatchError, ConfigError, RunLockedError
+from batch.service.execute import ExecutionStats, Executor
+from batch.service.plan import Planner, PlanStats
+from batch.service.progress import Progress
+from batch.service.report import Report, build_report, write_reports
+
+log = structlog.get_logger("batch.run")
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    TECHNICAL_FAILURE = 1
+    USAGE = 2
+    ATTENTION = 3
+    LOCKED = 75
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    business_date: date | None = None
+    portfolio_ids: tuple[str, ...] = ()
+    dry_run: bool = False
+    trigger: str = "manual"
+    operator: str = field(default_factory=lambda: os.environ.get("BATCH_OPERATOR") or os.environ.get("USER") or "batch")
+    workers: int = 1
+
+
+@dataclass
+class RunResult:
+    run_id: uuid.UUID | None
+    business_date: date
+    exit_code: ExitCode
+    status: str
+    report: Report | None = None
+    report_paths: dict[str, Path] = field(default_factory=dict)
+    error: str | None = None
+    plan: PlanStats | None = None
+    execution: list[ExecutionStats] = field(default_factory=list)
+
+
+def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
+    """Today in the configured time zone (the default business date)."""
+    moment = now() if now is not None else datetime.now(ZoneInfo(timezone))
+    return moment.astimezone(ZoneInfo(timezone)).date()
+
+
+def run_job(
+    app: App, request: RunRequest, *, stop: threading.Event | None = None,
+    spawn_workers: Callable[[uuid.UUID, int], Any] | None = None,
+) -> RunResult:
+    """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run."""
+    settings = app.settings
+    business_date = request.business_date or business_today(settings.run.timezone)
+    journal = app.journal
+    actor = request.operator
+    try:
+        with journal.run_lock():
+            return _locked_run(app, request, business_date, stop, spawn_workers)
+    except RunLockedError:
+        journal.audit(actor=actor, action="run.refused",
+                      details={"business_date": business_date, "reason": "another run holds the lock",
+                               "host": socket.gethostname(), "pid": os.getpid()})
+        log.warning("run.refused_locked", business_date=str(business_date))
+        return RunResult(None, business_date, ExitCode.LOCKED, "REFUSED", error="another run holds the lock")
+
+
+def _locked_run(
+    app: App, request: RunRequest, business_date: date, stop: threading.Event | None,
+    spawn_workers: Callable[[uuid.UUID, int], Any] | None,
+) -> RunResult:
+    settings = app.settings
+    journal, actor = app.journal, request.operator
+    abandoned = journal.abandon_stale_runs(actor)
+    if abandoned:
+        log.warning("run.abandoned_marked", runs=[str(r) for r in abandoned])
+    run_id = uuid.uuid4()
+    parameters = {"portfolio_ids": list(request.portfolio_ids), "dry_run": request.dry_run,
+                  "workers": request.workers, "concurrency": settings.run.concurrency, "role": "planner"}
+    journal.start_run(run_id=run_id, business_date=business_date, trigger=request.trigger, operator=actor,
+                      dry_run=request.dry_run, parameters=parameters, software_version=__version__,
+                      config_digest=settings.digest(), host=socket.gethostname(), pid=os.getpid())
+    result = RunResult(run_id, business_date, ExitCode.OK, "RUNNING")
+    bound = structlog.contextvars.bound_contextvars(run_id=str(run_id), business_date=str(business_date))
+    with bound:
+        log.info("run.started", dry_run=request.dry_run, trigger=request.trigger, operator=actor)
+        progress = Progress(interval=settings.run.progress_interval_seconds)
+        try:
+            only = list(request.portfolio_ids) or None
+            if not request.dry_run:
+                executor = _executor(app, run_id, actor, stop, progress)
+                progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
+                result.execution.append(executor.execute(portfolio_ids=only))
+            planner = Planner(journal=journal, ledger=app.ledger, client=app.client,
+                              policy=Policy.from_settings(settings.policy), policy_settings=settings.policy,
+                              run_id=run_id, business_date=business_date, dry_run=request.dry_run, actor=actor,
+                              on_page=lambda s: progress.planned(s.candidates))
+            progress.phase("plan", None)
+            result.plan = planner.plan(only)
+            journal.mark_planned(run_id, actor, {"candidates": result.plan.candidates, "pages": result.plan.pages,
+                                                 "by_decision": dict(result.plan.by_decision),
+                                                 "ledger_queries": result.plan.ledger_queries})
+            if not request.dry_run and not (stop and stop.is_set()):
+                to_execute = result.plan.by_decision.get("PAY", 0)
+                progress.phase("execute", to_execute)
+                if spawn_workers is not None and request.workers > 1:
+                    spawn_workers(run_id, request.workers)
+                # the planner always finishes what is left (e.g. the claims of a worker that died)
+                executor = _executor(app, run_id, actor, stop, progress)
+                result.execution.append(executor.execute(portfolio_ids=only))
+            progress.close()
+            report = build_report(app.journal_engine, run_id=run_id, as_of_now=True)
+            attention = report.exceptions_count > 0
+            result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
+            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
+        except ConfigError as exc:
+            result.exit_code, result.status, result.error = ExitCode.USAGE, "FAILED", str(exc)
+        except BatchError as exc:
+            result.exit_code, result.status, result.error = ExitCode.TECHNICAL_FAILURE, "FAILED", str(exc)
+        except Exception as exc:  # the run must be recorded whatever happened
+            log.exception("run.crashed")
+            result.exit_code, result.status = ExitCode.TECHNICAL_FAILURE, "FAILED"
+            result.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            progress.close()
+        report = build_report(app.journal_engine, run_id=run_id, as_of_now=True)
+        journal.finish_run(run_id, status=result.status, exit_code=int(result.exit_code),
+                           summary=report.summary(), error=result.error, actor=actor)
+        result.report = build_report(app.journal_engine, run_id=run_id)
+        result.report_paths = write_reports(result.report, settings.run.report_dir)
+        log.info("run.finished", status=result.status, exit_code=int(result.exit_code),
+                 candidates=result.report.candidates, **result.report.log_totals())
+    return result
+
+
+def _executor(app: App, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress) -> Executor:
+    settings = app.settings.run
+    executor = Executor(
+        journal=app.journal, ledger=app.ledger, client=app.client, run_id=run_id, actor=actor,
+        worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}", concurrency=settings.concurrency,
+        max_step_attempts=settings.max_step_attempts, lease_seconds=settings.lease_seconds,
+        on_done=progress.done,
+    )
+    if stop is not None:
+        executor.stop_requested = stop
+    return executor
+
+
+def run_worker(app: App, run_id: uuid.UUID, *, actor: str, worker_name: str,
+               stop: threading.Event | None = None) -> ExecutionStats:
+    """One scale-out worker: claim and drive payouts of ``run_id`` until none is left."""
+    settings = app.settings.run
+    executor = Executor(journal=app.journal, ledger=app.ledger, client=app.client, run_id=run_id, actor=actor,
+                        worker=worker_name, concurrency=settings.concurrency,
+                        max_step_attempts=settings.max_step_attempts, lease_seconds=settings.lease_seconds)
+    if stop is not None:
+        executor.stop_requested = stop
+    return executor.execute()
+
+
+__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "run_job", "run_worker"]
