@@ -71,15 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--component", choices=["journal", "ledger", "sandbox", "all"], default="journal")
 
     payouts = sub.add_parser("payouts", help="list payouts by state")
-    payouts.add_argument("--state", default="open",
-                         choices=["open", "needs-attention", "held", "completed", "cancelled", "all"])
+    payouts.add_argument(
+        "--state", default="open", choices=["open", "needs-attention", "held", "completed", "cancelled", "all"]
+    )
     payouts.add_argument("--limit", type=int, default=200)
 
     payout = sub.add_parser("payout", help="operator controls on one payout")
     payout_sub = payout.add_subparsers(dest="action", required=True)
-    for name, text in (("retry", "send a NEEDS_ATTENTION payout back to the step it stopped in"),
-                       ("cancel", "cancel a payout that has not reached the ledger"),
-                       ("approve", "release a HELD payout to the next run")):
+    for name, text in (
+        ("retry", "send a NEEDS_ATTENTION payout back to the step it stopped in"),
+        ("cancel", "cancel a payout that has not reached the ledger"),
+        ("approve", "release a HELD payout to the next run"),
+    ):
         p = payout_sub.add_parser(name, help=text)
         p.add_argument("payout_id", type=_uuid)
         p.add_argument("--operator", help="who does it (default: $BATCH_OPERATOR or $USER)")
@@ -171,8 +174,14 @@ def print_run_result(result: RunResult) -> None:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
-    request = RunRequest(business_date=args.date, portfolio_ids=tuple(args.portfolio), dry_run=args.dry_run,
-                         trigger=args.trigger, operator=_operator(args), workers=args.workers)
+    request = RunRequest(
+        business_date=args.date,
+        portfolio_ids=tuple(args.portfolio),
+        dry_run=args.dry_run,
+        trigger=args.trigger,
+        operator=_operator(args),
+        workers=args.workers,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -234,8 +243,10 @@ def cmd_payouts(settings: Settings, args: argparse.Namespace) -> int:
             why = p.failing_step or p.hold_reason or ""
             if p.last_error:
                 why += f": {p.last_error[:80]}"
-            print(f"{p.id!s:<36}  {p.portfolio_id:<28} {p.state.value:<20} {p.amount:>14f} {p.currency}  "
-                  f"{p.business_date}  {why}")
+            print(
+                f"{p.id!s:<36}  {p.portfolio_id:<28} {p.state.value:<20} {p.amount:>14f} {p.currency}  "
+                f"{p.business_date}  {why}"
+            )
         print(f"{len(rows)} payout(s)")
         return ExitCode.OK
 
@@ -249,15 +260,25 @@ def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
         journal = app.journal
         if args.action == "approve":
             payout = journal.operator_transition(
-                args.payout_id, target=PayoutState.PLANNED, actor=operator, action="payout.approved",
-                reason=args.reason, updates={"approved_by": operator, "approval_reason": args.reason,
-                                             "approved_at": _now()})
+                args.payout_id,
+                target=PayoutState.PLANNED,
+                actor=operator,
+                action="payout.approved",
+                reason=args.reason,
+                updates={"approved_by": operator, "approval_reason": args.reason, "approved_at": _now()},
+            )
         elif args.action == "cancel":
-            payout = journal.operator_transition(args.payout_id, target=PayoutState.CANCELLED, actor=operator,
-                                                 action="payout.cancelled_by_operator", reason=args.reason)
+            payout = journal.operator_transition(
+                args.payout_id,
+                target=PayoutState.CANCELLED,
+                actor=operator,
+                action="payout.cancelled_by_operator",
+                reason=args.reason,
+            )
         else:
-            payout = journal.operator_transition(args.payout_id, target=None, actor=operator,
-                                                 action="payout.retry", reason=args.reason)
+            payout = journal.operator_transition(
+                args.payout_id, target=None, actor=operator, action="payout.retry", reason=args.reason
+            )
         print(f"payout {payout.id}: now {payout.state.value} (by {operator}: {args.reason})")
         return ExitCode.OK
 
@@ -312,8 +333,9 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         if result.ok:
             print(f"audit chain verified: {result.rows} rows, head {result.head_seq} {result.head_hash}")
             return ExitCode.OK
-        print(f"audit chain BROKEN at seq {result.first_broken_seq}: {result.problem} "
-              f"(last good row {result.head_seq})")
+        print(
+            f"audit chain BROKEN at seq {result.first_broken_seq}: {result.problem} (last good row {result.head_seq})"
+        )
         return ExitCode.TECHNICAL_FAILURE
 
     return _with_app(settings, go)
@@ -370,9 +392,18 @@ def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-    "run": cmd_run, "worker": cmd_worker, "migrate": cmd_migrate, "payouts": cmd_payouts, "payout": cmd_payout,
-    "report": cmd_report, "runs": cmd_runs, "audit": cmd_audit, "sandbox": cmd_sandbox, "db": cmd_db,
-    "demo": cmd_demo, "schedule": cmd_schedule,
+    "run": cmd_run,
+    "worker": cmd_worker,
+    "migrate": cmd_migrate,
+    "payouts": cmd_payouts,
+    "payout": cmd_payout,
+    "report": cmd_report,
+    "runs": cmd_runs,
+    "audit": cmd_audit,
+    "sandbox": cmd_sandbox,
+    "db": cmd_db,
+    "demo": cmd_demo,
+    "schedule": cmd_schedule,
 }
 
 if __name__ == "__main__":  # pragma: no cover

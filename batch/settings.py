@@ -125,9 +125,7 @@ class MetricsSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="BATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="BATCH_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     database: DatabaseSettings = DatabaseSettings()
     investsuite: InvestSuiteSettings = InvestSuiteSettings()
@@ -192,9 +190,7 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         loaded = _FileAndEnvSettings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
     return Settings.model_validate(loaded.model_dump())

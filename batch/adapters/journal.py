@@ -45,15 +45,31 @@ def _json_default(value: object) -> object:
 
 
 def audit_hash(
-    prev_hash: str, seq: int, at: datetime, actor: str, action: str,
-    run_id: uuid.UUID | None, payout_id: uuid.UUID | None, portfolio_id: str | None, details: str,
+    prev_hash: str,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    run_id: uuid.UUID | None,
+    payout_id: uuid.UUID | None,
+    portfolio_id: str | None,
+    details: str,
 ) -> str:
     """The same hash the database computes in ``batch.audit_hash`` (used to verify the chain)."""
     stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    text = "|".join([
-        prev_hash, str(seq), stamp, actor, action, str(run_id) if run_id else "",
-        str(payout_id) if payout_id else "", portfolio_id or "", details,
-    ])
+    text = "|".join(
+        [
+            prev_hash,
+            str(seq),
+            stamp,
+            actor,
+            action,
+            str(run_id) if run_id else "",
+            str(payout_id) if payout_id else "",
+            portfolio_id or "",
+            details,
+        ]
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -169,8 +185,13 @@ class Journal:
 
     @staticmethod
     def _audit(
-        conn: Connection, *, actor: str, action: str, run_id: uuid.UUID | None = None,
-        payout_id: uuid.UUID | None = None, portfolio_id: str | None = None,
+        conn: Connection,
+        *,
+        actor: str,
+        action: str,
+        run_id: uuid.UUID | None = None,
+        payout_id: uuid.UUID | None = None,
+        portfolio_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
         conn.execute(
@@ -179,8 +200,14 @@ class Journal:
                 " details, prev_hash, hash) VALUES (0, now(), :actor, :action, :run_id, :payout_id,"
                 " :portfolio_id, :details, '', '')"
             ),
-            {"actor": actor, "action": action, "run_id": run_id, "payout_id": payout_id,
-             "portfolio_id": portfolio_id, "details": canonical_json(details or {})},
+            {
+                "actor": actor,
+                "action": action,
+                "run_id": run_id,
+                "payout_id": payout_id,
+                "portfolio_id": portfolio_id,
+                "details": canonical_json(details or {}),
+            },
         )
 
     def audit(self, *, actor: str, action: str, **kw: Any) -> None:
@@ -214,20 +241,34 @@ class Journal:
     def abandon_stale_runs(self, actor: str) -> list[uuid.UUID]:
         """Mark runs left RUNNING by a dead process ABANDONED (call only while holding the run lock)."""
         with self._tx() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "UPDATE batch.runs SET status = 'ABANDONED', finished_at = now(),"
-                    " error = coalesce(error, 'process died while running') "
-                    "WHERE status = 'RUNNING' AND parameters->>'role' IS DISTINCT FROM 'worker' RETURNING id"
+            rows = (
+                conn.execute(
+                    sa.text(
+                        "UPDATE batch.runs SET status = 'ABANDONED', finished_at = now(),"
+                        " error = coalesce(error, 'process died while running') "
+                        "WHERE status = 'RUNNING' AND parameters->>'role' IS DISTINCT FROM 'worker' RETURNING id"
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             for run_id in rows:
                 self._audit(conn, actor=actor, action="run.abandoned", run_id=run_id)
         return list(rows)
 
     def start_run(
-        self, *, run_id: uuid.UUID, business_date: date, trigger: str, operator: str, dry_run: bool,
-        parameters: Mapping[str, Any], software_version: str, config_digest: str, host: str, pid: int,
+        self,
+        *,
+        run_id: uuid.UUID,
+        business_date: date,
+        trigger: str,
+        operator: str,
+        dry_run: bool,
+        parameters: Mapping[str, Any],
+        software_version: str,
+        config_digest: str,
+        host: str,
+        pid: int,
     ) -> None:
         with self._tx() as conn:
             conn.execute(
@@ -236,17 +277,43 @@ class Journal:
                     " software_version, config_digest, host, pid) VALUES (:id, :d, :t, :o, 'RUNNING', :dry,"
                     " CAST(:p AS jsonb), :v, :c, :h, :pid)"
                 ),
-                {"id": run_id, "d": business_date, "t": trigger, "o": operator, "dry": dry_run,
-                 "p": canonical_json(parameters), "v": software_version, "c": config_digest, "h": host, "pid": pid},
+                {
+                    "id": run_id,
+                    "d": business_date,
+                    "t": trigger,
+                    "o": operator,
+                    "dry": dry_run,
+                    "p": canonical_json(parameters),
+                    "v": software_version,
+                    "c": config_digest,
+                    "h": host,
+                    "pid": pid,
+                },
             )
-            self._audit(conn, actor=operator, action="run.started", run_id=run_id,
-                        details={"business_date": business_date, "trigger": trigger, "dry_run": dry_run,
-                                 "parameters": parameters, "config_digest": config_digest,
-                                 "software_version": software_version})
+            self._audit(
+                conn,
+                actor=operator,
+                action="run.started",
+                run_id=run_id,
+                details={
+                    "business_date": business_date,
+                    "trigger": trigger,
+                    "dry_run": dry_run,
+                    "parameters": parameters,
+                    "config_digest": config_digest,
+                    "software_version": software_version,
+                },
+            )
 
     def finish_run(
-        self, run_id: uuid.UUID, *, status: str, exit_code: int, summary: Mapping[str, Any],
-        error: str | None, actor: str,
+        self,
+        run_id: uuid.UUID,
+        *,
+        status: str,
+        exit_code: int,
+        summary: Mapping[str, Any],
+        error: str | None,
+        actor: str,
     ) -> None:
         with self._tx() as conn:
             conn.execute(
@@ -256,9 +323,13 @@ class Journal:
                 ),
                 {"s": status, "e": exit_code, "sum": canonical_json(summary), "err": error, "id": run_id},
             )
-            self._audit(conn, actor=actor, action="run.finished", run_id=run_id,
-                        details={"status": status, "exit_code": exit_code, "error": error,
-                                 "totals": summary.get("totals", {})})
+            self._audit(
+                conn,
+                actor=actor,
+                action="run.finished",
+                run_id=run_id,
+                details={"status": status, "exit_code": exit_code, "error": error, "totals": summary.get("totals", {})},
+            )
 
     def mark_planned(self, run_id: uuid.UUID, actor: str, stats: Mapping[str, Any]) -> None:
         with self._tx() as conn:
@@ -268,9 +339,12 @@ class Journal:
     def current_planned_run(self) -> uuid.UUID | None:
         """The RUNNING, non-dry run whose plan is complete (what scale-out workers work for)."""
         with self.engine.connect() as conn:
-            value = conn.execute(sa.text(
-                "SELECT id FROM batch.runs WHERE status = 'RUNNING' AND dry_run = false AND planned_at IS NOT NULL"
-                " ORDER BY started_at DESC LIMIT 1")).scalar_one_or_none()
+            value = conn.execute(
+                sa.text(
+                    "SELECT id FROM batch.runs WHERE status = 'RUNNING' AND dry_run = false AND planned_at IS NOT NULL"
+                    " ORDER BY started_at DESC LIMIT 1"
+                )
+            ).scalar_one_or_none()
         return value if isinstance(value, uuid.UUID) else None
 
     def run_status(self, run_id: uuid.UUID) -> str | None:
@@ -299,7 +373,12 @@ class Journal:
             return {r.portfolio_id: r.id for r in rows}
 
     def record_decisions(
-        self, *, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str,
+        self,
+        *,
+        run_id: uuid.UUID,
+        business_date: date,
+        dry_run: bool,
+        actor: str,
         decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
     ) -> int:
         """Record a page of decisions (and the payouts they create) in one transaction.
@@ -318,12 +397,25 @@ class Journal:
                         " :acct, :lav, :isc, :pay, :brk, :payout, :dry, CAST(:det AS jsonb))"
                         " ON CONFLICT (run_id, portfolio_id) DO NOTHING RETURNING id"
                     ),
-                    {"run": run_id, "d": business_date, "pid": row.portfolio_id, "dec": row.decision,
-                     "reason": row.reason, "ccy": row.currency, "raw": row.requested_raw,
-                     "req": row.requested_amount, "full": row.full_withdrawal, "acct": row.ledger_account,
-                     "lav": row.ledger_available, "isc": row.investsuite_cash, "pay": row.pay_amount,
-                     "brk": row.reconciliation_break, "payout": payout.id if payout else None,
-                     "dry": dry_run, "det": canonical_json(row.details)},
+                    {
+                        "run": run_id,
+                        "d": business_date,
+                        "pid": row.portfolio_id,
+                        "dec": row.decision,
+                        "reason": row.reason,
+                        "ccy": row.currency,
+                        "raw": row.requested_raw,
+                        "req": row.requested_amount,
+                        "full": row.full_withdrawal,
+                        "acct": row.ledger_account,
+                        "lav": row.ledger_available,
+                        "isc": row.investsuite_cash,
+                        "pay": row.pay_amount,
+                        "brk": row.reconciliation_break,
+                        "payout": payout.id if payout else None,
+                        "dry": dry_run,
+                        "det": canonical_json(row.details),
+                    },
                 ).scalar_one_or_none()
                 if decision_id is None:
                     continue
@@ -336,18 +428,38 @@ class Journal:
                             " cash_snapshot, divest_snapshot, hold_reason) VALUES (:id, :pid, :d, :run, :dec,"
                             " :state, :ccy, :amt, :full, :acct, :ctr, :cash, :div, :hold)"
                         ),
-                        {"id": payout.id, "pid": payout.portfolio_id, "d": business_date, "run": run_id,
-                         "dec": decision_id, "state": payout.state.value, "ccy": payout.currency,
-                         "amt": payout.amount, "full": payout.full_withdrawal, "acct": payout.ledger_account,
-                         "ctr": payout.counter_account, "cash": payout.cash_snapshot,
-                         "div": payout.divest_snapshot, "hold": payout.hold_reason},
+                        {
+                            "id": payout.id,
+                            "pid": payout.portfolio_id,
+                            "d": business_date,
+                            "run": run_id,
+                            "dec": decision_id,
+                            "state": payout.state.value,
+                            "ccy": payout.currency,
+                            "amt": payout.amount,
+                            "full": payout.full_withdrawal,
+                            "acct": payout.ledger_account,
+                            "ctr": payout.counter_account,
+                            "cash": payout.cash_snapshot,
+                            "div": payout.divest_snapshot,
+                            "hold": payout.hold_reason,
+                        },
                     )
                 self._audit(
-                    conn, actor=actor, action="decision.recorded", run_id=run_id,
-                    payout_id=payout.id if payout else None, portfolio_id=row.portfolio_id,
-                    details={"decision": row.decision, "reason": row.reason, "currency": row.currency,
-                             "requested": row.requested_amount, "pay_amount": row.pay_amount,
-                             "dry_run": dry_run},
+                    conn,
+                    actor=actor,
+                    action="decision.recorded",
+                    run_id=run_id,
+                    payout_id=payout.id if payout else None,
+                    portfolio_id=row.portfolio_id,
+                    details={
+                        "decision": row.decision,
+                        "reason": row.reason,
+                        "currency": row.currency,
+                        "requested": row.requested_amount,
+                        "pay_amount": row.pay_amount,
+                        "dry_run": dry_run,
+                    },
                 )
         return inserted
 
@@ -359,13 +471,18 @@ class Journal:
 
     # -- execution: claiming and stepping ----------------------------------------------------------
     def claim_payouts(
-        self, *, worker: str, limit: int, lease_seconds: int, states: Sequence[PayoutState],
-        portfolio_ids: Sequence[str] | None = None, run_id: uuid.UUID | None = None,
+        self,
+        *,
+        worker: str,
+        limit: int,
+        lease_seconds: int,
+        states: Sequence[PayoutState],
+        portfolio_ids: Sequence[str] | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> list[PayoutRecord]:
         """Lease up to ``limit`` executable payouts nobody else holds (FOR UPDATE SKIP LOCKED)."""
         filters = ""
-        params: dict[str, Any] = {"w": worker, "n": limit, "lease": lease_seconds,
-                                  "states": [s.value for s in states]}
+        params: dict[str, Any] = {"w": worker, "n": limit, "lease": lease_seconds, "states": [s.value for s in states]}
         if portfolio_ids is not None:
             filters += " AND portfolio_id = ANY(:pids)"
             params["pids"] = list(portfolio_ids)
@@ -388,8 +505,10 @@ class Journal:
     def release_lease(self, payout_id: uuid.UUID, worker: str) -> None:
         with self._tx() as conn:
             conn.execute(
-                sa.text("UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL"
-                        " WHERE id = :id AND lease_owner = :w"),
+                sa.text(
+                    "UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL"
+                    " WHERE id = :id AND lease_owner = :w"
+                ),
                 {"id": payout_id, "w": worker},
             )
 
@@ -403,32 +522,48 @@ class Journal:
     def prior_attempts(self, payout_id: uuid.UUID, step: Step) -> int:
         """How many attempts of this step were made before (any outcome, or none: a crash)."""
         with self.engine.connect() as conn:
-            return int(conn.execute(
-                sa.text("SELECT count(*) FROM batch.step_attempts WHERE payout_id = :p AND step = :s"),
-                {"p": payout_id, "s": step.value},
-            ).scalar_one())
+            return int(
+                conn.execute(
+                    sa.text("SELECT count(*) FROM batch.step_attempts WHERE payout_id = :p AND step = :s"),
+                    {"p": payout_id, "s": step.value},
+                ).scalar_one()
+            )
 
     def begin_step(
-        self, payout: PayoutRecord, *, run_id: uuid.UUID, step: Step, actor: str, worker: str,
-        intent: Mapping[str, Any], payout_updates: Mapping[str, Any] | None = None,
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID,
+        step: Step,
+        actor: str,
+        worker: str,
+        intent: Mapping[str, Any],
+        payout_updates: Mapping[str, Any] | None = None,
     ) -> int:
         """Record the intent to call an external system (durably, before the call)."""
         with self._tx() as conn:
             self._guard(conn, payout, worker, payout_updates or {})
-            attempt_id = int(conn.execute(
-                sa.text(
-                    "INSERT INTO batch.step_attempts (payout_id, run_id, step, intent)"
-                    " VALUES (:p, :r, :s, CAST(:i AS jsonb)) RETURNING id"
-                ),
-                {"p": payout.id, "r": run_id, "s": step.value, "i": canonical_json(intent)},
-            ).scalar_one())
-            self._audit(conn, actor=actor, action=f"step.{step.value.lower()}.intent", run_id=run_id,
-                        payout_id=payout.id, portfolio_id=payout.portfolio_id, details=intent)
+            attempt_id = int(
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO batch.step_attempts (payout_id, run_id, step, intent)"
+                        " VALUES (:p, :r, :s, CAST(:i AS jsonb)) RETURNING id"
+                    ),
+                    {"p": payout.id, "r": run_id, "s": step.value, "i": canonical_json(intent)},
+                ).scalar_one()
+            )
+            self._audit(
+                conn,
+                actor=actor,
+                action=f"step.{step.value.lower()}.intent",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details=intent,
+            )
         return attempt_id
 
-    def _guard(
-        self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]
-    ) -> None:
+    def _guard(self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]) -> None:
         """Check we still own the payout in the state we think it is in (and apply column updates)."""
         sets = ", ".join(f"{k} = :u_{k}" for k in updates)
         row = conn.execute(
@@ -440,14 +575,22 @@ class Journal:
             {"id": payout.id, "state": payout.state.value, "w": worker, **{f"u_{k}": v for k, v in updates.items()}},
         ).first()
         if row is None:
-            raise InvalidTransitionError(
-                f"payout {payout.id} is no longer {payout.state} under this worker's lease"
-            )
+            raise InvalidTransitionError(f"payout {payout.id} is no longer {payout.state} under this worker's lease")
 
     def finish_step(
-        self, payout: PayoutRecord, attempt_id: int, *, run_id: uuid.UUID, step: Step, actor: str,
-        worker: str, outcome: str, detail: Mapping[str, Any], through: Sequence[PayoutState] = (),
-        payout_updates: Mapping[str, Any] | None = None, revise: tuple[str, str] | None = None,
+        self,
+        payout: PayoutRecord,
+        attempt_id: int,
+        *,
+        run_id: uuid.UUID,
+        step: Step,
+        actor: str,
+        worker: str,
+        outcome: str,
+        detail: Mapping[str, Any],
+        through: Sequence[PayoutState] = (),
+        payout_updates: Mapping[str, Any] | None = None,
+        revise: tuple[str, str] | None = None,
     ) -> PayoutRecord:
         """Record the outcome of an attempt and move the payout through ``through`` states (guarded).
 
@@ -466,15 +609,28 @@ class Journal:
             for target in through:
                 current = self._transition(conn, current, target, worker=worker, updates=updates)
                 updates = {}
-                self._audit(conn, actor=actor, action="payout.state", run_id=run_id, payout_id=payout.id,
-                            portfolio_id=payout.portfolio_id,
-                            details={"from": payout.state, "to": target, "step": step})
+                self._audit(
+                    conn,
+                    actor=actor,
+                    action="payout.state",
+                    run_id=run_id,
+                    payout_id=payout.id,
+                    portfolio_id=payout.portfolio_id,
+                    details={"from": payout.state, "to": target, "step": step},
+                )
             if updates:
                 self._guard(conn, current, worker, updates)
             if revise is not None:
                 self.revise_decision(conn, payout.id, *revise)
-            self._audit(conn, actor=actor, action=f"step.{step.value.lower()}.{outcome.lower()}", run_id=run_id,
-                        payout_id=payout.id, portfolio_id=payout.portfolio_id, details=detail)
+            self._audit(
+                conn,
+                actor=actor,
+                action=f"step.{step.value.lower()}.{outcome.lower()}",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details=detail,
+            )
             row = conn.execute(
                 sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE id = :id"), {"id": payout.id}
             ).one()
@@ -490,7 +646,12 @@ class Journal:
     }
 
     def _transition(
-        self, conn: Connection, payout: PayoutRecord, target: PayoutState, *, worker: str | None,
+        self,
+        conn: Connection,
+        payout: PayoutRecord,
+        target: PayoutState,
+        *,
+        worker: str | None,
         updates: Mapping[str, Any],
     ) -> PayoutRecord:
         check_transition(payout.state, target)
@@ -508,63 +669,117 @@ class Journal:
                 f"UPDATE batch.payouts SET state = :to, updated_at = now(){''.join(', ' + s for s in sets)}"
                 f" WHERE id = :id AND state = :from_state{owner} RETURNING {_PAYOUT_COLUMNS}"
             ),
-            {"to": target.value, "id": payout.id, "from_state": payout.state.value, "w": worker,
-             **{f"u_{k}": v for k, v in updates.items()}},
+            {
+                "to": target.value,
+                "id": payout.id,
+                "from_state": payout.state.value,
+                "w": worker,
+                **{f"u_{k}": v for k, v in updates.items()},
+            },
         ).first()
         if row is None:
             raise InvalidTransitionError(f"payout {payout.id}: {payout.state} -> {target} lost a race")
         return PayoutRecord.from_row(row)
 
     def needs_attention(
-        self, payout: PayoutRecord, *, run_id: uuid.UUID | None, step: Step | None, actor: str,
-        worker: str | None, error: str, evidence: Mapping[str, Any] | None = None,
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID | None,
+        step: Step | None,
+        actor: str,
+        worker: str | None,
+        error: str,
+        evidence: Mapping[str, Any] | None = None,
         attempt_id: int | None = None,
     ) -> PayoutRecord:
         """Stop a payout for a human: the exact step, the error and the evidence are recorded."""
         with self._tx() as conn:
             if attempt_id is not None:
                 conn.execute(
-                    sa.text("UPDATE batch.step_attempts SET outcome = 'PERMANENT_ERROR', outcome_at = now(),"
-                            " detail = CAST(:d AS jsonb) WHERE id = :id AND outcome IS NULL"),
+                    sa.text(
+                        "UPDATE batch.step_attempts SET outcome = 'PERMANENT_ERROR', outcome_at = now(),"
+                        " detail = CAST(:d AS jsonb) WHERE id = :id AND outcome IS NULL"
+                    ),
                     {"d": canonical_json({"error": error, **(evidence or {})}), "id": attempt_id},
                 )
             updated = self._transition(
-                conn, payout, PayoutState.NEEDS_ATTENTION, worker=worker,
-                updates={"failing_step": step.value if step else None, "last_error": error[:2000],
-                         "lease_owner": None, "lease_expires_at": None},
+                conn,
+                payout,
+                PayoutState.NEEDS_ATTENTION,
+                worker=worker,
+                updates={
+                    "failing_step": step.value if step else None,
+                    "last_error": error[:2000],
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                },
             )
-            self._audit(conn, actor=actor, action="payout.needs_attention", run_id=run_id, payout_id=payout.id,
-                        portfolio_id=payout.portfolio_id,
-                        details={"from": payout.state, "step": step, "error": error, "evidence": evidence or {}})
+            self._audit(
+                conn,
+                actor=actor,
+                action="payout.needs_attention",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details={"from": payout.state, "step": step, "error": error, "evidence": evidence or {}},
+            )
         return updated
 
     def cancel_before_ledger(
-        self, payout: PayoutRecord, *, run_id: uuid.UUID | None, actor: str, worker: str | None,
-        reason: str, revise: tuple[str, str] | None, attempt_id: int | None = None,
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID | None,
+        actor: str,
+        worker: str | None,
+        reason: str,
+        revise: tuple[str, str] | None,
+        attempt_id: int | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> PayoutRecord:
         """CANCEL a payout that has not reached the ledger (the only kind that may be cancelled)."""
         with self._tx() as conn:
             if attempt_id is not None:
                 conn.execute(
-                    sa.text("UPDATE batch.step_attempts SET outcome = 'REFUSED', outcome_at = now(),"
-                            " detail = CAST(:d AS jsonb) WHERE id = :id AND outcome IS NULL"),
+                    sa.text(
+                        "UPDATE batch.step_attempts SET outcome = 'REFUSED', outcome_at = now(),"
+                        " detail = CAST(:d AS jsonb) WHERE id = :id AND outcome IS NULL"
+                    ),
                     {"d": canonical_json(detail or {}), "id": attempt_id},
                 )
             if payout.ledger_reference is not None:
                 raise InvalidTransitionError(f"payout {payout.id} reached the ledger; it cannot be cancelled")
-            updated = self._transition(conn, payout, PayoutState.CANCELLED, worker=worker,
-                                       updates={"last_error": reason, "lease_owner": None, "lease_expires_at": None})
+            updated = self._transition(
+                conn,
+                payout,
+                PayoutState.CANCELLED,
+                worker=worker,
+                updates={"last_error": reason, "lease_owner": None, "lease_expires_at": None},
+            )
             if revise is not None:
                 self.revise_decision(conn, payout.id, *revise)
-            self._audit(conn, actor=actor, action="payout.cancelled", run_id=run_id, payout_id=payout.id,
-                        portfolio_id=payout.portfolio_id, details={"reason": reason, **(detail or {})})
+            self._audit(
+                conn,
+                actor=actor,
+                action="payout.cancelled",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details={"reason": reason, **(detail or {})},
+            )
         return updated
 
     # -- operator controls ---------------------------------------------------------------------------
     def operator_transition(
-        self, payout_id: uuid.UUID, *, target: PayoutState | None, actor: str, action: str,
-        reason: str, updates: Mapping[str, Any] | None = None,
+        self,
+        payout_id: uuid.UUID,
+        *,
+        target: PayoutState | None,
+        actor: str,
+        action: str,
+        reason: str,
+        updates: Mapping[str, Any] | None = None,
     ) -> PayoutRecord:
         """An operator's change (approve, retry, cancel), guarded and audited with who did it."""
         with self._tx() as conn:
@@ -586,20 +801,31 @@ class Journal:
                 resolved = PayoutState(payout.stopped_in_state)
             assert resolved is not None
             updated = self._transition(
-                conn, payout, resolved, worker=None,
+                conn,
+                payout,
+                resolved,
+                worker=None,
                 updates={"lease_owner": None, "lease_expires_at": None, **(updates or {})},
             )
             if resolved is PayoutState.CANCELLED:
                 self.revise_decision(conn, payout_id, "DEFER", "CANCELLED_BY_OPERATOR")
-            self._audit(conn, actor=actor, action=action, payout_id=payout_id, portfolio_id=payout.portfolio_id,
-                        details={"from": payout.state, "to": resolved, "reason": reason})
+            self._audit(
+                conn,
+                actor=actor,
+                action=action,
+                payout_id=payout_id,
+                portfolio_id=payout.portfolio_id,
+                details={"from": payout.state, "to": resolved, "reason": reason},
+            )
         return updated
 
     def list_payouts(self, states: Sequence[PayoutState], limit: int = 1000) -> list[PayoutRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE state = ANY(:s)"
-                        " ORDER BY created_at, id LIMIT :n"),
+                sa.text(
+                    f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE state = ANY(:s)"
+                    " ORDER BY created_at, id LIMIT :n"
+                ),
                 {"s": [s.value for s in states], "n": limit},
             ).all()
         return [PayoutRecord.from_row(r) for r in rows]
@@ -620,8 +846,10 @@ class Journal:
         with self.engine.connect() as conn:
             while True:
                 rows = conn.execute(
-                    sa.text("SELECT seq, at, actor, action, run_id, payout_id, portfolio_id, details, prev_hash,"
-                            " hash FROM batch.audit_log WHERE seq > :after ORDER BY seq LIMIT :n"),
+                    sa.text(
+                        "SELECT seq, at, actor, action, run_id, payout_id, portfolio_id, details, prev_hash,"
+                        " hash FROM batch.audit_log WHERE seq > :after ORDER BY seq LIMIT :n"
+                    ),
                     {"after": last_seq, "n": batch_size},
                 ).all()
                 if not rows:
@@ -629,16 +857,25 @@ class Journal:
                 for r in rows:
                     count += 1
                     if r.seq != expected_seq:
-                        return AuditVerification(False, count, last_seq, head_hash, r.seq,
-                                                 f"sequence gap: expected {expected_seq}, found {r.seq} (row deleted?)")
+                        return AuditVerification(
+                            False,
+                            count,
+                            last_seq,
+                            head_hash,
+                            r.seq,
+                            f"sequence gap: expected {expected_seq}, found {r.seq} (row deleted?)",
+                        )
                     if r.prev_hash != prev:
-                        return AuditVerification(False, count, last_seq, head_hash, r.seq,
-                                                 "prev_hash does not match the previous row's hash")
-                    computed = audit_hash(prev, r.seq, r.at, r.actor, r.action, r.run_id, r.payout_id,
-                                          r.portfolio_id, r.details)
+                        return AuditVerification(
+                            False, count, last_seq, head_hash, r.seq, "prev_hash does not match the previous row's hash"
+                        )
+                    computed = audit_hash(
+                        prev, r.seq, r.at, r.actor, r.action, r.run_id, r.payout_id, r.portfolio_id, r.details
+                    )
                     if computed != r.hash:
-                        return AuditVerification(False, count, last_seq, head_hash, r.seq,
-                                                 "row content does not match its hash (edited?)")
+                        return AuditVerification(
+                            False, count, last_seq, head_hash, r.seq, "row content does not match its hash (edited?)"
+                        )
                     prev = head_hash = r.hash
                     last_seq = r.seq
                     expected_seq += 1
@@ -648,5 +885,3 @@ class Journal:
         with self.engine.connect() as conn:
             row = conn.execute(sa.text("SELECT seq, hash FROM batch.audit_log ORDER BY seq DESC LIMIT 1")).first()
         return (0, GENESIS_HASH) if row is None else (int(row.seq), str(row.hash))
-
-

@@ -95,9 +95,7 @@ def migrate(engine: Engine, component: str, folder: Path | None = None) -> list[
             # Through the DB-API cursor without parameters: the file is sent verbatim (no %-formatting).
             conn.connection.cursor().execute(migration.sql)
             conn.execute(
-                sa.text(
-                    f"INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"
-                ),
+                sa.text(f"INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
                 {"v": migration.version, "n": migration.name, "c": migration.checksum},
             )
             applied_now.append(migration.name)

@@ -38,8 +38,15 @@ class Step(StrEnum):
 
 
 S = PayoutState
-_FLOW = (S.PLANNED, S.LEDGER_POSTED, S.TRANSACTION_RECORDED, S.DIVEST_CLEARED,
-         S.HOLDINGS_UPDATED, S.EVENT_SENT, S.COMPLETED)
+_FLOW = (
+    S.PLANNED,
+    S.LEDGER_POSTED,
+    S.TRANSACTION_RECORDED,
+    S.DIVEST_CLEARED,
+    S.HOLDINGS_UPDATED,
+    S.EVENT_SENT,
+    S.COMPLETED,
+)
 
 TRANSITIONS: dict[PayoutState, frozenset[PayoutState]] = {
     S.HELD: frozenset({S.PLANNED, S.CANCELLED}),
@@ -49,8 +56,17 @@ TRANSITIONS: dict[PayoutState, frozenset[PayoutState]] = {
     S.DIVEST_CLEARED: frozenset({S.HOLDINGS_UPDATED, S.NEEDS_ATTENTION}),
     S.HOLDINGS_UPDATED: frozenset({S.EVENT_SENT, S.NEEDS_ATTENTION}),
     S.EVENT_SENT: frozenset({S.COMPLETED, S.NEEDS_ATTENTION}),
-    S.NEEDS_ATTENTION: frozenset({S.PLANNED, S.LEDGER_POSTED, S.TRANSACTION_RECORDED, S.DIVEST_CLEARED,
-                                  S.HOLDINGS_UPDATED, S.EVENT_SENT, S.CANCELLED}),
+    S.NEEDS_ATTENTION: frozenset(
+        {
+            S.PLANNED,
+            S.LEDGER_POSTED,
+            S.TRANSACTION_RECORDED,
+            S.DIVEST_CLEARED,
+            S.HOLDINGS_UPDATED,
+            S.EVENT_SENT,
+            S.CANCELLED,
+        }
+    ),
     S.COMPLETED: frozenset(),
     S.CANCELLED: frozenset(),
 }

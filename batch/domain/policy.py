@@ -146,9 +146,7 @@ def decide(
     ledger_cash = quantize_down(ledger.available, currency)
     base["ledger_available"] = ledger_cash
     if ledger.currency != currency:
-        return verdict(
-            Decision.HOLD, Reason.CURRENCY_MISMATCH, f"ledger account in {ledger.currency}", **base
-        )
+        return verdict(Decision.HOLD, Reason.CURRENCY_MISMATCH, f"ledger account in {ledger.currency}", **base)
 
     # 5. reconciliation
     gap = abs(ledger_cash - is_cash)
@@ -176,13 +174,21 @@ def decide(
     cap = policy.max_payout.get(currency)
     if cap is not None and amount > cap:
         return verdict(
-            Decision.HOLD, Reason.OVER_PAYOUT_CAP, f"{amount} > cap {cap}",
-            pay_amount=amount, held_payout=True, **base,
+            Decision.HOLD,
+            Reason.OVER_PAYOUT_CAP,
+            f"{amount} > cap {cap}",
+            pay_amount=amount,
+            held_payout=True,
+            **base,
         )
     run_cap = policy.max_run_total.get(currency)
     if run_cap is not None and run_totals.get(currency, Decimal(0)) + amount > run_cap:
         return verdict(
-            Decision.HOLD, Reason.OVER_RUN_CAP, f"run total would exceed {run_cap}",
-            pay_amount=amount, held_payout=True, **base,
+            Decision.HOLD,
+            Reason.OVER_RUN_CAP,
+            f"run total would exceed {run_cap}",
+            pay_amount=amount,
+            held_payout=True,
+            **base,
         )
     return verdict(Decision.PAY, reason, note, pay_amount=amount, **base)

@@ -31,9 +31,12 @@ def _ledger_payouts(ledger_dsn: str) -> tuple[int, Decimal]:
     engine = make_engine(ledger_dsn, pool_size=1)
     try:
         with engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "SELECT count(*), coalesce(sum(t.amount), 0) FROM ledger.transfers t"
-                " JOIN ledger.accounts a ON a.id = t.credit_account_id WHERE a.kind = 'PAYOUT_CLEARING'")).one()
+            row = conn.execute(
+                sa.text(
+                    "SELECT count(*), coalesce(sum(t.amount), 0) FROM ledger.transfers t"
+                    " JOIN ledger.accounts a ON a.id = t.credit_account_id WHERE a.kind = 'PAYOUT_CLEARING'"
+                )
+            ).one()
         return int(row[0]), Decimal(row[1])
     finally:
         engine.dispose()
@@ -58,13 +61,17 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
             manifest = seed_scenario(dsns.sandbox, dsns.ledger, size=size)
             seeded = "reused" if manifest.get("already_seeded") else "seeded"
             print(f"== scenario {seeded}: {manifest['size']} portfolios over {len(manifest['cases'])} cases")
-            demo_settings = settings.model_copy(update={
-                "investsuite": settings.investsuite.model_copy(update={
-                    "base_url": sandbox.base_url,
-                    "access_key_id": settings.investsuite.access_key_id or DEMO_ACCESS_KEY,
-                    "secret_access_key": settings.investsuite.secret_access_key or _secret(DEMO_SECRET),
-                }),
-            })
+            demo_settings = settings.model_copy(
+                update={
+                    "investsuite": settings.investsuite.model_copy(
+                        update={
+                            "base_url": sandbox.base_url,
+                            "access_key_id": settings.investsuite.access_key_id or DEMO_ACCESS_KEY,
+                            "secret_access_key": settings.investsuite.secret_access_key or _secret(DEMO_SECRET),
+                        }
+                    ),
+                }
+            )
             app = build_app(demo_settings, dsns=dsns)
             try:
                 before = _ledger_payouts(dsns.ledger)
@@ -75,17 +82,21 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
                 print_run_result(first)
                 middle = _ledger_payouts(dsns.ledger)
                 print(f"\n== the same business date again ({first.business_date})")
-                second = run_job(app, RunRequest(business_date=first.business_date, trigger="manual",
-                                                 operator="demo"))
+                second = run_job(app, RunRequest(business_date=first.business_date, trigger="manual", operator="demo"))
                 after = _ledger_payouts(dsns.ledger)
                 print(f"  ledger payouts before the demo: {before[0]} ({before[1]})")
                 print(f"  after the first run:            {middle[0]} ({middle[1]})")
-                print(f"  after the second run:           {after[0]} ({after[1]})"
-                      f"  -> {after[0] - middle[0]} new payout(s): nothing is paid twice")
-                print(f"  second run exit code {int(second.exit_code)} ({second.status}); reports in "
-                      f"{demo_settings.run.report_dir}/")
-                print("\nNext: `batch payouts --state held`, `batch runs`, `batch audit verify` "
-                      "(see README, Operations).")
+                print(
+                    f"  after the second run:           {after[0]} ({after[1]})"
+                    f"  -> {after[0] - middle[0]} new payout(s): nothing is paid twice"
+                )
+                print(
+                    f"  second run exit code {int(second.exit_code)} ({second.status}); reports in "
+                    f"{demo_settings.run.report_dir}/"
+                )
+                print(
+                    "\nNext: `batch payouts --state held`, `batch runs`, `batch audit verify` (see README, Operations)."
+                )
                 return int(first.exit_code) if first.exit_code is not ExitCode.ATTENTION else ExitCode.OK
             finally:
                 app.close()

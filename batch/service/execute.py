@@ -106,8 +106,12 @@ class Executor:
             while True:
                 if not exhausted and not self.stop_requested.is_set() and len(in_flight) < batch:
                     claimed = self.journal.claim_payouts(
-                        worker=self.worker, limit=batch - len(in_flight), lease_seconds=self.lease_seconds,
-                        states=states, portfolio_ids=portfolio_ids, run_id=run_scope,
+                        worker=self.worker,
+                        limit=batch - len(in_flight),
+                        lease_seconds=self.lease_seconds,
+                        states=states,
+                        portfolio_ids=portfolio_ids,
+                        run_id=run_scope,
                     )
                     exhausted = not claimed
                     for payout in claimed:
@@ -177,70 +181,135 @@ class Executor:
                 self.sleep(delay)
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _begin(self, payout: PayoutRecord, step: Step, intent: Mapping[str, Any],
-               updates: Mapping[str, Any] | None = None) -> int:
-        return self.journal.begin_step(payout, run_id=self.run_id, step=step, actor=self.actor, worker=self.worker,
-                                       intent=intent, payout_updates=updates)
+    def _begin(
+        self, payout: PayoutRecord, step: Step, intent: Mapping[str, Any], updates: Mapping[str, Any] | None = None
+    ) -> int:
+        return self.journal.begin_step(
+            payout,
+            run_id=self.run_id,
+            step=step,
+            actor=self.actor,
+            worker=self.worker,
+            intent=intent,
+            payout_updates=updates,
+        )
 
-    def _finish(self, payout: PayoutRecord, attempt_id: int, step: Step, outcome: str, detail: Mapping[str, Any],
-                through: Sequence[PayoutState] = (), updates: Mapping[str, Any] | None = None) -> PayoutRecord:
-        return self.journal.finish_step(payout, attempt_id, run_id=self.run_id, step=step, actor=self.actor,
-                                        worker=self.worker, outcome=outcome, detail=detail, through=through,
-                                        payout_updates=updates)
+    def _finish(
+        self,
+        payout: PayoutRecord,
+        attempt_id: int,
+        step: Step,
+        outcome: str,
+        detail: Mapping[str, Any],
+        through: Sequence[PayoutState] = (),
+        updates: Mapping[str, Any] | None = None,
+    ) -> PayoutRecord:
+        return self.journal.finish_step(
+            payout,
+            attempt_id,
+            run_id=self.run_id,
+            step=step,
+            actor=self.actor,
+            worker=self.worker,
+            outcome=outcome,
+            detail=detail,
+            through=through,
+            payout_updates=updates,
+        )
 
     def _transient(self, payout: PayoutRecord, attempt_id: int, step: Step, exc: BatchError) -> None:
-        self._finish(payout, attempt_id, step, "TRANSIENT_ERROR", {"error": str(exc)[:500],
-                                                                     "type": type(exc).__name__})
+        self._finish(payout, attempt_id, step, "TRANSIENT_ERROR", {"error": str(exc)[:500], "type": type(exc).__name__})
 
-    def _attention(self, payout: PayoutRecord, step: Step, error: str, evidence: Mapping[str, Any] | None = None,
-                   attempt_id: int | None = None) -> PayoutRecord:
+    def _attention(
+        self,
+        payout: PayoutRecord,
+        step: Step,
+        error: str,
+        evidence: Mapping[str, Any] | None = None,
+        attempt_id: int | None = None,
+    ) -> PayoutRecord:
         log.warning("payout.needs_attention", step=step.value, error=error)
-        return self.journal.needs_attention(payout, run_id=self.run_id, step=step, actor=self.actor,
-                                            worker=self.worker, error=error, evidence=evidence,
-                                            attempt_id=attempt_id)
+        return self.journal.needs_attention(
+            payout,
+            run_id=self.run_id,
+            step=step,
+            actor=self.actor,
+            worker=self.worker,
+            error=error,
+            evidence=evidence,
+            attempt_id=attempt_id,
+        )
 
     # -- step 1: ledger ---------------------------------------------------------------------------------
     def _ledger_post(self, payout: PayoutRecord, prior: int) -> PayoutRecord:
         key = str(payout.id)
         step = Step.LEDGER_POST
-        attempt = self._begin(payout, step, {
-            "idempotency_key": key, "account": mask_account(payout.ledger_account),
-            "amount": payout.amount, "currency": payout.currency, "value_date": payout.business_date,
-            "prior_attempts": prior,
-        })
+        attempt = self._begin(
+            payout,
+            step,
+            {
+                "idempotency_key": key,
+                "account": mask_account(payout.ledger_account),
+                "amount": payout.amount,
+                "currency": payout.currency,
+                "value_date": payout.business_date,
+                "prior_attempts": prior,
+            },
+        )
         try:
             transfer = self.ledger.post_payout(
-                idempotency_key=key, account_reference=payout.ledger_account, amount=payout.amount,
-                currency=payout.currency, value_date=payout.business_date, counterparty=payout.counter_account,
+                idempotency_key=key,
+                account_reference=payout.ledger_account,
+                amount=payout.amount,
+                currency=payout.currency,
+                value_date=payout.business_date,
+                counterparty=payout.counter_account,
                 description=f"InvestSuite withdrawal {payout.portfolio_id}",
             )
         except InsufficientFundsError as exc:
             detail = {"available": exc.available, "requested": payout.amount}
             log.info("payout.cancelled_balance_changed", **{k: str(v) for k, v in detail.items()})
-            raise _Stop(self.journal.cancel_before_ledger(
-                payout, run_id=self.run_id, actor=self.actor, worker=self.worker, reason="BALANCE_CHANGED",
-                revise=("DEFER", "BALANCE_CHANGED"), attempt_id=attempt, detail=detail,
-            )) from exc
+            raise _Stop(
+                self.journal.cancel_before_ledger(
+                    payout,
+                    run_id=self.run_id,
+                    actor=self.actor,
+                    worker=self.worker,
+                    reason="BALANCE_CHANGED",
+                    revise=("DEFER", "BALANCE_CHANGED"),
+                    attempt_id=attempt,
+                    detail=detail,
+                )
+            ) from exc
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"ledger refused: {exc}", attempt_id=attempt)) from exc
-        return self._finish(payout, attempt, step, "OK", {"ledger_reference": transfer.reference},
-                            through=[S.LEDGER_POSTED], updates={"ledger_reference": transfer.reference})
+        return self._finish(
+            payout,
+            attempt,
+            step,
+            "OK",
+            {"ledger_reference": transfer.reference},
+            through=[S.LEDGER_POSTED],
+            updates={"ledger_reference": transfer.reference},
+        )
 
     # -- step 2: InvestSuite transaction -------------------------------------------------------------------
     def _transaction_body(self, payout: PayoutRecord) -> dict[str, Any]:
         posted = payout.ledger_posted_at or datetime.combine(payout.business_date, dtime(0), UTC)
         return {
             "external_id": payout.ledger_reference,
-            "movements": [{
-                "type": "CASH_WITHDRAWAL",
-                "status": "SETTLED",
-                "datetime": posted.astimezone(UTC).isoformat(),
-                "instrument_id": f"${payout.currency}",
-                "quantity": -payout.amount,
-            }],
+            "movements": [
+                {
+                    "type": "CASH_WITHDRAWAL",
+                    "status": "SETTLED",
+                    "datetime": posted.astimezone(UTC).isoformat(),
+                    "instrument_id": f"${payout.currency}",
+                    "quantity": -payout.amount,
+                }
+            ],
         }
 
     def _check_adopted(self, payout: PayoutRecord, tx: RemoteTransaction) -> str | None:
@@ -264,27 +333,51 @@ class Executor:
             if prior > 0:
                 found = self.client.find_transactions(payout.portfolio_id, payout.ledger_reference)
                 if len(found) > 1:
-                    raise _Stop(self._attention(
-                        payout, step, f"{len(found)} InvestSuite transactions carry external_id "
-                        f"{payout.ledger_reference}", {"transaction_ids": [t.id for t in found]}, attempt))
+                    raise _Stop(
+                        self._attention(
+                            payout,
+                            step,
+                            f"{len(found)} InvestSuite transactions carry external_id {payout.ledger_reference}",
+                            {"transaction_ids": [t.id for t in found]},
+                            attempt,
+                        )
+                    )
                 if found:
                     problem = self._check_adopted(payout, found[0])
                     if problem:
                         raise _Stop(self._attention(payout, step, problem, {"transaction_id": found[0].id}, attempt))
-                    return self._finish(payout, attempt, step, "ADOPTED", {"transaction_id": found[0].id},
-                                        through=[S.TRANSACTION_RECORDED], updates={"transaction_id": found[0].id})
+                    return self._finish(
+                        payout,
+                        attempt,
+                        step,
+                        "ADOPTED",
+                        {"transaction_id": found[0].id},
+                        through=[S.TRANSACTION_RECORDED],
+                        updates={"transaction_id": found[0].id},
+                    )
             tx = self.client.create_transaction(payout.portfolio_id, self._transaction_body(payout))
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
         except NotFoundError as exc:
-            raise _Stop(self._attention(payout, step, "portfolio disappeared after the ledger payout",
-                                        {"status": exc.status}, attempt)) from exc
+            raise _Stop(
+                self._attention(
+                    payout, step, "portfolio disappeared after the ledger payout", {"status": exc.status}, attempt
+                )
+            ) from exc
         except BatchError as exc:
-            raise _Stop(self._attention(payout, step, f"InvestSuite refused the transaction: {exc}",
-                                        attempt_id=attempt)) from exc
-        return self._finish(payout, attempt, step, "OK", {"transaction_id": tx.id},
-                            through=[S.TRANSACTION_RECORDED], updates={"transaction_id": tx.id})
+            raise _Stop(
+                self._attention(payout, step, f"InvestSuite refused the transaction: {exc}", attempt_id=attempt)
+            ) from exc
+        return self._finish(
+            payout,
+            attempt,
+            step,
+            "OK",
+            {"transaction_id": tx.id},
+            through=[S.TRANSACTION_RECORDED],
+            updates={"transaction_id": tx.id},
+        )
 
     # -- step 3: divest cleared and holdings updated, one PATCH -------------------------------------------
     def _update_portfolio(self, payout: PayoutRecord, prior: int) -> PayoutRecord:
@@ -292,8 +385,9 @@ class Executor:
         try:
             remote = self.client.get_portfolio(payout.portfolio_id)
         except NotFoundError as exc:
-            raise _Stop(self._attention(payout, step, "portfolio disappeared after the ledger payout",
-                                        {"status": exc.status})) from exc
+            raise _Stop(
+                self._attention(payout, step, "portfolio disappeared after the ledger payout", {"status": exc.status})
+            ) from exc
         except BatchError as exc:
             if isinstance(exc, TransientError):
                 raise
@@ -304,8 +398,7 @@ class Executor:
             raise _Stop(self._attention(payout, step, f"holdings unreadable: {view.holdings_error}"))
         cash_now = view.holdings.get(cash_key, Decimal(0))
         divest_now = view.divest_raw
-        evidence: dict[str, Any] = {"cash_now": cash_now, "divest_now": str(divest_now),
-                                    "version": remote.version}
+        evidence: dict[str, Any] = {"cash_now": cash_now, "divest_now": str(divest_now), "version": remote.version}
 
         if prior > 0 and payout.holdings_target_cash is not None and payout.holdings_base_cash is not None:
             base, target = payout.holdings_base_cash, payout.holdings_target_cash
@@ -313,13 +406,25 @@ class Executor:
             evidence |= {"base_cash": base, "target_cash": target}
             if cash_now == target:
                 attempt = self._begin(payout, step, {"read_back": True, **evidence})
-                return self._finish(payout, attempt, step, "ADOPTED", evidence,
-                                    through=[S.DIVEST_CLEARED, S.HOLDINGS_UPDATED]
-                                    if payout.state is S.TRANSACTION_RECORDED else [S.HOLDINGS_UPDATED])
+                return self._finish(
+                    payout,
+                    attempt,
+                    step,
+                    "ADOPTED",
+                    evidence,
+                    through=[S.DIVEST_CLEARED, S.HOLDINGS_UPDATED]
+                    if payout.state is S.TRANSACTION_RECORDED
+                    else [S.HOLDINGS_UPDATED],
+                )
             if cash_now != base:
-                raise _Stop(self._attention(
-                    payout, step, "holdings cash is neither the base nor the target after an unknown outcome",
-                    evidence))
+                raise _Stop(
+                    self._attention(
+                        payout,
+                        step,
+                        "holdings cash is neither the base nor the target after an unknown outcome",
+                        evidence,
+                    )
+                )
         else:
             base = cash_now
             target = base - payout.amount
@@ -327,14 +432,16 @@ class Executor:
                 evidence["cash_moved_since_planning"] = {"snapshot": payout.cash_snapshot, "now": base}
             if target < 0:
                 raise _Stop(self._attention(payout, step, "holdings cash is below the amount paid", evidence))
-            if (payout.full_withdrawal or not isinstance(divest_now, Decimal)
-                    or divest_now == _dec(payout.divest_snapshot)):
+            if (
+                payout.full_withdrawal
+                or not isinstance(divest_now, Decimal)
+                or divest_now == _dec(payout.divest_snapshot)
+            ):
                 divest_target = Decimal(0)
             else:
                 # the customer changed the request after we planned: keep what we did not pay
                 divest_target = max(quantize_down(divest_now - payout.amount, payout.currency), Decimal(0))
-                evidence["divest_changed_since_planning"] = {"snapshot": payout.divest_snapshot,
-                                                             "now": str(divest_now)}
+                evidence["divest_changed_since_planning"] = {"snapshot": payout.divest_snapshot, "now": str(divest_now)}
 
         config = copy.deepcopy(remote.config)
         settings = config.get("manager_settings")
@@ -343,10 +450,20 @@ class Executor:
         holdings = dict(remote.portfolio)
         holdings[cash_key] = target
         attempt = self._begin(
-            payout, step, {"base_cash": base, "target_cash": target, "divest_target": divest_target,
-                           "read_back": prior > 0, **evidence},
-            updates={"holdings_base_cash": base, "holdings_target_cash": target,
-                     "divest_target": format(divest_target, "f")},
+            payout,
+            step,
+            {
+                "base_cash": base,
+                "target_cash": target,
+                "divest_target": divest_target,
+                "read_back": prior > 0,
+                **evidence,
+            },
+            updates={
+                "holdings_base_cash": base,
+                "holdings_target_cash": target,
+                "divest_target": format(divest_target, "f"),
+            },
         )
         try:
             self.client.patch_portfolio(payout.portfolio_id, {"config": config, "portfolio": holdings})
@@ -354,22 +471,29 @@ class Executor:
             self._transient(payout, attempt, step, exc)
             raise
         except BatchError as exc:
-            raise _Stop(self._attention(payout, step, f"InvestSuite refused the portfolio update: {exc}",
-                                        evidence, attempt)) from exc
-        through = [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED] if payout.state is S.TRANSACTION_RECORDED \
-            else [S.HOLDINGS_UPDATED]
+            raise _Stop(
+                self._attention(payout, step, f"InvestSuite refused the portfolio update: {exc}", evidence, attempt)
+            ) from exc
+        through = (
+            [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED] if payout.state is S.TRANSACTION_RECORDED else [S.HOLDINGS_UPDATED]
+        )
         return self._finish(payout, attempt, step, "OK", evidence, through=through)
 
     # -- step 4: withdraw event --------------------------------------------------------------------------------
     def _send_event(self, payout: PayoutRecord, prior: int) -> PayoutRecord:
         step = Step.SEND_EVENT
         amount = format_amount(payout.amount, payout.currency)
-        attempt = self._begin(payout, step, {"idempotency_key": str(payout.id), "amount": amount,
-                                             "currency": payout.currency, "replay": prior > 0})
+        attempt = self._begin(
+            payout,
+            step,
+            {"idempotency_key": str(payout.id), "amount": amount, "currency": payout.currency, "replay": prior > 0},
+        )
         try:
             receipt = self.client.post_withdraw_event(
-                idempotency_key=str(payout.id), amount=quantize_down(payout.amount, payout.currency),
-                currency=payout.currency, portfolio_id=payout.portfolio_id,
+                idempotency_key=str(payout.id),
+                amount=quantize_down(payout.amount, payout.currency),
+                currency=payout.currency,
+                portfolio_id=payout.portfolio_id,
             )
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
@@ -380,8 +504,15 @@ class Executor:
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"event failed: {exc}", attempt_id=attempt)) from exc
         through = [S.EVENT_SENT, S.COMPLETED] if payout.state is S.HOLDINGS_UPDATED else [S.COMPLETED]
-        return self._finish(payout, attempt, step, "OK", {"status": receipt.status_code}, through=through,
-                            updates={"event_status": receipt.status_code})
+        return self._finish(
+            payout,
+            attempt,
+            step,
+            "OK",
+            {"status": receipt.status_code},
+            through=through,
+            updates={"event_status": receipt.status_code},
+        )
 
 
 def _dec(text: str) -> Decimal | None:

@@ -21,14 +21,21 @@ log = structlog.get_logger("batch.metrics")
 
 def build_registry(result: RunResult, *, now: float | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    outcome = Gauge("batch_payout_candidates", "Candidates by outcome and currency in the last run",
-                    ["outcome", "currency"], registry=registry)
-    amount = Gauge("batch_payout_amount", "Amounts by outcome and currency in the last run",
-                   ["outcome", "currency"], registry=registry)
+    outcome = Gauge(
+        "batch_payout_candidates",
+        "Candidates by outcome and currency in the last run",
+        ["outcome", "currency"],
+        registry=registry,
+    )
+    amount = Gauge(
+        "batch_payout_amount",
+        "Amounts by outcome and currency in the last run",
+        ["outcome", "currency"],
+        registry=registry,
+    )
     exit_code = Gauge("batch_run_exit_code", "Exit code of the last run", registry=registry)
     duration = Gauge("batch_run_duration_seconds", "Duration of the last run", registry=registry)
-    last_success = Gauge("batch_run_last_success_timestamp_seconds", "When a run last succeeded",
-                         registry=registry)
+    last_success = Gauge("batch_run_last_success_timestamp_seconds", "When a run last succeeded", registry=registry)
     exceptions = Gauge("batch_run_exceptions", "Held or needs-attention lines in the last run", registry=registry)
     exit_code.set(int(result.exit_code))
     report = result.report
@@ -54,8 +61,9 @@ def publish_run_metrics(settings: MetricsSettings, result: RunResult) -> bool:
     published = False
     if settings.pushgateway_url:
         try:
-            push_to_gateway(settings.pushgateway_url, job=settings.job_name, registry=registry,
-                            timeout=settings.timeout_seconds)
+            push_to_gateway(
+                settings.pushgateway_url, job=settings.job_name, registry=registry, timeout=settings.timeout_seconds
+            )
             published = True
         except Exception as exc:  # a failing push never fails the run
             log.warning("metrics.push_failed", error=f"{type(exc).__name__}: {exc}"[:300])

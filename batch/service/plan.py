@@ -145,21 +145,42 @@ class Planner:
             if candidate is None:
                 assert isinstance(item, MalformedPortfolio)
                 pid = item.portfolio_id or f"UNREADABLE-{self.run_id.hex[:8]}-{self.stats.pages}-{index}"
-                row = DecisionRow(pid, Decision.HOLD, Reason.MALFORMED_PAYLOAD, None, None, None, False, None,
-                                  None, None, None, False, {"error": item.error[:500]})
+                row = DecisionRow(
+                    pid,
+                    Decision.HOLD,
+                    Reason.MALFORMED_PAYLOAD,
+                    None,
+                    None,
+                    None,
+                    False,
+                    None,
+                    None,
+                    None,
+                    None,
+                    False,
+                    {"error": item.error[:500]},
+                )
                 rows.append((row, None))
                 self.stats.by_decision[row.decision] += 1
                 continue
             if candidate.portfolio_id in open_payouts:
-                verdict = Verdict(Decision.DEFER, Reason.PAYOUT_IN_PROGRESS, candidate.base_currency,
-                                  note=f"open payout {open_payouts[candidate.portfolio_id]}")
+                verdict = Verdict(
+                    Decision.DEFER,
+                    Reason.PAYOUT_IN_PROGRESS,
+                    candidate.base_currency,
+                    note=f"open payout {open_payouts[candidate.portfolio_id]}",
+                )
             else:
-                verdict = decide(candidate, balances.get(ref) if ref else None, self.policy, self.business_date,
-                                 self.run_totals)
+                verdict = decide(
+                    candidate, balances.get(ref) if ref else None, self.policy, self.business_date, self.run_totals
+                )
             rows.append(self._row(candidate, ref, verdict))
             self.stats.by_decision[verdict.decision] += 1
         inserted = self.journal.record_decisions(
-            run_id=self.run_id, business_date=self.business_date, dry_run=self.dry_run, actor=self.actor,
+            run_id=self.run_id,
+            business_date=self.business_date,
+            dry_run=self.dry_run,
+            actor=self.actor,
             decisions=rows,
         )
         self.stats.duplicates += len(rows) - inserted
@@ -173,23 +194,35 @@ class Planner:
         if creates_payout and not self.dry_run:
             assert verdict.pay_amount is not None and ref is not None and view.counter_account is not None
             payout = NewPayout(
-                id=uuid.uuid4(), portfolio_id=view.portfolio_id,
+                id=uuid.uuid4(),
+                portfolio_id=view.portfolio_id,
                 state=PayoutState.PLANNED if verdict.decision is Decision.PAY else PayoutState.HELD,
-                currency=view.base_currency, amount=verdict.pay_amount, full_withdrawal=verdict.full_withdrawal,
-                ledger_account=ref, counter_account=view.counter_account,
+                currency=view.base_currency,
+                amount=verdict.pay_amount,
+                full_withdrawal=verdict.full_withdrawal,
+                ledger_account=ref,
+                counter_account=view.counter_account,
                 cash_snapshot=view.cash if view.cash is not None else Decimal(0),
-                divest_snapshot=str(raw), hold_reason=None if verdict.decision is Decision.PAY else verdict.reason,
+                divest_snapshot=str(raw),
+                hold_reason=None if verdict.decision is Decision.PAY else verdict.reason,
             )
         if verdict.decision is Decision.PAY and verdict.pay_amount is not None and verdict.currency:
             self.run_totals[verdict.currency] = self.run_totals.get(verdict.currency, Decimal(0)) + verdict.pay_amount
         if verdict.held_payout:
             details["held_amount"] = str(verdict.pay_amount)
         row = DecisionRow(
-            portfolio_id=view.portfolio_id, decision=verdict.decision, reason=verdict.reason,
-            currency=verdict.currency, requested_raw=None if raw is None else str(raw)[:100],
-            requested_amount=verdict.requested, full_withdrawal=verdict.full_withdrawal, ledger_account=ref,
-            ledger_available=verdict.ledger_available, investsuite_cash=verdict.investsuite_cash,
+            portfolio_id=view.portfolio_id,
+            decision=verdict.decision,
+            reason=verdict.reason,
+            currency=verdict.currency,
+            requested_raw=None if raw is None else str(raw)[:100],
+            requested_amount=verdict.requested,
+            full_withdrawal=verdict.full_withdrawal,
+            ledger_account=ref,
+            ledger_available=verdict.ledger_available,
+            investsuite_cash=verdict.investsuite_cash,
             pay_amount=verdict.pay_amount if verdict.decision is Decision.PAY else None,
-            reconciliation_break=verdict.reconciliation_break, details=details,
+            reconciliation_break=verdict.reconciliation_break,
+            details=details,
         )
         return row, payout

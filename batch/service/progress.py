@@ -62,8 +62,14 @@ class Progress:
             self.stream.flush()
             self._shown = True
         else:
-            log.info("run.progress", phase=self._phase, done=self._done, total=self._total,
-                     rate_per_s=round(rate, 1), eta_s=None if eta is None else round(eta))
+            log.info(
+                "run.progress",
+                phase=self._phase,
+                done=self._done,
+                total=self._total,
+                rate_per_s=round(rate, 1),
+                eta_s=None if eta is None else round(eta),
+            )
 
     def _finish_line(self) -> None:
         if self.tty and self._shown:

@@ -29,10 +29,15 @@ def to_dict(report: Report) -> dict[str, Any]:
         "software_version": report.software_version,
         "runs": report.runs,
         "totals": {
-            ccy: {"candidates": t.candidates, "requested": t.requested,
-                  **{b: {"count": t.count[b], "amount": t.amount[b]} for b in BUCKETS},
-                  "ledger_posted": t.ledger_posted, "investsuite_settled": t.investsuite_settled,
-                  "events_sent": t.events_sent, "reconciliation_breaks": t.reconciliation_breaks}
+            ccy: {
+                "candidates": t.candidates,
+                "requested": t.requested,
+                **{b: {"count": t.count[b], "amount": t.amount[b]} for b in BUCKETS},
+                "ledger_posted": t.ledger_posted,
+                "investsuite_settled": t.investsuite_settled,
+                "events_sent": t.events_sent,
+                "reconciliation_breaks": t.reconciliation_breaks,
+            }
             for ccy, t in report.totals.items()
         },
         "checks": [{"name": c.name, "currency": c.currency, "ok": c.ok, "detail": c.detail} for c in report.checks],
@@ -48,8 +53,10 @@ def render_json(report: Report) -> str:
 def render_text(report: Report) -> str:
     out = [report.title]
     for run in report.runs:
-        out.append(f"  run {run['id']}  {run['status']}  exit {run['exit_code']}  trigger {run['trigger']}"
-                   f"  operator {run['operator']}{'  DRY RUN' if run['dry_run'] else ''}")
+        out.append(
+            f"  run {run['id']}  {run['status']}  exit {run['exit_code']}  trigger {run['trigger']}"
+            f"  operator {run['operator']}{'  DRY RUN' if run['dry_run'] else ''}"
+        )
     out.append(f"  {report.candidates} candidates, {report.exceptions_count} exceptions")
     out.append("")
     header = f"  {'ccy':<4} {'bucket':<12} {'count':>7} {'amount':>18}"
@@ -63,8 +70,10 @@ def render_text(report: Report) -> str:
     for check in report.checks:
         out.append(f"  [{'PASS' if check.ok else 'FAIL'}] {check.currency} {check.name}: {check.detail}")
     audit = report.audit
-    out.append(f"  audit chain: {'verified' if audit['verified'] else 'BROKEN at ' + str(audit['first_broken_seq'])}"
-               f", {audit['rows']} rows, head {audit['head_seq']}:{audit['head_hash'][:16]}")
+    out.append(
+        f"  audit chain: {'verified' if audit['verified'] else 'BROKEN at ' + str(audit['first_broken_seq'])}"
+        f", {audit['rows']} rows, head {audit['head_seq']}:{audit['head_hash'][:16]}"
+    )
     return "\n".join(out) + "\n"
 
 

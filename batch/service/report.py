@@ -30,12 +30,21 @@ from batch.domain.money import MINOR_UNITS
 SCHEMA_VERSION = "1.0"
 ZERO = Decimal(0)
 BUCKETS = ("paid", "in_progress", "deferred", "skipped", "held")
-STAMPS = ("ledger_posted_at", "transaction_recorded_at", "divest_cleared_at", "holdings_updated_at",
-          "event_sent_at", "completed_at")
+STAMPS = (
+    "ledger_posted_at",
+    "transaction_recorded_at",
+    "divest_cleared_at",
+    "holdings_updated_at",
+    "event_sent_at",
+    "completed_at",
+)
 _STATE_OF_STAMP = {
-    "ledger_posted_at": "LEDGER_POSTED", "transaction_recorded_at": "TRANSACTION_RECORDED",
-    "divest_cleared_at": "DIVEST_CLEARED", "holdings_updated_at": "HOLDINGS_UPDATED",
-    "event_sent_at": "EVENT_SENT", "completed_at": "COMPLETED",
+    "ledger_posted_at": "LEDGER_POSTED",
+    "transaction_recorded_at": "TRANSACTION_RECORDED",
+    "divest_cleared_at": "DIVEST_CLEARED",
+    "holdings_updated_at": "HOLDINGS_UPDATED",
+    "event_sent_at": "EVENT_SENT",
+    "completed_at": "COMPLETED",
 }
 EXCEPTION_STATES = {"NEEDS_ATTENTION", "HELD"}
 
@@ -157,9 +166,14 @@ class Report:
             "exceptions": self.exceptions_count,
             "checks_ok": self.checks_ok,
             "totals": {
-                ccy: {**{f"{b}_count": t.count[b] for b in BUCKETS}, **{b: str(t.amount[b]) for b in BUCKETS},
-                      "requested": str(t.requested), "ledger_posted": str(t.ledger_posted),
-                      "investsuite_settled": str(t.investsuite_settled), "events_sent": str(t.events_sent)}
+                ccy: {
+                    **{f"{b}_count": t.count[b] for b in BUCKETS},
+                    **{b: str(t.amount[b]) for b in BUCKETS},
+                    "requested": str(t.requested),
+                    "ledger_posted": str(t.ledger_posted),
+                    "investsuite_settled": str(t.investsuite_settled),
+                    "events_sent": str(t.events_sent),
+                }
                 for ccy, t in self.totals.items()
             },
         }
@@ -194,22 +208,35 @@ SELECT d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final
 
 
 def build_report(
-    engine: Engine, *, run_id: uuid.UUID | None = None, business_date: date | None = None,
-    as_of_now: bool = False, include_dry_runs: bool = False,
+    engine: Engine,
+    *,
+    run_id: uuid.UUID | None = None,
+    business_date: date | None = None,
+    as_of_now: bool = False,
+    include_dry_runs: bool = False,
 ) -> Report:
     """Gather a report for one run or for all (non dry) runs of a business date."""
     with engine.connect() as conn:
         if run_id is not None:
-            runs = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM batch.runs WHERE id = :id"),
-                                                           {"id": run_id})]
+            runs = [
+                dict(r._mapping)
+                for r in conn.execute(sa.text("SELECT * FROM batch.runs WHERE id = :id"), {"id": run_id})
+            ]
             if not runs:
                 raise LookupError(f"no run {run_id}")
             kind = "run"
         else:
             assert business_date is not None
-            runs = [dict(r._mapping) for r in conn.execute(
-                sa.text("SELECT * FROM batch.runs WHERE business_date = :d AND (dry_run = false OR :dry)"
-                        " ORDER BY started_at"), {"d": business_date, "dry": include_dry_runs})]
+            runs = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT * FROM batch.runs WHERE business_date = :d AND (dry_run = false OR :dry)"
+                        " ORDER BY started_at"
+                    ),
+                    {"d": business_date, "dry": include_dry_runs},
+                )
+            ]
             if not runs:
                 raise LookupError(f"no run for business date {business_date}")
             kind = "date"
@@ -218,9 +245,13 @@ def build_report(
         as_of = now if as_of_now or len(finished) < len(runs) else max(finished)
         run_ids = [r["id"] for r in runs]
         rows = conn.execute(sa.text(_LINES_SQL), {"runs": run_ids}).all()
-        aggregates = conn.execute(sa.text(
-            "SELECT coalesce(currency, '???') AS ccy, coalesce(sum(requested_amount), 0) AS requested,"
-            " count(*) AS n FROM batch.decisions WHERE run_id = ANY(:runs) GROUP BY 1"), {"runs": run_ids}).all()
+        aggregates = conn.execute(
+            sa.text(
+                "SELECT coalesce(currency, '???') AS ccy, coalesce(sum(requested_amount), 0) AS requested,"
+                " count(*) AS n FROM batch.decisions WHERE run_id = ANY(:runs) GROUP BY 1"
+            ),
+            {"runs": run_ids},
+        ).all()
     lines = [_line(dict(row._mapping), as_of) for row in rows]
     lines.sort(key=lambda line: (not line.is_exception, line.run_id, line.portfolio_id))
     totals = _totals(lines)
@@ -229,35 +260,75 @@ def build_report(
         t.requested, t.candidates = _q(agg.requested, agg.ccy) or ZERO, int(agg.n)
     journal = Journal(engine)
     verification = journal.verify_audit()
-    audit = {"verified": verification.ok, "rows": verification.rows, "head_seq": verification.head_seq,
-             "head_hash": verification.head_hash, "first_broken_seq": verification.first_broken_seq,
-             "problem": verification.problem}
-    return Report(kind=kind, business_date=runs[0]["business_date"], runs=[_run_header(r) for r in runs],
-                  as_of=as_of, lines=lines, totals=totals, checks=_checks(totals), audit=audit, generated_at=now)
+    audit = {
+        "verified": verification.ok,
+        "rows": verification.rows,
+        "head_seq": verification.head_seq,
+        "head_hash": verification.head_hash,
+        "first_broken_seq": verification.first_broken_seq,
+        "problem": verification.problem,
+    }
+    return Report(
+        kind=kind,
+        business_date=runs[0]["business_date"],
+        runs=[_run_header(r) for r in runs],
+        as_of=as_of,
+        lines=lines,
+        totals=totals,
+        checks=_checks(totals),
+        audit=audit,
+        generated_at=now,
+    )
 
 
 def _run_header(run: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("id", "business_date", "trigger", "operator", "status", "exit_code", "dry_run", "software_version",
-            "config_digest", "host", "started_at", "finished_at", "error")
+    keys = (
+        "id",
+        "business_date",
+        "trigger",
+        "operator",
+        "status",
+        "exit_code",
+        "dry_run",
+        "software_version",
+        "config_digest",
+        "host",
+        "started_at",
+        "finished_at",
+        "error",
+    )
     return {k: run[k] for k in keys}
 
 
 def _line(row: Mapping[str, Any], as_of: datetime) -> Line:
     state = state_as_of(row, as_of) if row["payout_id"] is not None else None
     ccy = row["currency"]
-    steps = {s.removesuffix("_at"): (row[s].isoformat() if row[s] is not None and row[s] <= as_of else None)
-             for s in STAMPS} if row["payout_id"] is not None else {}
+    steps = (
+        {
+            s.removesuffix("_at"): (row[s].isoformat() if row[s] is not None and row[s] <= as_of else None)
+            for s in STAMPS
+        }
+        if row["payout_id"] is not None
+        else {}
+    )
     details = row["details"] or {}
     decision = row["final_decision"] or row["decision"]
     reason = row["final_reason"] or row["reason"]
     return Line(
-        run_id=str(row["run_id"]), portfolio_id=row["portfolio_id"], decision=decision, reason=reason,
+        run_id=str(row["run_id"]),
+        portfolio_id=row["portfolio_id"],
+        decision=decision,
+        reason=reason,
         outcome=_bucket(row["decision"], row["final_decision"], state),
-        currency=ccy, requested_raw=row["requested_raw"], requested=_q(row["requested_amount"], ccy),
-        ledger_available=_q(row["ledger_available"], ccy), investsuite_cash=_q(row["investsuite_cash"], ccy),
+        currency=ccy,
+        requested_raw=row["requested_raw"],
+        requested=_q(row["requested_amount"], ccy),
+        ledger_available=_q(row["ledger_available"], ccy),
+        investsuite_cash=_q(row["investsuite_cash"], ccy),
         paid=_q(row["amount"], ccy) if state == "COMPLETED" else None,
         reconciliation_break=row["reconciliation_break"],
-        payout_id=str(row["payout_id"]) if row["payout_id"] else None, payout_state=state,
+        payout_id=str(row["payout_id"]) if row["payout_id"] else None,
+        payout_state=state,
         ledger_reference=row["ledger_reference"] if steps.get("ledger_posted") else None,
         transaction_id=row["transaction_id"] if steps.get("transaction_recorded") else None,
         failing_step=row["failing_step"] if state == "NEEDS_ATTENTION" else None,
@@ -293,14 +364,24 @@ def _checks(totals: Mapping[str, Totals]) -> list[Check]:
         parts = " + ".join(f"{b} {t.amount[b]}" for b in BUCKETS)
         buckets = sum((t.amount[b] for b in BUCKETS), ZERO)
         counted = sum(t.count[b] for b in BUCKETS)
-        checks.append(Check("requested = paid + in_progress + deferred + skipped + held", ccy,
-                            t.requested == buckets and t.candidates == counted,
-                            f"{t.requested} = {parts} ({t.candidates} candidates, {counted} classified)"))
+        checks.append(
+            Check(
+                "requested = paid + in_progress + deferred + skipped + held",
+                ccy,
+                t.requested == buckets and t.candidates == counted,
+                f"{t.requested} = {parts} ({t.candidates} candidates, {counted} classified)",
+            )
+        )
         paid = t.amount["paid"]
         ok = paid == t.ledger_posted == t.investsuite_settled == t.events_sent
-        checks.append(Check("paid = ledger posted = InvestSuite SETTLED = events", ccy, ok,
-                            f"paid {paid}, ledger {t.ledger_posted}, settled {t.investsuite_settled}, "
-                            f"events {t.events_sent}"))
+        checks.append(
+            Check(
+                "paid = ledger posted = InvestSuite SETTLED = events",
+                ccy,
+                ok,
+                f"paid {paid}, ledger {t.ledger_posted}, settled {t.investsuite_settled}, events {t.events_sent}",
+            )
+        )
     return checks
 
 
@@ -309,8 +390,9 @@ def write_reports(report: Report, folder: Path) -> dict[str, Path]:
     from batch.service import render  # noqa: PLC0415 - render imports this module
 
     folder.mkdir(parents=True, exist_ok=True)
-    stem = (f"run-{report.business_date}-{report.runs[0]['id']}" if report.kind == "run"
-            else f"date-{report.business_date}")
+    stem = (
+        f"run-{report.business_date}-{report.runs[0]['id']}" if report.kind == "run" else f"date-{report.business_date}"
+    )
     paths: dict[str, Path] = {}
     for fmt, renderer in render.RENDERERS.items():
         path = folder / f"{stem}.{render.EXTENSIONS[fmt]}"

@@ -75,7 +75,10 @@ def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> 
 
 
 def run_job(
-    app: App, request: RunRequest, *, stop: threading.Event | None = None,
+    app: App,
+    request: RunRequest,
+    *,
+    stop: threading.Event | None = None,
     spawn_workers: Callable[[uuid.UUID, int], Any] | None = None,
 ) -> RunResult:
     """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run."""
@@ -87,15 +90,25 @@ def run_job(
         with journal.run_lock():
             return _locked_run(app, request, business_date, stop, spawn_workers)
     except RunLockedError:
-        journal.audit(actor=actor, action="run.refused",
-                      details={"business_date": business_date, "reason": "another run holds the lock",
-                               "host": socket.gethostname(), "pid": os.getpid()})
+        journal.audit(
+            actor=actor,
+            action="run.refused",
+            details={
+                "business_date": business_date,
+                "reason": "another run holds the lock",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
         log.warning("run.refused_locked", business_date=str(business_date))
         return RunResult(None, business_date, ExitCode.LOCKED, "REFUSED", error="another run holds the lock")
 
 
 def _locked_run(
-    app: App, request: RunRequest, business_date: date, stop: threading.Event | None,
+    app: App,
+    request: RunRequest,
+    business_date: date,
+    stop: threading.Event | None,
     spawn_workers: Callable[[uuid.UUID, int], Any] | None,
 ) -> RunResult:
     settings = app.settings
@@ -104,11 +117,25 @@ def _locked_run(
     if abandoned:
         log.warning("run.abandoned_marked", runs=[str(r) for r in abandoned])
     run_id = uuid.uuid4()
-    parameters = {"portfolio_ids": list(request.portfolio_ids), "dry_run": request.dry_run,
-                  "workers": request.workers, "concurrency": settings.run.concurrency, "role": "planner"}
-    journal.start_run(run_id=run_id, business_date=business_date, trigger=request.trigger, operator=actor,
-                      dry_run=request.dry_run, parameters=parameters, software_version=__version__,
-                      config_digest=settings.digest(), host=socket.gethostname(), pid=os.getpid())
+    parameters = {
+        "portfolio_ids": list(request.portfolio_ids),
+        "dry_run": request.dry_run,
+        "workers": request.workers,
+        "concurrency": settings.run.concurrency,
+        "role": "planner",
+    }
+    journal.start_run(
+        run_id=run_id,
+        business_date=business_date,
+        trigger=request.trigger,
+        operator=actor,
+        dry_run=request.dry_run,
+        parameters=parameters,
+        software_version=__version__,
+        config_digest=settings.digest(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
     result = RunResult(run_id, business_date, ExitCode.OK, "RUNNING")
     bound = structlog.contextvars.bound_contextvars(run_id=str(run_id), business_date=str(business_date))
     with bound:
@@ -120,15 +147,30 @@ def _locked_run(
                 executor = _executor(app, run_id, actor, stop, progress)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
                 result.execution.append(executor.execute(portfolio_ids=only))
-            planner = Planner(journal=journal, ledger=app.ledger, client=app.client,
-                              policy=Policy.from_settings(settings.policy), policy_settings=settings.policy,
-                              run_id=run_id, business_date=business_date, dry_run=request.dry_run, actor=actor,
-                              on_page=lambda s: progress.planned(s.candidates))
+            planner = Planner(
+                journal=journal,
+                ledger=app.ledger,
+                client=app.client,
+                policy=Policy.from_settings(settings.policy),
+                policy_settings=settings.policy,
+                run_id=run_id,
+                business_date=business_date,
+                dry_run=request.dry_run,
+                actor=actor,
+                on_page=lambda s: progress.planned(s.candidates),
+            )
             progress.phase("plan", None)
             result.plan = planner.plan(only)
-            journal.mark_planned(run_id, actor, {"candidates": result.plan.candidates, "pages": result.plan.pages,
-                                                 "by_decision": dict(result.plan.by_decision),
-                                                 "ledger_queries": result.plan.ledger_queries})
+            journal.mark_planned(
+                run_id,
+                actor,
+                {
+                    "candidates": result.plan.candidates,
+                    "pages": result.plan.pages,
+                    "by_decision": dict(result.plan.by_decision),
+                    "ledger_queries": result.plan.ledger_queries,
+                },
+            )
             if not request.dry_run and not (stop and stop.is_set()):
                 to_execute = result.plan.by_decision.get("PAY", 0)
                 progress.phase("execute", to_execute)
@@ -153,21 +195,38 @@ def _locked_run(
         finally:
             progress.close()
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True)
-        journal.finish_run(run_id, status=result.status, exit_code=int(result.exit_code),
-                           summary=report.summary(), error=result.error, actor=actor)
+        journal.finish_run(
+            run_id,
+            status=result.status,
+            exit_code=int(result.exit_code),
+            summary=report.summary(),
+            error=result.error,
+            actor=actor,
+        )
         result.report = build_report(app.journal_engine, run_id=run_id)
         result.report_paths = write_reports(result.report, settings.run.report_dir)
-        log.info("run.finished", status=result.status, exit_code=int(result.exit_code),
-                 candidates=result.report.candidates, **result.report.log_totals())
+        log.info(
+            "run.finished",
+            status=result.status,
+            exit_code=int(result.exit_code),
+            candidates=result.report.candidates,
+            **result.report.log_totals(),
+        )
     return result
 
 
 def _executor(app: App, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress) -> Executor:
     settings = app.settings.run
     executor = Executor(
-        journal=app.journal, ledger=app.ledger, client=app.client, run_id=run_id, actor=actor,
-        worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}", concurrency=settings.concurrency,
-        max_step_attempts=settings.max_step_attempts, lease_seconds=settings.lease_seconds,
+        journal=app.journal,
+        ledger=app.ledger,
+        client=app.client,
+        run_id=run_id,
+        actor=actor,
+        worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}",
+        concurrency=settings.concurrency,
+        max_step_attempts=settings.max_step_attempts,
+        lease_seconds=settings.lease_seconds,
         on_done=progress.done,
     )
     if stop is not None:
@@ -175,13 +234,22 @@ def _executor(app: App, run_id: uuid.UUID, actor: str, stop: threading.Event | N
     return executor
 
 
-def run_worker(app: App, run_id: uuid.UUID, *, actor: str, worker_name: str,
-               stop: threading.Event | None = None) -> ExecutionStats:
+def run_worker(
+    app: App, run_id: uuid.UUID, *, actor: str, worker_name: str, stop: threading.Event | None = None
+) -> ExecutionStats:
     """One scale-out worker: claim and drive payouts of ``run_id`` until none is left."""
     settings = app.settings.run
-    executor = Executor(journal=app.journal, ledger=app.ledger, client=app.client, run_id=run_id, actor=actor,
-                        worker=worker_name, concurrency=settings.concurrency,
-                        max_step_attempts=settings.max_step_attempts, lease_seconds=settings.lease_seconds)
+    executor = Executor(
+        journal=app.journal,
+        ledger=app.ledger,
+        client=app.client,
+        run_id=run_id,
+        actor=actor,
+        worker=worker_name,
+        concurrency=settings.concurrency,
+        max_step_attempts=settings.max_step_attempts,
+        lease_seconds=settings.lease_seconds,
+    )
     if stop is not None:
         executor.stop_requested = stop
     return executor.execute()

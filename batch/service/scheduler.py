@@ -53,8 +53,12 @@ def build_scheduler(
 ) -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone=settings.schedule.timezone)
     scheduler.add_job(
-        job or (lambda: scheduled_run(settings, stop)), trigger=make_trigger(settings), id="nightly-payout-run",
-        misfire_grace_time=settings.schedule.misfire_grace_seconds, coalesce=True, max_instances=1,
+        job or (lambda: scheduled_run(settings, stop)),
+        trigger=make_trigger(settings),
+        id="nightly-payout-run",
+        misfire_grace_time=settings.schedule.misfire_grace_seconds,
+        coalesce=True,
+        max_instances=1,
         replace_existing=True,
     )
     return scheduler
@@ -73,9 +77,13 @@ def run_scheduler(settings: Settings, *, config_path: Path | None = None) -> int
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     job = scheduler.get_job("nightly-payout-run")
-    log.info("schedule.started", cron=settings.schedule.cron, timezone=settings.schedule.timezone,
-             next_run=str(job.next_run_time) if job is not None and hasattr(job, "next_run_time") else None,
-             config=str(config_path) if config_path else None)
+    log.info(
+        "schedule.started",
+        cron=settings.schedule.cron,
+        timezone=settings.schedule.timezone,
+        next_run=str(job.next_run_time) if job is not None and hasattr(job, "next_run_time") else None,
+        config=str(config_path) if config_path else None,
+    )
     scheduler.start()
     log.info("schedule.stopped")
     return ExitCode.OK
