@@ -51,6 +51,7 @@ from batch.errors import (
     RemotePermanentError,
     TransientError,
 )
+from batch.service.crashpoints import crash_point
 
 log = structlog.get_logger("batch.execute")
 S = PayoutState
@@ -257,6 +258,7 @@ class Executor:
             },
         )
         try:
+            crash_point("LEDGER_POST.before")
             transfer = self.ledger.post_payout(
                 idempotency_key=key,
                 account_reference=payout.ledger_account,
@@ -286,6 +288,7 @@ class Executor:
             raise
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"ledger refused: {exc}", attempt_id=attempt)) from exc
+        crash_point("LEDGER_POST.after")
         return self._finish(
             payout,
             attempt,
@@ -330,6 +333,7 @@ class Executor:
         assert payout.ledger_reference is not None
         attempt = self._begin(payout, step, {"external_id": payout.ledger_reference, "read_back": prior > 0})
         try:
+            crash_point("RECORD_TRANSACTION.before")
             if prior > 0:
                 found = self.client.find_transactions(payout.portfolio_id, payout.ledger_reference)
                 if len(found) > 1:
@@ -369,6 +373,7 @@ class Executor:
             raise _Stop(
                 self._attention(payout, step, f"InvestSuite refused the transaction: {exc}", attempt_id=attempt)
             ) from exc
+        crash_point("RECORD_TRANSACTION.after")
         return self._finish(
             payout,
             attempt,
@@ -466,6 +471,7 @@ class Executor:
             },
         )
         try:
+            crash_point("UPDATE_PORTFOLIO.before")
             self.client.patch_portfolio(payout.portfolio_id, {"config": config, "portfolio": holdings})
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
@@ -474,6 +480,7 @@ class Executor:
             raise _Stop(
                 self._attention(payout, step, f"InvestSuite refused the portfolio update: {exc}", evidence, attempt)
             ) from exc
+        crash_point("UPDATE_PORTFOLIO.after")
         through = (
             [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED] if payout.state is S.TRANSACTION_RECORDED else [S.HOLDINGS_UPDATED]
         )
@@ -489,6 +496,7 @@ class Executor:
             {"idempotency_key": str(payout.id), "amount": amount, "currency": payout.currency, "replay": prior > 0},
         )
         try:
+            crash_point("SEND_EVENT.before")
             receipt = self.client.post_withdraw_event(
                 idempotency_key=str(payout.id),
                 amount=quantize_down(payout.amount, payout.currency),
@@ -503,6 +511,7 @@ class Executor:
             raise _Stop(self._attention(payout, step, why, {"status": exc.status}, attempt)) from exc
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"event failed: {exc}", attempt_id=attempt)) from exc
+        crash_point("SEND_EVENT.after")
         through = [S.EVENT_SENT, S.COMPLETED] if payout.state is S.HOLDINGS_UPDATED else [S.COMPLETED]
         return self._finish(
             payout,
