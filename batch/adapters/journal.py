@@ -519,6 +519,20 @@ class Journal:
             ).first()
         return None if row is None else PayoutRecord.from_row(row)
 
+    def attempts_by_step(self, payout_ids: Sequence[uuid.UUID]) -> dict[tuple[uuid.UUID, str], int]:
+        """Attempts made so far per (payout, step), for a whole claimed batch in one query."""
+        if not payout_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT payout_id, step, count(*) AS n FROM batch.step_attempts"
+                    " WHERE payout_id = ANY(:ids) GROUP BY payout_id, step"
+                ),
+                {"ids": list(payout_ids)},
+            )
+            return {(r.payout_id, r.step): int(r.n) for r in rows}
+
     def prior_attempts(self, payout_id: uuid.UUID, step: Step) -> int:
         """How many attempts of this step were made before (any outcome, or none: a crash)."""
         with self.engine.connect() as conn:
@@ -563,19 +577,21 @@ class Journal:
             )
         return attempt_id
 
-    def _guard(self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]) -> None:
+    def _guard(self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]) -> PayoutRecord:
         """Check we still own the payout in the state we think it is in (and apply column updates)."""
         sets = ", ".join(f"{k} = :u_{k}" for k in updates)
         row = conn.execute(
             sa.text(
                 f"UPDATE batch.payouts SET updated_at = now(){', ' + sets if sets else ''},"
                 " lease_expires_at = greatest(lease_expires_at, now() + interval '60 seconds')"
-                " WHERE id = :id AND state = :state AND lease_owner = :w RETURNING id"
+                " WHERE id = :id AND state = :state AND lease_owner = :w"
+                f" RETURNING {_PAYOUT_COLUMNS}"
             ),
             {"id": payout.id, "state": payout.state.value, "w": worker, **{f"u_{k}": v for k, v in updates.items()}},
         ).first()
         if row is None:
             raise InvalidTransitionError(f"payout {payout.id} is no longer {payout.state} under this worker's lease")
+        return PayoutRecord.from_row(row)
 
     def finish_step(
         self,
@@ -609,19 +625,12 @@ class Journal:
             for target in through:
                 current = self._transition(conn, current, target, worker=worker, updates=updates)
                 updates = {}
-                self._audit(
-                    conn,
-                    actor=actor,
-                    action="payout.state",
-                    run_id=run_id,
-                    payout_id=payout.id,
-                    portfolio_id=payout.portfolio_id,
-                    details={"from": payout.state, "to": target, "step": step},
-                )
             if updates:
-                self._guard(conn, current, worker, updates)
+                current = self._guard(conn, current, worker, updates)
             if revise is not None:
                 self.revise_decision(conn, payout.id, *revise)
+            # one audit row per outcome; it names the state transitions it made
+            states = {"from": payout.state, "through": list(through)} if through else {}
             self._audit(
                 conn,
                 actor=actor,
@@ -629,12 +638,9 @@ class Journal:
                 run_id=run_id,
                 payout_id=payout.id,
                 portfolio_id=payout.portfolio_id,
-                details=detail,
+                details={**detail, **states},
             )
-            row = conn.execute(
-                sa.text(f"SELECT {_PAYOUT_COLUMNS} FROM batch.payouts WHERE id = :id"), {"id": payout.id}
-            ).one()
-        return PayoutRecord.from_row(row)
+        return current
 
     _STAMP = {
         PayoutState.LEDGER_POSTED: "ledger_posted_at",

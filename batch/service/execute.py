@@ -92,6 +92,8 @@ class Executor:
     sleep: Callable[[float], None] = time.sleep
     on_done: Callable[[PayoutRecord], None] | None = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    #: attempts per (payout, step) so far, loaded per claimed batch and counted up locally
+    _attempts: dict[tuple[uuid.UUID, str], int] = field(default_factory=dict, repr=False)
 
     # -- the loop ----------------------------------------------------------------------------------
     def execute(
@@ -115,6 +117,7 @@ class Executor:
                         run_id=run_scope,
                     )
                     exhausted = not claimed
+                    self._attempts.update(self.journal.attempts_by_step([p.id for p in claimed]))
                     for payout in claimed:
                         in_flight.add(pool.submit(self._timed_drive, payout))
                 if not in_flight:
@@ -140,6 +143,8 @@ class Executor:
                 result = self.journal.get_payout(payout.id) or payout
             finally:
                 self.journal.release_lease(payout.id, self.worker)
+                for step in Step:
+                    self._attempts.pop((payout.id, step.value), None)
         return result, time.monotonic() - started
 
     def drive(self, payout: PayoutRecord) -> PayoutRecord:
@@ -168,7 +173,7 @@ class Executor:
         """Run one step; transient failures are retried (reading back first) up to the attempt cap."""
         local = 0
         while True:
-            prior = self.journal.prior_attempts(payout.id, step)
+            prior = self._attempts.get((payout.id, step.value), 0)
             if prior >= self.max_step_attempts:
                 raise _Stop(self._attention(payout, step, f"{step} failed {prior} times; giving up for a human"))
             try:
@@ -185,6 +190,8 @@ class Executor:
     def _begin(
         self, payout: PayoutRecord, step: Step, intent: Mapping[str, Any], updates: Mapping[str, Any] | None = None
     ) -> int:
+        key = (payout.id, step.value)
+        self._attempts[key] = self._attempts.get(key, 0) + 1
         return self.journal.begin_step(
             payout,
             run_id=self.run_id,
