@@ -26,6 +26,12 @@ from batch.domain.payout import OPEN_STATES, PayoutState, Step, check_transition
 from batch.errors import InvalidTransitionError, RunLockedError, TransientError
 
 RUN_LOCK_KEY = "batch.run"
+# seq, at, prev_hash and hash are assigned by the database trigger (whatever is sent here is replaced)
+_AUDIT_INSERT = sa.text(
+    "INSERT INTO batch.audit_log (seq, at, actor, action, run_id, payout_id, portfolio_id,"
+    " details, prev_hash, hash) VALUES (0, now(), :actor, :action, :run_id, :payout_id,"
+    " :portfolio_id, :details, '', '')"
+)
 GENESIS_HASH = "0" * 64
 
 
@@ -195,11 +201,7 @@ class Journal:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         conn.execute(
-            sa.text(
-                "INSERT INTO batch.audit_log (seq, at, actor, action, run_id, payout_id, portfolio_id,"
-                " details, prev_hash, hash) VALUES (0, now(), :actor, :action, :run_id, :payout_id,"
-                " :portfolio_id, :details, '', '')"
-            ),
+            _AUDIT_INSERT,
             {
                 "actor": actor,
                 "action": action,
@@ -381,23 +383,44 @@ class Journal:
         actor: str,
         decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
     ) -> int:
-        """Record a page of decisions (and the payouts they create) in one transaction.
+        """Record a page of decisions (the payouts they create, and their audit rows) in one transaction.
 
-        Returns how many were new; a portfolio already decided in this run is not recorded twice.
+        Batched: a handful of round trips per page whatever its size. Returns how many were new; a
+        portfolio already decided in this run (offset paging over a live filter can repeat one) is
+        not recorded twice.
         """
-        inserted = 0
         with self._tx() as conn:
+            seen = set(
+                conn.execute(
+                    sa.text("SELECT portfolio_id FROM batch.decisions WHERE run_id = :run AND portfolio_id = ANY(:p)"),
+                    {"run": run_id, "p": [row.portfolio_id for row, _ in decisions]},
+                ).scalars()
+            )
+            fresh: list[tuple[DecisionRow, NewPayout | None]] = []
             for row, payout in decisions:
-                decision_id = conn.execute(
-                    sa.text(
-                        "INSERT INTO batch.decisions (run_id, business_date, portfolio_id, decision, reason,"
-                        " currency, requested_raw, requested_amount, full_withdrawal, ledger_account,"
-                        " ledger_available, investsuite_cash, pay_amount, reconciliation_break, payout_id,"
-                        " dry_run, details) VALUES (:run, :d, :pid, :dec, :reason, :ccy, :raw, :req, :full,"
-                        " :acct, :lav, :isc, :pay, :brk, :payout, :dry, CAST(:det AS jsonb))"
-                        " ON CONFLICT (run_id, portfolio_id) DO NOTHING RETURNING id"
-                    ),
+                if row.portfolio_id not in seen:
+                    seen.add(row.portfolio_id)
+                    fresh.append((row, payout))
+            if not fresh:
+                return 0
+            ids = (
+                conn.execute(
+                    sa.text("SELECT nextval('batch.decisions_id_seq') FROM generate_series(1, :n)"), {"n": len(fresh)}
+                )
+                .scalars()
+                .all()
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO batch.decisions (id, run_id, business_date, portfolio_id, decision, reason,"
+                    " currency, requested_raw, requested_amount, full_withdrawal, ledger_account,"
+                    " ledger_available, investsuite_cash, pay_amount, reconciliation_break, payout_id,"
+                    " dry_run, details) VALUES (:id, :run, :d, :pid, :dec, :reason, :ccy, :raw, :req, :full,"
+                    " :acct, :lav, :isc, :pay, :brk, :payout, :dry, CAST(:det AS jsonb))"
+                ),
+                [
                     {
+                        "id": decision_id,
                         "run": run_id,
                         "d": business_date,
                         "pid": row.portfolio_id,
@@ -415,53 +438,64 @@ class Journal:
                         "payout": payout.id if payout else None,
                         "dry": dry_run,
                         "det": canonical_json(row.details),
-                    },
-                ).scalar_one_or_none()
-                if decision_id is None:
-                    continue
-                inserted += 1
-                if payout is not None:
-                    conn.execute(
-                        sa.text(
-                            "INSERT INTO batch.payouts (id, portfolio_id, business_date, run_id, decision_id,"
-                            " state, currency, amount, full_withdrawal, ledger_account, counter_account,"
-                            " cash_snapshot, divest_snapshot, hold_reason) VALUES (:id, :pid, :d, :run, :dec,"
-                            " :state, :ccy, :amt, :full, :acct, :ctr, :cash, :div, :hold)"
-                        ),
-                        {
-                            "id": payout.id,
-                            "pid": payout.portfolio_id,
-                            "d": business_date,
-                            "run": run_id,
-                            "dec": decision_id,
-                            "state": payout.state.value,
-                            "ccy": payout.currency,
-                            "amt": payout.amount,
-                            "full": payout.full_withdrawal,
-                            "acct": payout.ledger_account,
-                            "ctr": payout.counter_account,
-                            "cash": payout.cash_snapshot,
-                            "div": payout.divest_snapshot,
-                            "hold": payout.hold_reason,
-                        },
-                    )
-                self._audit(
-                    conn,
-                    actor=actor,
-                    action="decision.recorded",
-                    run_id=run_id,
-                    payout_id=payout.id if payout else None,
-                    portfolio_id=row.portfolio_id,
-                    details={
-                        "decision": row.decision,
-                        "reason": row.reason,
-                        "currency": row.currency,
-                        "requested": row.requested_amount,
-                        "pay_amount": row.pay_amount,
-                        "dry_run": dry_run,
-                    },
+                    }
+                    for decision_id, (row, payout) in zip(ids, fresh, strict=True)
+                ],
+            )
+            payouts = [
+                {
+                    "id": payout.id,
+                    "pid": payout.portfolio_id,
+                    "d": business_date,
+                    "run": run_id,
+                    "dec": decision_id,
+                    "state": payout.state.value,
+                    "ccy": payout.currency,
+                    "amt": payout.amount,
+                    "full": payout.full_withdrawal,
+                    "acct": payout.ledger_account,
+                    "ctr": payout.counter_account,
+                    "cash": payout.cash_snapshot,
+                    "div": payout.divest_snapshot,
+                    "hold": payout.hold_reason,
+                }
+                for decision_id, (_, payout) in zip(ids, fresh, strict=True)
+                if payout is not None
+            ]
+            if payouts:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO batch.payouts (id, portfolio_id, business_date, run_id, decision_id,"
+                        " state, currency, amount, full_withdrawal, ledger_account, counter_account,"
+                        " cash_snapshot, divest_snapshot, hold_reason) VALUES (:id, :pid, :d, :run, :dec,"
+                        " :state, :ccy, :amt, :full, :acct, :ctr, :cash, :div, :hold)"
+                    ),
+                    payouts,
                 )
-        return inserted
+            conn.execute(
+                _AUDIT_INSERT,
+                [
+                    {
+                        "actor": actor,
+                        "action": "decision.recorded",
+                        "run_id": run_id,
+                        "payout_id": payout.id if payout else None,
+                        "portfolio_id": row.portfolio_id,
+                        "details": canonical_json(
+                            {
+                                "decision": row.decision,
+                                "reason": row.reason,
+                                "currency": row.currency,
+                                "requested": row.requested_amount,
+                                "pay_amount": row.pay_amount,
+                                "dry_run": dry_run,
+                            }
+                        ),
+                    }
+                    for row, payout in fresh
+                ],
+            )
+        return len(fresh)
 
     def revise_decision(self, conn: Connection, payout_id: uuid.UUID, decision: str, reason: str) -> None:
         conn.execute(
