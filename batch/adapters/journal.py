@@ -256,6 +256,19 @@ class Journal:
             )
             for run_id in rows:
                 self._audit(conn, actor=actor, action="run.abandoned", run_id=run_id)
+            if rows:
+                # The dead planner's leases would keep its payouts from this run until they expire
+                # (lease_seconds, and at least 60 s after a step began): release them now. The planner
+                # leases as "{host}:{pid}:{run id hex[:8]}" (batch.service.run._executor); scale-out
+                # workers, which may outlive it, lease under other names and keep theirs.
+                conn.execute(
+                    sa.text(
+                        "UPDATE batch.payouts p SET lease_owner = NULL, lease_expires_at = NULL FROM batch.runs r"
+                        " WHERE r.id = ANY(:ids) AND p.lease_owner ="
+                        " r.host || ':' || r.pid || ':' || left(replace(r.id::text, '-', ''), 8)"
+                    ),
+                    {"ids": list(rows)},
+                )
         return list(rows)
 
     def start_run(
@@ -360,19 +373,19 @@ class Journal:
         return None if row is None else dict(row._mapping)
 
     # -- planning ----------------------------------------------------------------------------------
-    def open_payout_portfolios(self, portfolio_ids: Sequence[str]) -> dict[str, uuid.UUID]:
-        """Portfolios (of these) that already have an open payout, with its id. One query."""
+    def open_payout_portfolios(self, portfolio_ids: Sequence[str]) -> dict[str, tuple[uuid.UUID, PayoutState]]:
+        """Portfolios (of these) that already have an open payout, with its id and state. One query."""
         if not portfolio_ids:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.text(
-                    "SELECT portfolio_id, id FROM batch.payouts WHERE portfolio_id = ANY(:ids)"
+                    "SELECT portfolio_id, id, state FROM batch.payouts WHERE portfolio_id = ANY(:ids)"
                     " AND state NOT IN ('COMPLETED', 'CANCELLED')"
                 ),
                 {"ids": list(portfolio_ids)},
             )
-            return {r.portfolio_id: r.id for r in rows}
+            return {r.portfolio_id: (r.id, PayoutState(r.state)) for r in rows}
 
     def record_decisions(
         self,

@@ -43,6 +43,8 @@ class Reason(StrEnum):
     OVER_PAYOUT_CAP = "OVER_PAYOUT_CAP"
     OVER_RUN_CAP = "OVER_RUN_CAP"
     MALFORMED_PAYLOAD = "MALFORMED_PAYLOAD"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"  # an earlier payout of this portfolio is HELD
+    PAYOUT_NEEDS_ATTENTION = "PAYOUT_NEEDS_ATTENTION"  # an earlier payout of this portfolio needs a human
     INVALID_HOLDINGS = "INVALID_HOLDINGS"
 
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 
@@ -49,6 +49,28 @@ def ledger_account_for(view: PortfolioView, settings: PolicySettings) -> str | N
             return None
         return settings.account_template.format(external_id=view.external_id or "", portfolio_id=view.portfolio_id)
     return view.external_id or None
+
+
+def _open_payout_verdict(verdict: Verdict, payout_id: uuid.UUID, state: PayoutState) -> Verdict:
+    """A portfolio whose earlier payout is still open gets no second one; the request stays counted.
+
+    Waiting for a human (HELD, NEEDS_ATTENTION) is a HOLD, so the run reports it as an exception;
+    anything else is in flight and DEFERs to it.
+    """
+    if state is PayoutState.HELD:
+        decision, reason = Decision.HOLD, Reason.AWAITING_APPROVAL
+    elif state is PayoutState.NEEDS_ATTENTION:
+        decision, reason = Decision.HOLD, Reason.PAYOUT_NEEDS_ATTENTION
+    else:
+        decision, reason = Decision.DEFER, Reason.PAYOUT_IN_PROGRESS
+    return replace(
+        verdict,
+        decision=decision,
+        reason=reason,
+        pay_amount=None,
+        held_payout=False,
+        note=f"open payout {payout_id} ({state})",
+    )
 
 
 def _counter_account(user: RemoteUser | None) -> str | None:
@@ -163,17 +185,11 @@ class Planner:
                 rows.append((row, None))
                 self.stats.by_decision[row.decision] += 1
                 continue
+            verdict = decide(
+                candidate, balances.get(ref) if ref else None, self.policy, self.business_date, self.run_totals
+            )
             if candidate.portfolio_id in open_payouts:
-                verdict = Verdict(
-                    Decision.DEFER,
-                    Reason.PAYOUT_IN_PROGRESS,
-                    candidate.base_currency,
-                    note=f"open payout {open_payouts[candidate.portfolio_id]}",
-                )
-            else:
-                verdict = decide(
-                    candidate, balances.get(ref) if ref else None, self.policy, self.business_date, self.run_totals
-                )
+                verdict = _open_payout_verdict(verdict, *open_payouts[candidate.portfolio_id])
             rows.append(self._row(candidate, ref, verdict))
             self.stats.by_decision[verdict.decision] += 1
         inserted = self.journal.record_decisions(

@@ -181,7 +181,11 @@ def _locked_run(
                 result.execution.append(executor.execute(portfolio_ids=only))
             progress.close()
             report = build_report(app.journal_engine, run_id=run_id, as_of_now=True)
-            attention = report.exceptions_count > 0
+            waiting = journal.count_open()
+            # exceptions of this run, or payouts of any earlier run still waiting for a human
+            attention = report.exceptions_count > 0 or any(
+                waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION)
+            )
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
             result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
         except ConfigError as exc:
