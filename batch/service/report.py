@@ -100,7 +100,9 @@ class Line:
 
     @property
     def is_exception(self) -> bool:
-        return self.payout_state in EXCEPTION_STATES or self.decision == "HOLD" or self.outcome == "in_progress"
+        # a HOLD with a payout follows that payout once approved; a HOLD without one waits for a fix of the data
+        held_without_payout = self.decision == "HOLD" and self.payout_id is None
+        return self.payout_state in EXCEPTION_STATES or held_without_payout or self.outcome == "in_progress"
 
 
 @dataclass
@@ -188,7 +190,8 @@ class Report:
 
 def _bucket(decision: str, final_decision: str | None, payout_state: str | None) -> str:
     effective = final_decision or decision
-    if effective == "PAY":
+    # a held payout an operator approved is paid like any other from then on
+    if effective == "PAY" or (effective == "HOLD" and payout_state not in (None, "HELD")):
         return "paid" if payout_state == "COMPLETED" else "in_progress"
     return {"DEFER": "deferred", "SKIP": "skipped", "HOLD": "held"}[effective]
 
@@ -198,7 +201,7 @@ SELECT d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final
        d.requested_raw, d.requested_amount, d.ledger_available, d.investsuite_cash, d.pay_amount,
        d.reconciliation_break, d.details, d.dry_run,
        p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
-       p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by,
+       p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason,
        p.ledger_posted_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
        p.event_sent_at, p.completed_at
   FROM batch.decisions d LEFT JOIN batch.payouts p ON p.id = d.payout_id
@@ -333,9 +336,18 @@ def _line(row: Mapping[str, Any], as_of: datetime) -> Line:
         transaction_id=row["transaction_id"] if steps.get("transaction_recorded") else None,
         failing_step=row["failing_step"] if state == "NEEDS_ATTENTION" else None,
         last_error=row["last_error"] if state in ("NEEDS_ATTENTION", "CANCELLED") else None,
-        note=details.get("note") or (f"approved by {row['approved_by']}" if row["approved_by"] else None),
+        note=_note(details, row, as_of),
         steps=steps,
     )
+
+
+def _note(details: Mapping[str, Any], row: Mapping[str, Any], as_of: datetime) -> str | None:
+    """The decision's note, plus the operator's approval once it happened (by the report's cut-off)."""
+    parts = [str(details[key]) for key in ("note", "execution_note") if details.get(key)]
+    if row["approved_by"] and row["approved_at"] is not None and row["approved_at"] <= as_of:
+        reason = f": {row['approval_reason']}" if row["approval_reason"] else ""
+        parts.append(f"approved by {row['approved_by']} at {row['approved_at'].isoformat()}{reason}")
+    return "; ".join(parts) or None
 
 
 def _totals(lines: Iterable[Line]) -> dict[str, Totals]:
@@ -347,7 +359,7 @@ def _totals(lines: Iterable[Line]) -> dict[str, Totals]:
         t.amount[line.outcome] += line.requested or ZERO
         if line.reconciliation_break:
             t.reconciliation_breaks += 1
-        if line.payout_id and line.decision == "PAY":
+        if line.payout_id and line.outcome in ("paid", "in_progress"):
             amount = line.requested or ZERO
             if line.steps.get("ledger_posted"):
                 t.ledger_posted += amount

@@ -1,0 +1,171 @@
+"""The HTML report of a real run, opened in headless Chromium: it renders, and shows the key figures.
+
+Needs Chromium (``/usr/bin/chromium`` or ``chromium`` on PATH); CI installs it, elsewhere the test skips.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import World
+from tests.e2e.helpers import explain, report_paths
+
+pytestmark = pytest.mark.browser
+
+BUSINESS_DATE = date(2026, 5, 4)
+WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
+PASS_GREEN = (0xD9, 0xF2, 0xDD)  # background of a PASS badge (render._CSS .pass)
+Rendered = tuple[Path, dict[str, Any]]  # the HTML file and the run's JSON report
+
+
+def _chromium() -> str:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.skip("Chromium not found: apt-get install chromium (CI installs it)")
+
+
+def _browse(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on a local file, offline and without a first-run or sync noise."""
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={WIDTH},{HEIGHT}",
+        *args,
+        page.as_uri(),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@dataclass(frozen=True)
+class Png:
+    width: int
+    height: int
+    channels: int
+    rows: list[bytes]
+
+    def pixels(self) -> set[tuple[int, ...]]:
+        c = self.channels
+        return {tuple(row[i : i + 3]) for row in self.rows for i in range(0, len(row), c)}
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    if pa <= pb and pa <= pc:
+        return a
+    return b if pb <= pc else c
+
+
+def decode_png(data: bytes) -> Png:
+    """Decode an 8-bit RGB/RGBA, non-interlaced PNG with the standard library (zlib + struct)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    offset, idat, header = 8, bytearray(), b""
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and colour in (2, 6) and interlace == 0, (depth, colour, interlace)
+    channels = 3 if colour == 2 else 4
+    raw = zlib.decompress(bytes(idat))
+    stride = width * channels
+    rows: list[bytes] = []
+    previous = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        if kind == 1:  # Sub
+            for i in range(channels, stride):
+                line[i] = (line[i] + line[i - channels]) & 0xFF
+        elif kind == 2:  # Up
+            line = bytearray((x + p) & 0xFF for x, p in zip(line, previous, strict=True))
+        elif kind == 3:  # Average
+            for i in range(stride):
+                left = line[i - channels] if i >= channels else 0
+                line[i] = (line[i] + ((left + previous[i]) >> 1)) & 0xFF
+        elif kind == 4:  # Paeth
+            for i in range(stride):
+                left = line[i - channels] if i >= channels else 0
+                upper_left = previous[i - channels] if i >= channels else 0
+                line[i] = (line[i] + _paeth(left, previous[i], upper_left)) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return Png(width, height, channels, rows)
+
+
+@pytest.fixture(scope="module")
+def html_report(new_world: Callable[[], World], tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    """A real run's HTML report written by `batch report --format html -o`, and its JSON twin."""
+    world = new_world()
+    seeded = world.cli("sandbox", "seed", "--size", "40")
+    assert seeded.returncode == 0, explain(seeded)
+    run = world.cli("run", "--date", BUSINESS_DATE.isoformat(), "--trigger", "test")
+    assert run.returncode == 3, explain(run)  # one payout held above the cap
+    document = json.loads(report_paths(run.stdout)["json"].read_text(encoding="utf-8"))
+    run_id = document["runs"][0]["id"]
+    target = tmp_path_factory.mktemp("browser") / "report.html"
+    written = world.cli("report", "--run", run_id, "--format", "html", "-o", str(target))
+    assert written.returncode == 0, explain(written)
+    return target, document
+
+
+def test_html_report_renders_as_a_non_blank_a4_page(html_report: Rendered, tmp_path: Path) -> None:
+    """Chromium renders the report to a screenshot with content and the green PASS badges on it."""
+    page, _ = html_report
+    shot = tmp_path / "report.png"
+    done = _browse(page, tmp_path / "profile", f"--screenshot={shot}", "--hide-scrollbars")
+    assert shot.exists(), done.stderr[-2000:]
+    image = decode_png(shot.read_bytes())
+    assert (image.width, image.height) == (WIDTH, HEIGHT)
+    colours = image.pixels()
+    assert len(colours) > 50, "more than a blank page"
+    assert PASS_GREEN in colours, "the PASS checks are shown in green"
+    ink = sum(1 for row in image.rows[:400] for i in range(0, len(row), image.channels) if row[i] < 128)
+    assert ink > 2000, "text is drawn in the header block"
+
+
+def test_html_report_dom_holds_the_key_figures(html_report: Rendered, tmp_path: Path) -> None:
+    """The DOM Chromium builds from the report shows the run id, each currency's totals, the checks and the chain."""
+    page, document = html_report
+    done = _browse(page, tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    runs, totals, audit = document["runs"], document["totals"], document["audit"]
+    assert runs[0]["id"] in dom
+    assert BUSINESS_DATE.isoformat() in dom
+    assert runs[0]["config_digest"] in dom
+    for ccy, figures in totals.items():
+        assert f"<td>{ccy}</td>" in dom
+        assert figures["requested"] in dom
+        assert figures["paid"]["amount"] in dom
+    assert Decimal(totals["EUR"]["paid"]["amount"]) > 0
+    assert dom.count(">PASS<") == len(document["checks"]) + 1  # every check and the audit chain
+    assert audit["head_hash"] in dom
+    assert "<script" not in dom
