@@ -566,19 +566,25 @@ class Journal:
             ).first()
         return None if row is None else PayoutRecord.from_row(row)
 
-    def attempts_by_step(self, payout_ids: Sequence[uuid.UUID]) -> dict[tuple[uuid.UUID, str], int]:
-        """Attempts made so far per (payout, step), for a whole claimed batch in one query."""
+    def attempts_by_step(self, payout_ids: Sequence[uuid.UUID]) -> dict[tuple[uuid.UUID, str], tuple[int, int]]:
+        """Attempts per (payout, step) for a claimed batch, in one query: (all of them, since the last retry).
+
+        All attempts decide whether to read back first; those since an operator's retry count against
+        the attempt cap.
+        """
         if not payout_ids:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.text(
-                    "SELECT payout_id, step, count(*) AS n FROM batch.step_attempts"
-                    " WHERE payout_id = ANY(:ids) GROUP BY payout_id, step"
+                    "SELECT a.payout_id, a.step, count(*) AS n,"
+                    " count(*) FILTER (WHERE p.retried_at IS NULL OR a.intent_at > p.retried_at) AS budget"
+                    " FROM batch.step_attempts a JOIN batch.payouts p ON p.id = a.payout_id"
+                    " WHERE a.payout_id = ANY(:ids) GROUP BY a.payout_id, a.step"
                 ),
                 {"ids": list(payout_ids)},
             )
-            return {(r.payout_id, r.step): int(r.n) for r in rows}
+            return {(r.payout_id, r.step): (int(r.n), int(r.budget)) for r in rows}
 
     def prior_attempts(self, payout_id: uuid.UUID, step: Step) -> int:
         """How many attempts of this step were made before (any outcome, or none: a crash)."""
@@ -654,8 +660,11 @@ class Journal:
         through: Sequence[PayoutState] = (),
         payout_updates: Mapping[str, Any] | None = None,
         revise: tuple[str, str] | None = None,
+        note: str | None = None,
     ) -> PayoutRecord:
         """Record the outcome of an attempt and move the payout through ``through`` states (guarded).
+
+        ``note`` is added to the decision's details (``execution_note``) so the report shows it.
 
         Returns the payout as it is afterwards.
         """
@@ -676,6 +685,14 @@ class Journal:
                 current = self._guard(conn, current, worker, updates)
             if revise is not None:
                 self.revise_decision(conn, payout.id, *revise)
+            if note:
+                conn.execute(
+                    sa.text(
+                        "UPDATE batch.decisions SET details = details || jsonb_build_object('execution_note', CAST(:n AS text))"
+                        " WHERE payout_id = :p"
+                    ),
+                    {"n": note, "p": payout.id},
+                )
             # one audit row per outcome; it names the state transitions it made
             states = {"from": payout.state, "through": list(through)} if through else {}
             self._audit(
@@ -848,17 +865,19 @@ class Journal:
                     f"payout {payout_id} reached the ledger ({payout.ledger_reference}); it cannot be cancelled"
                 )
             resolved = target
+            extra: dict[str, Any] = {}
             if action == "payout.retry":
                 if payout.state is not PayoutState.NEEDS_ATTENTION or not payout.stopped_in_state:
                     raise InvalidTransitionError(f"payout {payout_id} is {payout.state}, not NEEDS_ATTENTION")
                 resolved = PayoutState(payout.stopped_in_state)
+                extra["retried_at"] = datetime.now(UTC)
             assert resolved is not None
             updated = self._transition(
                 conn,
                 payout,
                 resolved,
                 worker=None,
-                updates={"lease_owner": None, "lease_expires_at": None, **(updates or {})},
+                updates={"lease_owner": None, "lease_expires_at": None, **extra, **(updates or {})},
             )
             if resolved is PayoutState.CANCELLED:
                 self.revise_decision(conn, payout_id, "DEFER", "CANCELLED_BY_OPERATOR")

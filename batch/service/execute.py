@@ -92,8 +92,9 @@ class Executor:
     sleep: Callable[[float], None] = time.sleep
     on_done: Callable[[PayoutRecord], None] | None = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
-    #: attempts per (payout, step) so far, loaded per claimed batch and counted up locally
-    _attempts: dict[tuple[uuid.UUID, str], int] = field(default_factory=dict, repr=False)
+    #: attempts per (payout, step): (all so far, since the last operator retry); loaded per claimed
+    #: batch and counted up locally
+    _attempts: dict[tuple[uuid.UUID, str], tuple[int, int]] = field(default_factory=dict, repr=False)
 
     # -- the loop ----------------------------------------------------------------------------------
     def execute(
@@ -173,9 +174,9 @@ class Executor:
         """Run one step; transient failures are retried (reading back first) up to the attempt cap."""
         local = 0
         while True:
-            prior = self._attempts.get((payout.id, step.value), 0)
-            if prior >= self.max_step_attempts:
-                raise _Stop(self._attention(payout, step, f"{step} failed {prior} times; giving up for a human"))
+            prior, spent = self._attempts.get((payout.id, step.value), (0, 0))
+            if spent >= self.max_step_attempts:
+                raise _Stop(self._attention(payout, step, f"{step} failed {spent} times; giving up for a human"))
             try:
                 return action(payout, prior)
             except TransientError as exc:
@@ -185,13 +186,17 @@ class Executor:
                     delay = max(delay, exc.retry_after)
                 log.info("payout.step_retry", step=step.value, attempt=prior + 1, error=str(exc), delay=round(delay, 3))
                 self.sleep(delay)
+                # the failed attempt recorded its intent (e.g. the holdings base/target cash) on the row:
+                # the read-back must compare against that, not against the record we claimed
+                payout = self.journal.get_payout(payout.id) or payout
 
     # -- helpers -------------------------------------------------------------------------------------
     def _begin(
         self, payout: PayoutRecord, step: Step, intent: Mapping[str, Any], updates: Mapping[str, Any] | None = None
     ) -> int:
         key = (payout.id, step.value)
-        self._attempts[key] = self._attempts.get(key, 0) + 1
+        total, spent = self._attempts.get(key, (0, 0))
+        self._attempts[key] = (total + 1, spent + 1)
         return self.journal.begin_step(
             payout,
             run_id=self.run_id,
@@ -211,6 +216,7 @@ class Executor:
         detail: Mapping[str, Any],
         through: Sequence[PayoutState] = (),
         updates: Mapping[str, Any] | None = None,
+        note: str | None = None,
     ) -> PayoutRecord:
         return self.journal.finish_step(
             payout,
@@ -223,6 +229,7 @@ class Executor:
             detail=detail,
             through=through,
             payout_updates=updates,
+            note=note,
         )
 
     def _transient(self, payout: PayoutRecord, attempt_id: int, step: Step, exc: BatchError) -> None:
@@ -429,12 +436,15 @@ class Executor:
                     else [S.HOLDINGS_UPDATED],
                 )
             if cash_now != base:
+                # the read-back is an attempt too: its evidence goes into step_attempts, not only the audit log
+                attempt = self._begin(payout, step, {"read_back": True, **evidence})
                 raise _Stop(
                     self._attention(
                         payout,
                         step,
                         "holdings cash is neither the base nor the target after an unknown outcome",
                         evidence,
+                        attempt,
                     )
                 )
         else:
@@ -491,7 +501,7 @@ class Executor:
         through = (
             [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED] if payout.state is S.TRANSACTION_RECORDED else [S.HOLDINGS_UPDATED]
         )
-        return self._finish(payout, attempt, step, "OK", evidence, through=through)
+        return self._finish(payout, attempt, step, "OK", evidence, through=through, note=_execution_note(evidence))
 
     # -- step 4: withdraw event --------------------------------------------------------------------------------
     def _send_event(self, payout: PayoutRecord, prior: int) -> PayoutRecord:
@@ -529,6 +539,18 @@ class Executor:
             through=through,
             updates={"event_status": receipt.status_code},
         )
+
+
+def _execution_note(evidence: Mapping[str, Any]) -> str | None:
+    """What changed on InvestSuite's side between planning and paying, for the report."""
+    notes = []
+    if "divest_changed_since_planning" in evidence:
+        changed = evidence["divest_changed_since_planning"]
+        notes.append(f"divest changed since planning ({changed['snapshot']} -> {changed['now']}): kept the unpaid rest")
+    if "cash_moved_since_planning" in evidence:
+        moved = evidence["cash_moved_since_planning"]
+        notes.append(f"holdings cash moved since planning ({moved['snapshot']} -> {moved['now']})")
+    return "; ".join(notes) or None
 
 
 def _dec(text: str) -> Decimal | None:
