@@ -49,6 +49,8 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None, json_ou
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # one write() per line: worker processes share the planner's stderr, and print() writes the
+        # line and its newline separately, so concurrent lines could interleave mid-line
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

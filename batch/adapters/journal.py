@@ -688,8 +688,8 @@ class Journal:
             if note:
                 conn.execute(
                     sa.text(
-                        "UPDATE batch.decisions SET details = details || jsonb_build_object('execution_note', CAST(:n AS text))"
-                        " WHERE payout_id = :p"
+                        "UPDATE batch.decisions SET details = details"
+                        " || jsonb_build_object('execution_note', CAST(:n AS text)) WHERE payout_id = :p"
                     ),
                     {"n": note, "p": payout.id},
                 )

@@ -1,6 +1,8 @@
 """Run metrics for Prometheus: pushed to a Pushgateway, or written as a node-exporter textfile.
 
 A failing push never fails the run: it is logged as ``metrics.push_failed`` and the run goes on.
+The last-success timestamp survives a failed run: the push is a POST (it replaces only the metric
+names it carries, and a failed run does not carry that one), and the textfile keeps the old value.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ import os
 import tempfile
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
+from prometheus_client.parser import text_string_to_metric_families
 
 from batch.service.run import RunResult
 from batch.settings import MetricsSettings
@@ -19,7 +23,13 @@ from batch.settings import MetricsSettings
 log = structlog.get_logger("batch.metrics")
 
 
-def build_registry(result: RunResult, *, now: float | None = None) -> CollectorRegistry:
+LAST_SUCCESS = "batch_run_last_success_timestamp_seconds"
+
+
+def build_registry(
+    result: RunResult, *, now: float | None = None, previous_success: float | None = None
+) -> CollectorRegistry:
+    """The run's metrics. The last-success gauge is present only after a success (or to carry ``previous_success``)."""
     registry = CollectorRegistry()
     outcome = Gauge(
         "batch_payout_candidates",
@@ -35,7 +45,6 @@ def build_registry(result: RunResult, *, now: float | None = None) -> CollectorR
     )
     exit_code = Gauge("batch_run_exit_code", "Exit code of the last run", registry=registry)
     duration = Gauge("batch_run_duration_seconds", "Duration of the last run", registry=registry)
-    last_success = Gauge("batch_run_last_success_timestamp_seconds", "When a run last succeeded", registry=registry)
     exceptions = Gauge("batch_run_exceptions", "Held or needs-attention lines in the last run", registry=registry)
     exit_code.set(int(result.exit_code))
     report = result.report
@@ -48,21 +57,40 @@ def build_registry(result: RunResult, *, now: float | None = None) -> CollectorR
         run = report.runs[0]
         if run.get("finished_at") and run.get("started_at"):
             duration.set((run["finished_at"] - run["started_at"]).total_seconds())
+    success_at = previous_success
     if int(result.exit_code) in (0, 3):
-        last_success.set(now if now is not None else time.time())
+        success_at = now if now is not None else time.time()
+    if success_at is not None:
+        Gauge(LAST_SUCCESS, "When a run last succeeded", registry=registry).set(success_at)
     return registry
+
+
+def _previous_success(path: Path) -> float | None:
+    """The last-success timestamp in an earlier textfile, if there is a readable one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == LAST_SUCCESS:
+                    return float(sample.value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def publish_run_metrics(settings: MetricsSettings, result: RunResult) -> bool:
     """Push or write the metrics when configured. Returns True when something was published."""
     if not settings.pushgateway_url and not settings.textfile_path:
         return False
-    registry = build_registry(result)
     published = False
     if settings.pushgateway_url:
         try:
-            push_to_gateway(
-                settings.pushgateway_url, job=settings.job_name, registry=registry, timeout=settings.timeout_seconds
+            # POST, not PUT: a failed run must not wipe the last-success timestamp of the group
+            pushadd_to_gateway(
+                settings.pushgateway_url,
+                job=settings.job_name,
+                registry=build_registry(result),
+                timeout=settings.timeout_seconds,
             )
             published = True
         except Exception as exc:  # a failing push never fails the run
@@ -70,11 +98,17 @@ def publish_run_metrics(settings: MetricsSettings, result: RunResult) -> bool:
     if settings.textfile_path:
         try:
             path = settings.textfile_path
+            registry = build_registry(result, previous_success=_previous_success(path))
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".batch-metrics-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(generate_latest(registry))
-            os.replace(tmp, path)  # atomic: node-exporter never reads half a file
+            try:
+                os.fchmod(fd, 0o644)  # mkstemp makes it 0600; node-exporter usually runs as another user
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(generate_latest(registry))
+                os.replace(tmp, path)  # atomic: node-exporter never reads half a file
+            except OSError:
+                Path(tmp).unlink(missing_ok=True)
+                raise
             published = True
         except OSError as exc:
             log.warning("metrics.textfile_failed", error=str(exc)[:300])

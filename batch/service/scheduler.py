@@ -1,9 +1,9 @@
 """``batch schedule``: a resident scheduler (APScheduler 3.x) calling the same run as ``batch run``.
 
-Cron expression and time zone come from ``[schedule]``. Misfires within the grace period still run,
-missed runs coalesce into one, and at most one instance runs at a time (the run lock guards across
-processes too). SIGTERM/SIGINT stop gracefully: the payout in flight finishes its current step, the
-run is recorded, then the process exits.
+Cron expression (5 crontab fields, or 6 with seconds first) and time zone come from ``[schedule]``.
+Misfires within the grace period still run, missed runs coalesce into one, and at most one instance
+runs at a time (the run lock guards across processes too). SIGTERM/SIGINT stop gracefully: the
+payout in flight finishes its current step, the run is recorded, then the process exits.
 """
 
 from __future__ import annotations
@@ -28,10 +28,24 @@ log = structlog.get_logger("batch.scheduler")
 
 
 def make_trigger(settings: Settings) -> CronTrigger:
+    """The cron trigger of ``schedule.cron``: 5 crontab fields, or 6 with seconds first (Quartz style)."""
+    expression, timezone = settings.schedule.cron, settings.schedule.timezone
     try:
-        return CronTrigger.from_crontab(settings.schedule.cron, timezone=settings.schedule.timezone)
+        fields = expression.split()
+        if len(fields) == 6:
+            second, minute, hour, day, month, day_of_week = fields
+            return CronTrigger(
+                second=second,
+                minute=minute,
+                hour=hour,
+                day=day,
+                month=month,
+                day_of_week=day_of_week,
+                timezone=timezone,
+            )
+        return CronTrigger.from_crontab(expression, timezone=timezone)
     except (ValueError, KeyError) as exc:
-        raise ConfigError(f"invalid schedule.cron {settings.schedule.cron!r}: {exc}") from exc
+        raise ConfigError(f"invalid schedule.cron {expression!r}: {exc}") from exc
 
 
 def scheduled_run(settings: Settings, stop: threading.Event) -> RunResult | None:
