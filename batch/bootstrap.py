@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
-from batch.adapters.migrations import migrate
-from batch.adapters.postgres import Dsns, make_engine, resolve_dsns
+from batch.adapters.migrations import migrate, pending
+from batch.adapters.postgres import Dsns, make_engine, redact_dsn, resolve_dsns
+from batch.errors import ConfigError, TransientError
 from batch.settings import Settings
 
 
@@ -26,7 +28,7 @@ class App:
 
     @property
     def journal(self) -> Journal:
-        return Journal(self.journal_engine)
+        return Journal(self.journal_engine, lease_seconds=self.settings.run.lease_seconds)
 
     @property
     def ledger(self) -> Ledger:
@@ -53,4 +55,15 @@ def build_app(settings: Settings, *, dsns: Dsns | None = None, migrate_schemas: 
     ledger_engine = make_engine(resolved.ledger, pool_size=pool, application_name="batch-ledger")
     if migrate_schemas:
         migrate(journal_engine, "journal")
+    else:
+        try:
+            behind = pending(journal_engine, "journal")
+        except OperationalError as exc:
+            journal_engine.dispose()
+            ledger_engine.dispose()
+            raise TransientError(f"journal database unavailable ({redact_dsn(resolved.journal)}): {exc.orig}") from exc
+        if behind:
+            journal_engine.dispose()
+            ledger_engine.dispose()
+            raise ConfigError(f"the journal schema is behind ({', '.join(behind)} not applied): run `batch migrate`")
     return App(settings=settings, dsns=resolved, journal_engine=journal_engine, ledger_engine=ledger_engine)

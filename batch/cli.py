@@ -301,12 +301,13 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(str(exc), file=sys.stderr)
             return ExitCode.USAGE
-        text = render.RENDERERS[args.format](report)
+        writer = render.WRITERS[args.format]
         if args.output:
-            args.output.write_text(text, encoding="utf-8")
+            with args.output.open("w", encoding="utf-8", newline="") as out:
+                writer(report, out)
             print(f"wrote {args.output}")
         else:
-            sys.stdout.write(text)
+            writer(report, sys.stdout)
         return ExitCode.OK
 
     return _with_app(settings, go)

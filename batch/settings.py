@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -134,6 +134,23 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_call(self) -> Settings:
+        """A payout's lease is renewed before every external call; the call (with the client's own
+        bounded retries) must end before the lease can, or another worker could take the payout over
+        while a write is still in flight."""
+        call = (
+            self.investsuite.connect_timeout_seconds
+            + self.investsuite.read_timeout_seconds
+            + self.investsuite.max_retry_seconds
+        )
+        if self.run.lease_seconds <= call:
+            raise ValueError(
+                f"run.lease_seconds ({self.run.lease_seconds}) must exceed the longest InvestSuite call: "
+                f"connect + read timeout + max_retry_seconds = {call:g}"
+            )
+        return self
 
     def digest(self) -> str:
         """A short hash of the effective configuration, secrets excluded; printed in every report."""

@@ -177,8 +177,10 @@ def _translate(exc: Exception) -> Exception:
 class Journal:
     """All reads and writes of the job's journal go through here."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, lease_seconds: int = 300) -> None:
         self.engine = engine
+        #: how long a claimed payout's lease runs from each step's intent (the executor's heartbeat)
+        self.lease_seconds = lease_seconds
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextmanager
@@ -636,11 +638,17 @@ class Journal:
         row = conn.execute(
             sa.text(
                 f"UPDATE batch.payouts SET updated_at = now(){', ' + sets if sets else ''},"
-                " lease_expires_at = greatest(lease_expires_at, now() + interval '60 seconds')"
+                " lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => :lease))"
                 " WHERE id = :id AND state = :state AND lease_owner = :w"
                 f" RETURNING {_PAYOUT_COLUMNS}"
             ),
-            {"id": payout.id, "state": payout.state.value, "w": worker, **{f"u_{k}": v for k, v in updates.items()}},
+            {
+                "id": payout.id,
+                "state": payout.state.value,
+                "w": worker,
+                "lease": self.lease_seconds,
+                **{f"u_{k}": v for k, v in updates.items()},
+            },
         ).first()
         if row is None:
             raise InvalidTransitionError(f"payout {payout.id} is no longer {payout.state} under this worker's lease")

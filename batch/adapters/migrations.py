@@ -100,3 +100,15 @@ def migrate(engine: Engine, component: str, folder: Path | None = None) -> list[
             )
             applied_now.append(migration.name)
     return applied_now
+
+
+def pending(engine: Engine, component: str, folder: Path | None = None) -> list[str]:
+    """Migrations of ``component`` not applied yet (all of them on an empty database)."""
+    schema = COMPONENTS[component]
+    migrations = load_migrations(folder or sql_root() / component)
+    with engine.connect() as conn:
+        exists = conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f"{schema}.schema_migrations"}).scalar()
+        applied = (
+            set(conn.execute(sa.text(f"SELECT version FROM {schema}.schema_migrations")).scalars()) if exists else set()
+        )
+    return [m.name for m in migrations if m.version not in applied]

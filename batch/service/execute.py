@@ -102,7 +102,9 @@ class Executor:
     ) -> ExecutionStats:
         """Claim and drive executable payouts until none is left (or a stop is requested)."""
         stats = ExecutionStats()
-        batch = max(self.concurrency * 2, 16)
+        # a small queue beyond the threads: claimed payouts wait at most one payout's time, well
+        # inside their lease
+        batch = self.concurrency + max(1, self.concurrency // 4)
         states = sorted(EXECUTABLE_STATES)
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="payout") as pool:
             in_flight: set[Future[tuple[PayoutRecord, float]]] = set()
@@ -134,7 +136,10 @@ class Executor:
     def _timed_drive(self, payout: PayoutRecord) -> tuple[PayoutRecord, float]:
         started = time.monotonic()
         bound = structlog.contextvars.bound_contextvars(
-            run_id=str(self.run_id), portfolio_id=payout.portfolio_id, payout_id=str(payout.id)
+            run_id=str(self.run_id),
+            business_date=str(payout.business_date),
+            portfolio_id=payout.portfolio_id,
+            payout_id=str(payout.id),
         )
         with bound:
             try:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from html import escape
-from typing import Any
+from typing import Any, TextIO
 
 from batch.service.report import BUCKETS, SCHEMA_VERSION, STAMPS, Line, Report
 
@@ -33,8 +33,8 @@ def _default(value: object) -> object:
     return str(value)
 
 
-def to_dict(report: Report) -> dict[str, Any]:
-    """The JSON document (docs/report-schema.md); values still typed (Decimal, datetime, UUID)."""
+def _head(report: Report) -> dict[str, Any]:
+    """The JSON document without its lines (docs/report-schema.md); values still typed."""
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": report.kind,
@@ -57,12 +57,38 @@ def to_dict(report: Report) -> dict[str, Any]:
         },
         "checks": [{"name": c.name, "currency": c.currency, "ok": c.ok, "detail": c.detail} for c in report.checks],
         "audit": report.audit,
-        "lines": [vars(line) for line in report.lines],
     }
 
 
+def _ordered_lines(report: Report) -> Iterator[Line]:
+    """Exceptions first, then every other line by run and portfolio (streamed)."""
+    yield from report.exceptions
+    yield from (line for line in _by_run_and_portfolio(report) if not line.is_exception)
+
+
+def _by_run_and_portfolio(report: Report) -> Iterable[Line]:
+    # streamed lines come ordered from the journal; a loaded list may have been edited, so sort it
+    if report.lines.loaded:
+        return sorted(report.lines, key=lambda x: (x.run_id, x.portfolio_id))
+    return report.lines
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    """The whole JSON document in memory (small reports and tests; files are streamed)."""
+    return {**_head(report), "lines": [vars(line) for line in _ordered_lines(report)]}
+
+
+def write_json(report: Report, out: TextIO) -> None:
+    """Stream the JSON document: the head, then one line object at a time."""
+    head = json.dumps(_head(report), indent=2, default=_default)
+    out.write(head[: head.rindex("}")].rstrip() + ',\n  "lines": [')
+    for index, line in enumerate(_ordered_lines(report)):
+        out.write(("\n    " if index == 0 else ",\n    ") + json.dumps(vars(line), default=_default))
+    out.write("\n  ]\n}\n")
+
+
 def render_json(report: Report) -> str:
-    return json.dumps(to_dict(report), indent=2, default=_default, sort_keys=False) + "\n"
+    return _to_text(write_json, report)
 
 
 # -- text ----------------------------------------------------------------------------------------------
@@ -82,6 +108,10 @@ EXCEPTION_GROUPS = (
     ("needs_attention", "Needs attention (stopped at a step; see the error)"),
     ("in_progress", "In progress (not completed by the report's cut-off)"),
 )
+
+
+def write_text(report: Report, out: TextIO) -> None:
+    out.write(render_text(report))
 
 
 def render_text(report: Report) -> str:
@@ -170,13 +200,16 @@ def csv_row(line: Line) -> dict[str, str]:
     return {c: _cell(c, values[c]) for c in CSV_COLUMNS}
 
 
-def render_csv(report: Report) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+def write_csv(report: Report, out: TextIO) -> None:
+    out.write(BOM)
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     writer.writeheader()
-    for line in sorted(report.lines, key=lambda x: (x.run_id, x.portfolio_id)):
+    for line in _by_run_and_portfolio(report):
         writer.writerow(csv_row(line))
-    return BOM + buffer.getvalue()
+
+
+def render_csv(report: Report) -> str:
+    return _to_text(write_csv, report)
 
 
 # -- HTML ----------------------------------------------------------------------------------------------
@@ -373,7 +406,7 @@ def _exceptions_html(report: Report) -> str:
 
 
 def _breaks_html(report: Report) -> str:
-    breaks = [line for line in report.lines if line.reconciliation_break]
+    breaks = report.breaks
     rows = [
         [
             f'<span class="id">{_e(x.portfolio_id)}</span>',
@@ -402,7 +435,8 @@ def _breaks_html(report: Report) -> str:
     return f"<h2>Reconciliation breaks ({len(breaks)})</h2>" + _table(headers, rows, numeric=[2, 3, 4, 5], cls="lines")
 
 
-def _lines_html(report: Report) -> str:
+def _write_lines_html(report: Report, out: TextIO) -> None:
+    """The full list, one row at a time (a book of 100,000 lines is never held in memory)."""
     several = len(report.runs) > 1
     started = report.runs[0]["started_at"]
     day = started.astimezone(UTC).date().isoformat() if isinstance(started, datetime) else str(report.business_date)
@@ -416,24 +450,27 @@ def _lines_html(report: Report) -> str:
         f"Steps (UTC, {_e(day)} unless dated)",
         "Error / note",
     ]
-    rows = []
-    for x in sorted(report.lines, key=lambda line: (line.run_id, line.portfolio_id)):
+    numeric = 3 + (1 if several else 0)
+    head = "".join(f'<th class="num">{h}</th>' if i == numeric else f"<th>{h}</th>" for i, h in enumerate(headers))
+    out.write(f'<h2 class="page-break">All candidate portfolios ({report.candidates})</h2>')
+    out.write(f'<table class="lines"><thead><tr>{head}</tr></thead><tbody>')
+    for x in _by_run_and_portfolio(report):
         amounts = f"{_e(x.requested)} {_e(x.currency)}" + (f"<br>paid {_e(x.paid)}" if x.paid is not None else "")
-        rows.append(
-            [
-                *([f'<span class="id">{_e(x.run_id[:8])}</span>'] if several else []),
-                f'<span class="id">{_e(x.portfolio_id)}</span>',
-                f"{_e(x.decision)}<br>{_code(x.reason)}",
-                _e(x.outcome) + (f"<br>{_code(x.payout_state)}" if x.payout_state else ""),
-                amounts,
-                "<br>".join(f'<span class="id">{_e(v)}</span>' for v in (x.ledger_reference, x.transaction_id) if v),
-                _steps_html(x, day),
-                '<span class="note">' + "<br>".join(_e(v) for v in (x.last_error, x.note) if v) + "</span>",
-            ]
-        )
-    offset = 1 if several else 0
-    table = _table(headers, rows, numeric=[3 + offset], cls="lines")
-    return f'<h2 class="page-break">All candidate portfolios ({len(report.lines)})</h2>{table}'
+        cells = [
+            *([f'<span class="id">{_e(x.run_id[:8])}</span>'] if several else []),
+            f'<span class="id">{_e(x.portfolio_id)}</span>',
+            f"{_e(x.decision)}<br>{_code(x.reason)}",
+            _e(x.outcome) + (f"<br>{_code(x.payout_state)}" if x.payout_state else ""),
+            amounts,
+            "<br>".join(f'<span class="id">{_e(v)}</span>' for v in (x.ledger_reference, x.transaction_id) if v),
+            _steps_html(x, day),
+            '<span class="note">' + "<br>".join(_e(v) for v in (x.last_error, x.note) if v) + "</span>",
+        ]
+        row = "".join(f'<td class="num">{c}</td>' if i == numeric else f"<td>{c}</td>" for i, c in enumerate(cells))
+        out.write(f"<tr>{row}</tr>")
+    if not report.candidates:
+        out.write(f'<tr><td colspan="{len(headers)}" class="muted">none</td></tr>')
+    out.write("</tbody></table>")
 
 
 def _audit_html(report: Report) -> str:
@@ -456,7 +493,7 @@ def _audit_html(report: Report) -> str:
     )
 
 
-def render_html(report: Report) -> str:
+def write_html(report: Report, out: TextIO) -> None:
     ok = report.checks_ok and bool(report.audit["verified"])
     verdict = (
         f"All {len(report.checks)} control checks PASS; audit chain verified"
@@ -472,7 +509,7 @@ def render_html(report: Report) -> str:
         )
     )
     summary = f"{report.candidates} candidates, {report.exceptions_count} exceptions"
-    return (
+    out.write(
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(report.title)}</title><style>{_CSS}</style></head><body>"
@@ -480,13 +517,30 @@ def render_html(report: Report) -> str:
         f"{_header_html(report)}"
         f'<div class="banner {"pass" if ok else "fail"}">{_e(verdict)}. {_e(summary)}.</div>'
         f"{_totals_html(report)}{_exceptions_html(report)}{_breaks_html(report)}{_audit_html(report)}"
-        f"{_lines_html(report)}"
+    )
+    _write_lines_html(report, out)
+    out.write(
         f"<footer>Report schema {_e(SCHEMA_VERSION)}. Rendered from the job's journal alone; figures are the "
         f"payout states as of {_e(report.as_of)} and do not change when the report is rendered again.</footer>"
         "</body></html>\n"
     )
 
 
+def render_html(report: Report) -> str:
+    return _to_text(write_html, report)
+
+
+def _to_text(writer: Writer, report: Report) -> str:
+    buffer = io.StringIO()
+    writer(report, buffer)
+    return buffer.getvalue()
+
+
+Writer = Callable[[Report, TextIO], None]
+
+#: Streaming writers by format: what ``write_reports`` and ``batch report`` use.
+WRITERS: dict[str, Writer] = {"json": write_json, "text": write_text, "csv": write_csv, "html": write_html}
+#: The same formats rendered to a string (small reports, tests).
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "json": render_json,
     "text": render_text,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -126,26 +126,67 @@ class Check:
     detail: str
 
 
+class Lines:
+    """The report's lines: streamed from the journal on every iteration (memory flat in N).
+
+    Indexing, ``len`` or assignment load them into a list once (small reports and tests); from then
+    on that list is what iterating yields.
+    """
+
+    def __init__(self, stream: Callable[[], Iterator[Line]]) -> None:
+        self._stream = stream
+        self._loaded: list[Line] | None = None
+
+    def __iter__(self) -> Iterator[Line]:
+        return iter(self._loaded) if self._loaded is not None else self._stream()
+
+    def _list(self) -> list[Line]:
+        if self._loaded is None:
+            self._loaded = list(self._stream())
+        return self._loaded
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __getitem__(self, index: int) -> Line:
+        return self._list()[index]
+
+    def __setitem__(self, index: int, line: Line) -> None:
+        self._list()[index] = line
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+
 @dataclass
 class Report:
     kind: str  # "run" or "date"
     business_date: date
     runs: list[dict[str, Any]]
     as_of: datetime
-    lines: list[Line]
+    lines: Lines
     totals: dict[str, Totals]
     checks: list[Check]
     audit: dict[str, Any]
     generated_at: datetime
+    candidates: int = 0
+    exception_lines: list[Line] = field(default_factory=list)
+    break_lines: list[Line] = field(default_factory=list)
     software_version: str = __version__
 
     @property
-    def candidates(self) -> int:
-        return len(self.lines)
+    def exceptions(self) -> list[Line]:
+        """Held, needs-attention and in-progress lines (kept in memory: they are what people read)."""
+        if self.lines.loaded:
+            return [line for line in self.lines if line.is_exception]
+        return self.exception_lines
 
     @property
-    def exceptions(self) -> list[Line]:
-        return [line for line in self.lines if line.is_exception]
+    def breaks(self) -> list[Line]:
+        if self.lines.loaded:
+            return [line for line in self.lines if line.reconciliation_break]
+        return self.break_lines
 
     @property
     def exceptions_count(self) -> int:
@@ -206,7 +247,7 @@ SELECT d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final
        p.event_sent_at, p.completed_at
   FROM batch.decisions d LEFT JOIN batch.payouts p ON p.id = d.payout_id
  WHERE d.run_id = ANY(:runs)
- ORDER BY d.run_id, d.portfolio_id
+ ORDER BY d.run_id, d.portfolio_id COLLATE "C"
 """
 
 
@@ -217,8 +258,12 @@ def build_report(
     business_date: date | None = None,
     as_of_now: bool = False,
     include_dry_runs: bool = False,
+    verify_audit: bool = True,
 ) -> Report:
-    """Gather a report for one run or for all (non dry) runs of a business date."""
+    """Gather a report for one run or for all (non dry) runs of a business date.
+
+    ``verify_audit=False`` leaves the audit block empty; fill it later with ``audit_summary``.
+    """
     with engine.connect() as conn:
         if run_id is not None:
             runs = [
@@ -247,7 +292,6 @@ def build_report(
         finished = [r["finished_at"] for r in runs if r["finished_at"] is not None]
         as_of = now if as_of_now or len(finished) < len(runs) else max(finished)
         run_ids = [r["id"] for r in runs]
-        rows = conn.execute(sa.text(_LINES_SQL), {"runs": run_ids}).all()
         aggregates = conn.execute(
             sa.text(
                 "SELECT coalesce(currency, '???') AS ccy, coalesce(sum(requested_amount), 0) AS requested,"
@@ -255,15 +299,52 @@ def build_report(
             ),
             {"runs": run_ids},
         ).all()
-    lines = [_line(dict(row._mapping), as_of) for row in rows]
-    lines.sort(key=lambda line: (not line.is_exception, line.run_id, line.portfolio_id))
-    totals = _totals(lines)
+
+    def stream() -> Iterator[Line]:
+        with engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                sa.text(_LINES_SQL), {"runs": run_ids}
+            )
+            for row in rows:
+                yield _line(dict(row._mapping), as_of)
+
+    # one streaming pass for the totals; only exceptions and reconciliation breaks are kept
+    totals: dict[str, Totals] = {}
+    exception_lines: list[Line] = []
+    break_lines: list[Line] = []
+    candidates = 0
+    for line in stream():
+        candidates += 1
+        _add(totals, line)
+        if line.is_exception:
+            exception_lines.append(line)
+        if line.reconciliation_break:
+            break_lines.append(line)
+    totals = dict(sorted(totals.items()))
     for agg in aggregates:
         t = totals.setdefault(agg.ccy, Totals())
         t.requested, t.candidates = _q(agg.requested, agg.ccy) or ZERO, int(agg.n)
-    journal = Journal(engine)
-    verification = journal.verify_audit()
-    audit = {
+    audit = audit_summary(engine) if verify_audit else {}
+    return Report(
+        kind=kind,
+        business_date=runs[0]["business_date"],
+        runs=[run_header(r) for r in runs],
+        as_of=as_of,
+        lines=Lines(stream),
+        totals=totals,
+        checks=_checks(totals),
+        audit=audit,
+        generated_at=now,
+        candidates=candidates,
+        exception_lines=exception_lines,
+        break_lines=break_lines,
+    )
+
+
+def audit_summary(engine: Engine) -> dict[str, Any]:
+    """Verify the whole audit chain now and describe its head (printed in every report)."""
+    verification = Journal(engine).verify_audit()
+    return {
         "verified": verification.ok,
         "rows": verification.rows,
         "head_seq": verification.head_seq,
@@ -271,20 +352,9 @@ def build_report(
         "first_broken_seq": verification.first_broken_seq,
         "problem": verification.problem,
     }
-    return Report(
-        kind=kind,
-        business_date=runs[0]["business_date"],
-        runs=[_run_header(r) for r in runs],
-        as_of=as_of,
-        lines=lines,
-        totals=totals,
-        checks=_checks(totals),
-        audit=audit,
-        generated_at=now,
-    )
 
 
-def _run_header(run: Mapping[str, Any]) -> dict[str, Any]:
+def run_header(run: Mapping[str, Any]) -> dict[str, Any]:
     keys = (
         "id",
         "business_date",
@@ -350,24 +420,21 @@ def _note(details: Mapping[str, Any], row: Mapping[str, Any], as_of: datetime) -
     return "; ".join(parts) or None
 
 
-def _totals(lines: Iterable[Line]) -> dict[str, Totals]:
-    totals: dict[str, Totals] = {}
-    for line in lines:
-        ccy = line.currency or "???"
-        t = totals.setdefault(ccy, Totals())
-        t.count[line.outcome] += 1
-        t.amount[line.outcome] += line.requested or ZERO
-        if line.reconciliation_break:
-            t.reconciliation_breaks += 1
-        if line.payout_id and line.outcome in ("paid", "in_progress"):
-            amount = line.requested or ZERO
-            if line.steps.get("ledger_posted"):
-                t.ledger_posted += amount
-            if line.steps.get("transaction_recorded"):
-                t.investsuite_settled += amount
-            if line.steps.get("event_sent"):
-                t.events_sent += amount
-    return dict(sorted(totals.items()))
+def _add(totals: dict[str, Totals], line: Line) -> None:
+    """Count one line into the totals of its currency."""
+    t = totals.setdefault(line.currency or "???", Totals())
+    t.count[line.outcome] += 1
+    t.amount[line.outcome] += line.requested or ZERO
+    if line.reconciliation_break:
+        t.reconciliation_breaks += 1
+    if line.payout_id and line.outcome in ("paid", "in_progress"):
+        amount = line.requested or ZERO
+        if line.steps.get("ledger_posted"):
+            t.ledger_posted += amount
+        if line.steps.get("transaction_recorded"):
+            t.investsuite_settled += amount
+        if line.steps.get("event_sent"):
+            t.events_sent += amount
 
 
 def _checks(totals: Mapping[str, Totals]) -> list[Check]:
@@ -406,8 +473,9 @@ def write_reports(report: Report, folder: Path) -> dict[str, Path]:
         f"run-{report.business_date}-{report.runs[0]['id']}" if report.kind == "run" else f"date-{report.business_date}"
     )
     paths: dict[str, Path] = {}
-    for fmt, renderer in render.RENDERERS.items():
+    for fmt, writer in render.WRITERS.items():
         path = folder / f"{stem}.{render.EXTENSIONS[fmt]}"
-        path.write_text(renderer(report), encoding="utf-8")
+        with path.open("w", encoding="utf-8", newline="") as out:
+            writer(report, out)
         paths[fmt] = path
     return paths

@@ -32,7 +32,7 @@ from batch.errors import BatchError, ConfigError, RunLockedError
 from batch.service.execute import ExecutionStats, Executor
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
-from batch.service.report import Report, build_report, write_reports
+from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
 
 log = structlog.get_logger("batch.run")
 
@@ -180,14 +180,6 @@ def _locked_run(
                 executor = _executor(app, run_id, actor, stop, progress)
                 result.execution.append(executor.execute(portfolio_ids=only))
             progress.close()
-            report = build_report(app.journal_engine, run_id=run_id, as_of_now=True)
-            waiting = journal.count_open()
-            # exceptions of this run, or payouts of any earlier run still waiting for a human
-            attention = report.exceptions_count > 0 or any(
-                waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION)
-            )
-            result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
-            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
         except ConfigError as exc:
             result.exit_code, result.status, result.error = ExitCode.USAGE, "FAILED", str(exc)
         except BatchError as exc:
@@ -198,7 +190,16 @@ def _locked_run(
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             progress.close()
-        report = build_report(app.journal_engine, run_id=run_id, as_of_now=True)
+        # one report (one streaming pass over the journal): exit code, run summary and the files
+        report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
+        if result.status == "RUNNING":
+            waiting = journal.count_open()
+            # exceptions of this run, or payouts of any earlier run still waiting for a human
+            attention = report.exceptions_count > 0 or any(
+                waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION)
+            )
+            result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
+            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
         journal.finish_run(
             run_id,
             status=result.status,
@@ -207,7 +208,12 @@ def _locked_run(
             error=result.error,
             actor=actor,
         )
-        result.report = build_report(app.journal_engine, run_id=run_id)
+        finished = journal.get_run(run_id)
+        if finished is not None:  # the header as recorded: final status, exit code, end time
+            report.runs[0] = run_header(finished)
+            report.as_of = finished["finished_at"]
+        report.audit = audit_summary(app.journal_engine)  # after run.finished: the head includes it
+        result.report = report
         result.report_paths = write_reports(result.report, settings.run.report_dir)
         log.info(
             "run.finished",
