@@ -609,7 +609,7 @@ class Journal:
         intent: Mapping[str, Any],
         payout_updates: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record the intent to call an external system (durably, before the call)."""
+        """Record the intent to call an external system (durably, before the call); returns the attempt id."""
         with self._tx() as conn:
             self._guard(conn, payout, worker, payout_updates or {})
             attempt_id = int(
@@ -621,15 +621,8 @@ class Journal:
                     {"p": payout.id, "r": run_id, "s": step.value, "i": canonical_json(intent)},
                 ).scalar_one()
             )
-            self._audit(
-                conn,
-                actor=actor,
-                action=f"step.{step.value.lower()}.intent",
-                run_id=run_id,
-                payout_id=payout.id,
-                portfolio_id=payout.portfolio_id,
-                details=intent,
-            )
+        # No audit row here: the intent is durable in step_attempts and goes into the audit log with
+        # the outcome (one audited transaction per step keeps the hash chain off the hot path).
         return attempt_id
 
     def _guard(self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]) -> PayoutRecord:
@@ -678,13 +671,13 @@ class Journal:
         """
         updates = dict(payout_updates or {})
         with self._tx() as conn:
-            conn.execute(
+            intent = conn.execute(
                 sa.text(
                     "UPDATE batch.step_attempts SET outcome = :o, outcome_at = now(), detail = CAST(:d AS jsonb)"
-                    " WHERE id = :id AND outcome IS NULL"
+                    " WHERE id = :id AND outcome IS NULL RETURNING intent"
                 ),
                 {"o": outcome, "d": canonical_json(detail), "id": attempt_id},
-            )
+            ).scalar_one_or_none()
             current = payout
             for target in through:
                 current = self._transition(conn, current, target, worker=worker, updates=updates)
@@ -702,7 +695,8 @@ class Journal:
                     {"n": note, "p": payout.id},
                 )
             # one audit row per outcome; it names the state transitions it made
-            states = {"from": payout.state, "through": list(through)} if through else {}
+            states: dict[str, Any] = {"from": payout.state, "through": list(through)} if through else {}
+            states |= {"attempt": attempt_id, "intent": intent or {}}
             self._audit(
                 conn,
                 actor=actor,

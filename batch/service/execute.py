@@ -180,8 +180,11 @@ class Executor:
         local = 0
         while True:
             prior, spent = self._attempts.get((payout.id, step.value), (0, 0))
-            if spent >= self.max_step_attempts:
-                raise _Stop(self._attention(payout, step, f"{step} failed {spent} times; giving up for a human"))
+            # ``local`` also bounds transient failures of reads that record no attempt (the fresh GET)
+            if max(spent, local) >= self.max_step_attempts:
+                raise _Stop(
+                    self._attention(payout, step, f"{step} failed {max(spent, local)} times; giving up for a human")
+                )
             try:
                 return action(payout, prior)
             except TransientError as exc:

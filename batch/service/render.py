@@ -68,9 +68,9 @@ def _ordered_lines(report: Report) -> Iterator[Line]:
 
 def _by_run_and_portfolio(report: Report) -> Iterable[Line]:
     # streamed lines come ordered from the journal; a loaded list may have been edited, so sort it
-    if report.lines.loaded:
+    if report.all_lines.loaded:
         return sorted(report.lines, key=lambda x: (x.run_id, x.portfolio_id))
-    return report.lines
+    return report.all_lines
 
 
 def to_dict(report: Report) -> dict[str, Any]:

@@ -137,6 +137,13 @@ class Lines:
         self._stream = stream
         self._loaded: list[Line] | None = None
 
+    @classmethod
+    def of(cls, lines: list[Line]) -> Lines:
+        """Lines already in memory."""
+        made = cls(lambda: iter(lines))
+        made._loaded = lines
+        return made
+
     def __iter__(self) -> Iterator[Line]:
         return iter(self._loaded) if self._loaded is not None else self._stream()
 
@@ -165,7 +172,7 @@ class Report:
     business_date: date
     runs: list[dict[str, Any]]
     as_of: datetime
-    lines: Lines
+    lines: Lines | list[Line]
     totals: dict[str, Totals]
     checks: list[Check]
     audit: dict[str, Any]
@@ -175,16 +182,26 @@ class Report:
     break_lines: list[Line] = field(default_factory=list)
     software_version: str = __version__
 
+    def __post_init__(self) -> None:
+        if isinstance(self.lines, list):
+            self.lines = Lines.of(self.lines)
+            self.candidates = self.candidates or len(self.lines)
+
+    @property
+    def all_lines(self) -> Lines:
+        assert isinstance(self.lines, Lines)
+        return self.lines
+
     @property
     def exceptions(self) -> list[Line]:
         """Held, needs-attention and in-progress lines (kept in memory: they are what people read)."""
-        if self.lines.loaded:
+        if self.all_lines.loaded:
             return [line for line in self.lines if line.is_exception]
         return self.exception_lines
 
     @property
     def breaks(self) -> list[Line]:
-        if self.lines.loaded:
+        if self.all_lines.loaded:
             return [line for line in self.lines if line.reconciliation_break]
         return self.break_lines
 
