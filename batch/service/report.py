@@ -97,9 +97,12 @@ class Line:
     last_error: str | None = None
     note: str | None = None
     steps: dict[str, str | None] = field(default_factory=dict)
+    dry_run: bool = False
 
     @property
     def is_exception(self) -> bool:
+        if self.dry_run and self.decision == "PAY":
+            return False  # a dry run pays nothing: its PAY lines are what would be paid, not work in flight
         # a HOLD with a payout follows that payout once approved; a HOLD without one waits for a fix of the data
         held_without_payout = self.decision == "HOLD" and self.payout_id is None
         return self.payout_state in EXCEPTION_STATES or held_without_payout or self.outcome == "in_progress"
@@ -425,6 +428,7 @@ def _line(row: Mapping[str, Any], as_of: datetime) -> Line:
         last_error=row["last_error"] if state in ("NEEDS_ATTENTION", "CANCELLED") else None,
         note=_note(details, row, as_of),
         steps=steps,
+        dry_run=bool(row["dry_run"]),
     )
 
 

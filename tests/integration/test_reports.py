@@ -224,6 +224,7 @@ def test_json_lines_carry_every_documented_field(world: World) -> None:
         "last_error",
         "note",
         "steps",
+        "dry_run",
     }
     assert all(set(line) == fields for line in doc["lines"])
     paid = [line for line in doc["lines"] if line["outcome"] == "paid"]
