@@ -588,16 +588,6 @@ class Journal:
             )
             return {(r.payout_id, r.step): (int(r.n), int(r.budget)) for r in rows}
 
-    def prior_attempts(self, payout_id: uuid.UUID, step: Step) -> int:
-        """How many attempts of this step were made before (any outcome, or none: a crash)."""
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.text("SELECT count(*) FROM batch.step_attempts WHERE payout_id = :p AND step = :s"),
-                    {"p": payout_id, "s": step.value},
-                ).scalar_one()
-            )
-
     def begin_step(
         self,
         payout: PayoutRecord,

@@ -73,11 +73,6 @@ def _by_run_and_portfolio(report: Report) -> Iterable[Line]:
     return report.all_lines
 
 
-def to_dict(report: Report) -> dict[str, Any]:
-    """The whole JSON document in memory (small reports and tests; files are streamed)."""
-    return {**_head(report), "lines": [vars(line) for line in _ordered_lines(report)]}
-
-
 def write_json(report: Report, out: TextIO) -> None:
     """Stream the JSON document: the head, then one line object at a time."""
     head = json.dumps(_head(report), indent=2, default=_default)
