@@ -359,6 +359,7 @@ def run_job(
                     "--rate",
                     "50",
                     "--nonblocking",
+                    "--gil",
                     "--threads",
                     "-o",
                     str(target),

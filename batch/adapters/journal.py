@@ -13,12 +13,14 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.rows import dict_row
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -114,7 +116,10 @@ class PayoutRecord:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> PayoutRecord:
-        data = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[Any, Any]) -> PayoutRecord:
         values = {f.name: data[f.name] for f in fields(cls)}
         values["state"] = PayoutState(values["state"])
         values["currency"] = values["currency"].strip()
@@ -122,6 +127,13 @@ class PayoutRecord:
 
 
 _PAYOUT_COLUMNS = ", ".join(f.name for f in fields(PayoutRecord))
+#: SQLSTATE raised by batch.payout_advance when the payout is not in the expected state under our lease
+_LOST_RACE = "BJ001"
+_STEP_BEGIN = "SELECT batch.step_begin(%(p)s, %(state)s, %(w)s, %(lease)s, %(r)s, %(s)s, %(i)s::jsonb, %(u)s::jsonb)"
+_STEP_FINISH = (
+    f"SELECT {_PAYOUT_COLUMNS} FROM batch.step_finish(%(a)s, %(o)s, %(d)s::jsonb, %(p)s, %(from)s, %(w)s,"
+    " %(through)s::text[], %(u)s::jsonb, %(note)s, %(actor)s, %(action)s, %(r)s, %(portfolio)s, %(audit)s)"
+)
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,8 @@ class Journal:
         self.engine = engine
         #: how long a claimed payout's lease runs from each step's intent (the executor's heartbeat)
         self.lease_seconds = lease_seconds
+        #: intents of attempts begun here and not finished yet (their outcome's audit row carries them)
+        self._intents: dict[int, Mapping[str, Any]] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextmanager
@@ -190,6 +204,30 @@ class Journal:
                 yield conn
         except OperationalError as exc:
             raise _translate(exc) from exc
+
+    @contextmanager
+    def _statement(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        """A pooled connection in autocommit mode for a one-statement transaction (one round trip).
+
+        The hot path's writes are single calls of the step functions (migration 0003): atomic on
+        their own, so neither BEGIN nor COMMIT costs a round trip.
+        """
+        with self.engine.connect() as conn:
+            raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+            try:
+                raw.autocommit = True
+                try:
+                    with raw.cursor(row_factory=dict_row) as cursor:
+                        yield cursor
+                finally:
+                    raw.autocommit = False
+            except psycopg.OperationalError as exc:
+                conn.invalidate()  # never hand a broken connection back to the pool
+                raise TransientError(f"journal database unavailable: {type(exc).__name__}") from exc
+            except psycopg.DatabaseError as exc:
+                if exc.sqlstate == _LOST_RACE:
+                    raise InvalidTransitionError(str(exc.diag.message_primary or exc)) from exc
+                raise
 
     @staticmethod
     def _audit(
@@ -552,12 +590,10 @@ class Journal:
         return [PayoutRecord.from_row(r) for r in rows]
 
     def release_lease(self, payout_id: uuid.UUID, worker: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                sa.text(
-                    "UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL"
-                    " WHERE id = :id AND lease_owner = :w"
-                ),
+        with self._statement() as cursor:
+            cursor.execute(
+                "UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = %(id)s AND lease_owner = %(w)s",
                 {"id": payout_id, "w": worker},
             )
 
@@ -599,43 +635,31 @@ class Journal:
         intent: Mapping[str, Any],
         payout_updates: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record the intent to call an external system (durably, before the call); returns the attempt id."""
-        with self._tx() as conn:
-            self._guard(conn, payout, worker, payout_updates or {})
-            attempt_id = int(
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO batch.step_attempts (payout_id, run_id, step, intent)"
-                        " VALUES (:p, :r, :s, CAST(:i AS jsonb)) RETURNING id"
-                    ),
-                    {"p": payout.id, "r": run_id, "s": step.value, "i": canonical_json(intent)},
-                ).scalar_one()
-            )
-        # No audit row here: the intent is durable in step_attempts and goes into the audit log with
-        # the outcome (one audited transaction per step keeps the hash chain off the hot path).
-        return attempt_id
+        """Record the intent to call an external system (durably, before the call); returns the attempt id.
 
-    def _guard(self, conn: Connection, payout: PayoutRecord, worker: str, updates: Mapping[str, Any]) -> PayoutRecord:
-        """Check we still own the payout in the state we think it is in (and apply column updates)."""
-        sets = ", ".join(f"{k} = :u_{k}" for k in updates)
-        row = conn.execute(
-            sa.text(
-                f"UPDATE batch.payouts SET updated_at = now(){', ' + sets if sets else ''},"
-                " lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => :lease))"
-                " WHERE id = :id AND state = :state AND lease_owner = :w"
-                f" RETURNING {_PAYOUT_COLUMNS}"
-            ),
-            {
-                "id": payout.id,
-                "state": payout.state.value,
-                "w": worker,
-                "lease": self.lease_seconds,
-                **{f"u_{k}": v for k, v in updates.items()},
-            },
-        ).first()
-        if row is None:
-            raise InvalidTransitionError(f"payout {payout.id} is no longer {payout.state} under this worker's lease")
-        return PayoutRecord.from_row(row)
+        One statement (``batch.step_begin``): guard the state and lease, renew the lease, apply the
+        column updates, insert the attempt. No audit row here: the intent is durable in step_attempts
+        and goes into the audit log with the outcome (one audited transaction per step).
+        """
+        with self._statement() as cursor:
+            cursor.execute(
+                _STEP_BEGIN,
+                {
+                    "p": payout.id,
+                    "state": payout.state.value,
+                    "w": worker,
+                    "lease": self.lease_seconds,
+                    "r": run_id,
+                    "s": step.value,
+                    "i": canonical_json(intent),
+                    "u": canonical_json(payout_updates or {}),
+                },
+            )
+            row = cursor.fetchone()
+        assert row is not None
+        attempt_id = int(row["step_begin"])
+        self._intents[attempt_id] = intent
+        return attempt_id
 
     def finish_step(
         self,
@@ -650,7 +674,6 @@ class Journal:
         detail: Mapping[str, Any],
         through: Sequence[PayoutState] = (),
         payout_updates: Mapping[str, Any] | None = None,
-        revise: tuple[str, str] | None = None,
         note: str | None = None,
     ) -> PayoutRecord:
         """Record the outcome of an attempt and move the payout through ``through`` states (guarded).
@@ -659,44 +682,44 @@ class Journal:
 
         Returns the payout as it is afterwards.
         """
-        updates = dict(payout_updates or {})
-        with self._tx() as conn:
-            intent = conn.execute(
-                sa.text(
-                    "UPDATE batch.step_attempts SET outcome = :o, outcome_at = now(), detail = CAST(:d AS jsonb)"
-                    " WHERE id = :id AND outcome IS NULL RETURNING intent"
-                ),
-                {"o": outcome, "d": canonical_json(detail), "id": attempt_id},
-            ).scalar_one_or_none()
-            current = payout
-            for target in through:
-                current = self._transition(conn, current, target, worker=worker, updates=updates)
-                updates = {}
-            if updates:
-                current = self._guard(conn, current, worker, updates)
-            if revise is not None:
-                self.revise_decision(conn, payout.id, *revise)
-            if note:
-                conn.execute(
-                    sa.text(
-                        "UPDATE batch.decisions SET details = details"
-                        " || jsonb_build_object('execution_note', CAST(:n AS text)) WHERE payout_id = :p"
-                    ),
-                    {"n": note, "p": payout.id},
-                )
-            # one audit row per outcome; it names the state transitions it made
-            states: dict[str, Any] = {"from": payout.state, "through": list(through)} if through else {}
-            states |= {"attempt": attempt_id, "intent": intent or {}}
-            self._audit(
-                conn,
-                actor=actor,
-                action=f"step.{step.value.lower()}.{outcome.lower()}",
-                run_id=run_id,
-                payout_id=payout.id,
-                portfolio_id=payout.portfolio_id,
-                details={**detail, **states},
+        intent = self._intents.pop(attempt_id, None)
+        if intent is None:  # begun by another process (or before a restart): read the intent back
+            with self.engine.connect() as conn:
+                stored = conn.execute(
+                    sa.text("SELECT intent FROM batch.step_attempts WHERE id = :id"), {"id": attempt_id}
+                ).scalar()
+            intent = stored or {}
+        current = payout
+        for target in through:
+            check_transition(current.state, target)
+            current = replace(current, state=target)
+        # one audit row per outcome; it names the state transitions it made
+        states: dict[str, Any] = {"from": payout.state, "through": list(through)} if through else {}
+        states |= {"attempt": attempt_id, "intent": intent}
+        with self._statement() as cursor:
+            cursor.execute(
+                _STEP_FINISH,
+                {
+                    "a": attempt_id,
+                    "o": outcome,
+                    "d": canonical_json(detail),
+                    "p": payout.id,
+                    "from": payout.state.value,
+                    "w": worker,
+                    "through": [s.value for s in through],
+                    "u": canonical_json(payout_updates or {}),
+                    "note": note,
+                    "actor": actor,
+                    "action": f"step.{step.value.lower()}.{outcome.lower()}",
+                    "r": run_id,
+                    "portfolio": payout.portfolio_id,
+                    "audit": canonical_json({**detail, **states}),
+                },
             )
-        return current
+            row = cursor.fetchone()
+        if row is None or row["id"] is None:
+            return payout  # nothing to apply (e.g. a transient error's outcome)
+        return PayoutRecord.from_mapping(row)
 
     _STAMP = {
         PayoutState.LEDGER_POSTED: "ledger_posted_at",
@@ -756,6 +779,8 @@ class Journal:
         attempt_id: int | None = None,
     ) -> PayoutRecord:
         """Stop a payout for a human: the exact step, the error and the evidence are recorded."""
+        if attempt_id is not None:
+            self._intents.pop(attempt_id, None)
         with self._tx() as conn:
             if attempt_id is not None:
                 conn.execute(
@@ -801,6 +826,8 @@ class Journal:
         detail: Mapping[str, Any] | None = None,
     ) -> PayoutRecord:
         """CANCEL a payout that has not reached the ledger (the only kind that may be cancelled)."""
+        if attempt_id is not None:
+            self._intents.pop(attempt_id, None)
         with self._tx() as conn:
             if attempt_id is not None:
                 conn.execute(

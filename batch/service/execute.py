@@ -142,13 +142,16 @@ class Executor:
             payout_id=str(payout.id),
         )
         with bound:
+            result: PayoutRecord | None = None
             try:
                 result = self.drive(payout)
             except InvalidTransitionError as exc:
                 log.warning("payout.lost_race", error=str(exc))
                 result = self.journal.get_payout(payout.id) or payout
             finally:
-                self.journal.release_lease(payout.id, self.worker)
+                # a completed or stopped payout's lease was cleared with its last state change
+                if result is None or result.lease_owner is not None:
+                    self.journal.release_lease(payout.id, self.worker)
                 for step in Step:
                     self._attempts.pop((payout.id, step.value), None)
         return result, time.monotonic() - started
