@@ -208,6 +208,10 @@ class Measurement:
         return self.api_total / self.completed if self.completed else None
 
 
+#: ``--workers``: worker processes of every job run (1 = the planner alone)
+WORKERS = [1]
+
+
 def write_config(
     path: Path, dsns: dict[str, str], base_url: str, concurrency: int, report_dir: Path, client_rate: float | None
 ) -> None:
@@ -245,6 +249,7 @@ def run_job(
     server_rate: float | None = None,
     pyspy_after: float | None = None,
     extra_faults: dict[str, Any] | None = None,
+    workers: int | None = None,
 ) -> Measurement:
     m = Measurement(label, data.size, concurrency, latency_ms, dry_run, client_rate, server_rate)
     work = env.root / f"{label}-{int(time.time() * 1000)}"
@@ -273,6 +278,9 @@ def run_job(
     ]
     if dry_run:
         command.append("--dry-run")
+    workers = WORKERS[0] if workers is None else workers
+    if workers > 1:
+        command += ["--workers", str(workers)]
     m.log_path = str(work / "job.log")
     m.load_before = load()
     sandbox_cpu = _cpu(sandbox.pid)
@@ -577,7 +585,9 @@ def scenario_throughput(env: Env, args: argparse.Namespace, results: list[Measur
     out: dict[str, Any] = {}
     base_data = seeded(env, "base", args.baseline)
     with with_sandbox(base_data, args.pool_size) as sandbox:
-        baseline = run_job(env, base_data, sandbox, label="baseline-c1", concurrency=1, latency_ms=args.latency_ms)
+        baseline = run_job(
+            env, base_data, sandbox, label="baseline-c1", concurrency=1, latency_ms=args.latency_ms, workers=1
+        )
     results.append(baseline)
     out["baseline"] = baseline
     for size in [s for s in args.sizes if s <= args.throughput_max]:
@@ -794,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=32, help="the job's [run] concurrency (default 32 = its default)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="the job's --workers (processes executing payouts)")
     parser.add_argument("--baseline", type=int, default=300, help="portfolios of the concurrency-1 baseline")
     parser.add_argument(
         "--scenario", default="all", help="comma list of throughput, capacity, ratelimit, dryrun, memory, or all"
@@ -814,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, reports, py-spy output)")
     parser.add_argument("--json", type=Path, help="write the measurements as JSON here")
     args = parser.parse_args(argv)
+    WORKERS[0] = args.workers
     if args.quick:
         args.sizes = "2000"
         args.baseline = min(args.baseline, 200)
