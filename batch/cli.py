@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--date", type=_date, help="business date (default: today in the configured time zone)")
     run.add_argument("--portfolio", action="append", default=[], metavar="ID", help="only these portfolios")
     run.add_argument("--dry-run", action="store_true", help="decide and record, but pay nothing and write nothing")
-    run.add_argument("--workers", type=int, default=1, help="worker processes sharing the journal")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes executing payouts, this one included (default: [run] workers, 'auto' = usable CPUs, max 4)",
+    )
     run.add_argument("--trigger", default="manual", choices=["cron", "manual", "scheduler", "operator", "test"])
     run.add_argument("--operator", help="who runs it (default: $BATCH_OPERATOR or $USER)")
 
@@ -172,8 +177,8 @@ def print_run_result(result: RunResult) -> None:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise ConfigError("--workers must be 1..64")
     request = RunRequest(
         business_date=args.date,
         portfolio_ids=tuple(args.portfolio),

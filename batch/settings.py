@@ -14,7 +14,7 @@ import tomllib
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -24,6 +24,21 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from batch.errors import ConfigError
 
 DEFAULT_CONFIG_ENV = "BATCH_CONFIG"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, lowered by a cgroup v2 CPU quota (containers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="ascii").split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(count, 1)
 
 
 class _Section(BaseModel):
@@ -96,10 +111,26 @@ class LedgerSettings(_Section):
 class RunSettings(_Section):
     timezone: str = "Europe/Brussels"
     concurrency: int = Field(default=32, ge=1, le=512)
+    #: processes executing payouts, the planner included, each with ``concurrency`` threads; "auto" =
+    #: the CPUs this process may use (affinity and cgroup quota), at most 4. 1 = the planner alone.
+    workers: int | Literal["auto"] = "auto"
     report_dir: Path = Path("reports")
     max_step_attempts: int = Field(default=8, ge=1, le=100)
     lease_seconds: int = Field(default=300, ge=5)
     progress_interval_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_range(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 64:
+            return int(value)  # from the environment
+        raise ValueError('must be a number of processes 1..64 or "auto"')
+
+    def worker_processes(self) -> int:
+        """``workers`` resolved: "auto" is the usable CPUs, capped at 4."""
+        return min(usable_cpus(), 4) if self.workers == "auto" else int(self.workers)
 
     @field_validator("timezone")
     @classmethod

@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from batch.domain.payout import OPEN_STATES, PayoutState, Step, check_transition
+from batch.domain.payout import EXECUTABLE_STATES, OPEN_STATES, PayoutState, Step, check_transition
 from batch.errors import InvalidTransitionError, RunLockedError, TransientError
 
 RUN_LOCK_KEY = "batch.run"
@@ -920,6 +920,15 @@ class Journal:
                 {"s": [s.value for s in states], "n": limit},
             ).all()
         return [PayoutRecord.from_row(r) for r in rows]
+
+    def count_open_of_run(self, run_id: uuid.UUID) -> int:
+        """Payouts of a run still to be executed or in flight (for progress across worker processes)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.text("SELECT count(*) FROM batch.payouts WHERE run_id = :r AND state = ANY(:s)"),
+                {"r": run_id, "s": sorted(s.value for s in EXECUTABLE_STATES)},
+            ).scalar_one()
+        return int(value)
 
     def count_open(self) -> dict[str, int]:
         with self.engine.connect() as conn:

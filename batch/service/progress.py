@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
@@ -28,12 +29,17 @@ class Progress:
         self._started = time.monotonic()
         self._last = 0.0
         self._shown = False
+        self._remaining: Callable[[], int] | None = None
 
-    def phase(self, name: str, total: int | None) -> None:
+    def phase(self, name: str, total: int | None, remaining: Callable[[], int] | None = None) -> None:
+        """Start a phase; ``remaining`` (work left, e.g. read from the journal) counts other processes' work too."""
         with self._lock:
             self._finish_line()
             self._phase, self._total, self._done = name, total, 0
             self._started = time.monotonic()
+            self._remaining = remaining
+            if remaining is not None:
+                self.interval = max(self.interval, 2.0)  # a journal query per display
 
     def planned(self, candidates: int) -> None:
         with self._lock:
@@ -50,6 +56,8 @@ class Progress:
         if now - self._last < self.interval:
             return
         self._last = now
+        if self._remaining is not None and self._total is not None:
+            self._done = max(self._total - self._remaining(), 0)
         elapsed = max(now - self._started, 1e-6)
         rate = self._done / elapsed
         eta = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -52,7 +52,14 @@ class RunRequest:
     dry_run: bool = False
     trigger: str = "manual"
     operator: str = field(default_factory=lambda: os.environ.get("BATCH_OPERATOR") or os.environ.get("USER") or "batch")
-    workers: int = 1
+    #: processes executing payouts, the planner included (None: ``[run] workers``)
+    workers: int | None = None
+
+
+class WorkerGroup(Protocol):
+    """Worker processes a planner started (``batch.service.workers.LocalWorkers``)."""
+
+    def wait(self) -> list[int]: ...
 
 
 @dataclass
@@ -79,7 +86,7 @@ def run_job(
     request: RunRequest,
     *,
     stop: threading.Event | None = None,
-    spawn_workers: Callable[[uuid.UUID, int], Any] | None = None,
+    spawn_workers: Callable[[uuid.UUID, int], WorkerGroup] | None = None,
 ) -> RunResult:
     """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run."""
     settings = app.settings
@@ -109,7 +116,7 @@ def _locked_run(
     request: RunRequest,
     business_date: date,
     stop: threading.Event | None,
-    spawn_workers: Callable[[uuid.UUID, int], Any] | None,
+    spawn_workers: Callable[[uuid.UUID, int], WorkerGroup] | None,
 ) -> RunResult:
     settings = app.settings
     journal, actor = app.journal, request.operator
@@ -117,10 +124,12 @@ def _locked_run(
     if abandoned:
         log.warning("run.abandoned_marked", runs=[str(r) for r in abandoned])
     run_id = uuid.uuid4()
+    # processes executing payouts, the planner included (more only when the caller can start workers)
+    processes = (request.workers or settings.run.worker_processes()) if spawn_workers is not None else 1
     parameters = {
         "portfolio_ids": list(request.portfolio_ids),
         "dry_run": request.dry_run,
-        "workers": request.workers,
+        "workers": processes,
         "concurrency": settings.run.concurrency,
         "role": "planner",
     }
@@ -173,12 +182,18 @@ def _locked_run(
             )
             if not request.dry_run and not (stop and stop.is_set()):
                 to_execute = result.plan.by_decision.get("PAY", 0)
-                progress.phase("execute", to_execute)
-                if spawn_workers is not None and request.workers > 1:
-                    spawn_workers(run_id, request.workers)
-                # the planner always finishes what is left (e.g. the claims of a worker that died)
+                remaining = (lambda: journal.count_open_of_run(run_id)) if processes > 1 else None
+                progress.phase("execute", to_execute, remaining)
+                workers = spawn_workers(run_id, processes - 1) if spawn_workers and processes > 1 else None
                 executor = _executor(app, run_id, actor, stop, progress)
-                result.execution.append(executor.execute(portfolio_ids=only))
+                try:
+                    result.execution.append(executor.execute(portfolio_ids=only))
+                finally:
+                    if workers is not None:
+                        workers.wait()  # they stop when nothing is left to claim (or on the planner's SIGTERM)
+                if workers is not None:
+                    # the planner always finishes what is left (e.g. the claims of a worker that died)
+                    result.execution.append(executor.execute(portfolio_ids=only))
             progress.close()
         except ConfigError as exc:
             result.exit_code, result.status, result.error = ExitCode.USAGE, "FAILED", str(exc)

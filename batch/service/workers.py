@@ -1,7 +1,9 @@
 """Scale-out: several worker processes executing the payouts of one planned run.
 
-One planner (``batch run``) records every decision and marks the run planned; workers
-(``batch worker``) claim payouts from the journal with ``FOR UPDATE SKIP LOCKED`` and a lease.
+One planner (``batch run``) records every decision and marks the run planned; it then executes
+payouts itself beside the workers (``batch worker``): every process claims payouts from the journal
+with ``FOR UPDATE SKIP LOCKED`` and a lease. Processes, not more threads: the job's own work per
+payout is Python (GIL-bound), so one process saturates one core long before the I/O does.
 A worker that dies simply stops renewing its leases; when they run out, another worker (or the
 planner, which always makes a last pass) claims those payouts and reads back before acting.
 SIGTERM stops a worker gracefully (no new claims; each payout in flight finishes its current step),
@@ -10,6 +12,7 @@ and a planner forwards it to the workers it started.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -28,38 +31,63 @@ from batch.bootstrap import App
 from batch.service.run import ExitCode, run_worker
 
 log = structlog.get_logger("batch.workers")
+_PR_SET_PDEATHSIG = 1
 
 
-def spawn_local_workers(config: Path | None) -> Callable[[uuid.UUID, int], None]:
-    """``batch run --workers N``: start N worker processes on this machine and wait for them."""
+class LocalWorkers:
+    """Worker processes started by a planner on this machine (``batch run --workers N``)."""
 
-    def spawn(run_id: uuid.UUID, count: int) -> None:
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+        self._previous = signal.getsignal(signal.SIGTERM)
+        self._on_main_thread = threading.current_thread() is threading.main_thread()
+        if self._on_main_thread:
+            signal.signal(signal.SIGTERM, self._forward)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        # in a container only the planner gets SIGTERM: pass it on, then stop the planner as before
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def wait(self) -> list[int]:
+        try:
+            codes = [p.wait() for p in self.processes]
+        finally:
+            if self._on_main_thread:
+                signal.signal(signal.SIGTERM, self._previous)
+        log.info("workers.finished", exit_codes=codes)
+        return codes
+
+
+def spawn_local_workers(config: Path | None) -> Callable[[uuid.UUID, int], LocalWorkers]:
+    """Start ``count`` ``batch worker`` processes for a planned run; they stop when the planner dies."""
+
+    def spawn(run_id: uuid.UUID, count: int) -> LocalWorkers:
         command = [sys.executable, "-m", "batch"]
         if config is not None:
             command += ["--config", str(config)]
         command += ["worker", "--run-id", str(run_id)]
-        processes = [subprocess.Popen(command) for _ in range(count)]
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def forward(signum: int, frame: FrameType | None) -> None:
-            # in a container only the planner gets SIGTERM: pass it on, then stop the planner as before
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signum)
-            if callable(previous):
-                previous(signum, frame)
-
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, forward)
-        try:
-            codes = [p.wait() for p in processes]
-        finally:
-            if on_main_thread:
-                signal.signal(signal.SIGTERM, previous)
-        log.info("workers.finished", run_id=str(run_id), exit_codes=codes)
+        env = dict(os.environ, BATCH_PLANNER_PID=str(os.getpid()))
+        return LocalWorkers([subprocess.Popen(command, env=env) for _ in range(count)])
 
     return spawn
+
+
+def _stop_with_planner(stop: threading.Event) -> None:
+    """A worker started by a planner gets SIGTERM when the planner dies (Linux), so it never outlives it."""
+    planner = os.environ.get("BATCH_PLANNER_PID")
+    if not planner or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return
+    if os.getppid() != int(planner):  # the planner died before the request took effect
+        stop.set()
 
 
 def worker_main(app: App, run_id: uuid.UUID | None, operator: str, wait_seconds: float) -> int:
@@ -82,6 +110,7 @@ def worker_main(app: App, run_id: uuid.UUID | None, operator: str, wait_seconds:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
+    _stop_with_planner(stop)
     with structlog.contextvars.bound_contextvars(run_id=str(run_id), worker=name):
         stats = run_worker(app, run_id, actor=operator, worker_name=name, stop=stop)
         log.info("worker.finished", by_state=dict(stats.by_state))

@@ -140,6 +140,7 @@ def write_config(path: Path, dsns: Dsns, base_url: str, report_dir: Path, *, con
                 "[run]",
                 'timezone = "Europe/Brussels"',
                 f"concurrency = {concurrency}",
+                "workers = 1",  # the harness kills the job's one process
                 f'report_dir = "{report_dir}"',
                 "lease_seconds = 300",
                 "progress_interval_seconds = 3600",

@@ -52,6 +52,7 @@ def toml_config(dsns: Dsns, base_url: str, report_dir: Path) -> str:
             "[run]",
             f"report_dir = {q(str(report_dir))}",
             "concurrency = 8",
+            "workers = 1  # one process: these tests read its output (test_workers covers several)",
             "",
         ]
     )

@@ -1,4 +1,4 @@
-"""Scale-out: ``batch run --workers 3`` shares one journal between worker processes; nothing is paid twice,
+"""Scale-out: ``batch run --workers 4`` (the planner and three workers) shares one journal; nothing is paid twice,
 and the payouts claimed by a worker killed with SIGKILL come back when its lease runs out and still complete once.
 """
 
@@ -130,11 +130,11 @@ def _assert_taken_over_steps_were_read_back(dsns: Dsns) -> None:
 
 
 def test_three_workers_pay_every_payout_exactly_once(tmp_path: Path, dsns: Dsns, sandbox: RunningSandbox) -> None:
-    """`batch run --workers 3` over ~300 payouts: the workers share them, all complete, none is executed twice."""
+    """`batch run --workers 4` over ~300 payouts: planner and workers share them, all complete, none runs twice."""
     seed_scenario(dsns.sandbox, dsns.ledger, size=SIZE, rng_seed=7)
     config = _config(tmp_path, dsns, sandbox.base_url)
     done = subprocess.run(
-        _command(config, "run", "--workers", "3", "--trigger", "test"),
+        _command(config, "run", "--workers", "4", "--trigger", "test"),
         capture_output=True,
         text=True,
         env=_env(),
@@ -145,7 +145,7 @@ def test_three_workers_pay_every_payout_exactly_once(tmp_path: Path, dsns: Dsns,
     assert done.returncode in (0, 3), explain(done)
     ((run,),) = [fetch(dsns.journal, "SELECT status, exit_code, parameters FROM batch.runs")]
     assert run["exit_code"] == done.returncode
-    assert run["parameters"]["workers"] == 3
+    assert run["parameters"]["workers"] == 4
     completed = _assert_each_payout_done_exactly_once(dsns)
     assert completed >= 290
     _assert_taken_over_steps_were_read_back(dsns)
@@ -179,7 +179,7 @@ def test_a_killed_worker_releases_its_claims_when_the_lease_runs_out(
     sandbox.admin.set_faults(latency_ms=60)
     config = _config(tmp_path, dsns, sandbox.base_url)
     planner = subprocess.Popen(
-        _command(config, "run", "--workers", "3", "--trigger", "test"),
+        _command(config, "run", "--workers", "4", "--trigger", "test"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -250,12 +250,12 @@ def test_a_killed_worker_releases_its_claims_when_the_lease_runs_out(
 def test_sigterm_to_the_planner_stops_its_workers_gracefully(
     tmp_path: Path, dsns: Dsns, sandbox: RunningSandbox
 ) -> None:
-    """SIGTERM to `batch run --workers 2` reaches its workers: every begun step records its outcome; the run ends 3."""
+    """SIGTERM to `batch run --workers 3` reaches both workers: every begun step records its outcome; the run ends 3."""
     seed_scenario(dsns.sandbox, dsns.ledger, size=SIZE, rng_seed=9)
     sandbox.admin.set_faults(latency_ms=60)
     config = _config(tmp_path, dsns, sandbox.base_url)
     planner = subprocess.Popen(
-        _command(config, "run", "--workers", "2", "--trigger", "test"),
+        _command(config, "run", "--workers", "3", "--trigger", "test"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -266,7 +266,12 @@ def test_sigterm_to_the_planner_stops_its_workers_gracefully(
 
         def workers_busy() -> bool:
             steps = _scalar(dsns.journal, "SELECT count(*) FROM batch.step_attempts")
-            return planner.poll() is None and len(psutil.Process(planner.pid).children()) == 2 and steps >= 30
+            claiming = _scalar(
+                dsns.journal,
+                "SELECT count(DISTINCT lease_owner) FROM batch.payouts WHERE lease_owner LIKE %s",
+                ["%:worker"],
+            )
+            return planner.poll() is None and claiming == 2 and steps >= 30  # both workers are executing
 
         _wait_for(workers_busy, 300, "two busy workers")
         planner.send_signal(signal.SIGTERM)
@@ -286,3 +291,47 @@ def test_sigterm_to_the_planner_stops_its_workers_gracefully(
     assert _scalar(dsns.journal, "SELECT count(*) FROM batch.payouts WHERE lease_owner IS NOT NULL") == 0
     states = Counter(r["state"] for r in fetch(dsns.journal, "SELECT state FROM batch.payouts"))
     assert states["PLANNED"] > 0 and "NEEDS_ATTENTION" not in states, states
+
+
+def test_workers_stop_when_their_planner_is_killed(tmp_path: Path, dsns: Dsns, sandbox: RunningSandbox) -> None:
+    """SIGKILL of the planner does not leave its workers running: they get SIGTERM and stop gracefully."""
+    seed_scenario(dsns.sandbox, dsns.ledger, size=SIZE, rng_seed=13)
+    sandbox.admin.set_faults(latency_ms=60)
+    config = _config(tmp_path, dsns, sandbox.base_url)
+    planner = subprocess.Popen(
+        _command(config, "run", "--workers", "3", "--trigger", "test"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=ROOT,
+    )
+    try:
+
+        def workers_busy() -> bool:
+            claiming = _scalar(
+                dsns.journal,
+                "SELECT count(DISTINCT lease_owner) FROM batch.payouts WHERE lease_owner LIKE %s",
+                ["%:worker"],
+            )
+            return planner.poll() is None and claiming == 2
+
+        _wait_for(workers_busy, 300, "two busy workers")
+        workers = psutil.Process(planner.pid).children()
+        assert len(workers) == 2
+        planner.kill()
+        planner.wait(timeout=30)
+        _gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, [w.pid for w in alive]
+    finally:
+        if planner.poll() is None:
+            planner.kill()
+            planner.wait()
+        sandbox.admin.set_faults()
+    # what they began, they finished: no worker left a step's intent without its outcome
+    open_by_workers = _scalar(
+        dsns.journal,
+        "SELECT count(*) FROM batch.step_attempts a JOIN batch.payouts p ON p.id = a.payout_id"
+        " WHERE a.outcome IS NULL AND p.lease_owner LIKE %s",
+        ["%:worker"],
+    )
+    assert open_by_workers == 0

@@ -134,6 +134,8 @@ def test_broken_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "policy.reconciliation_policy",
             id="unknown-reconciliation-policy",
         ),
+        pytest.param("[run]\nworkers = 0\n", "run.workers", id="workers-zero"),
+        pytest.param('[run]\nworkers = "many"\n', "run.workers", id="workers-not-auto"),
         pytest.param("[run]\nconcurency = 4\n", "run.concurency", id="unknown-key-typo"),
         pytest.param("colour = 4\n", "colour", id="unknown-top-level-key"),
         pytest.param("[investsuite]\npage_size = 101\n", "investsuite.page_size", id="page-size-above-api-max"),
@@ -216,3 +218,14 @@ def test_digest_changes_with_a_setting(tmp_path: Path, monkeypatch: pytest.Monke
     assert changed != base
     monkeypatch.setenv("BATCH_RUN__CONCURRENCY", "13")
     assert load_settings(write(tmp_path, CONFIG, "c.toml")).digest() != base
+
+
+def test_workers_auto_is_the_usable_cpus_capped_at_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`workers = "auto"` (the default) resolves to the CPUs the process may use, at most 4; a number is kept."""
+    isolate(monkeypatch)
+    monkeypatch.setattr("batch.settings.usable_cpus", lambda: 2)
+    assert Settings().run.worker_processes() == 2
+    monkeypatch.setattr("batch.settings.usable_cpus", lambda: 16)
+    assert Settings().run.worker_processes() == 4
+    monkeypatch.setenv("BATCH_RUN__WORKERS", "1")
+    assert Settings().run.worker_processes() == 1
