@@ -156,6 +156,8 @@ class Ledger:
     def __init__(self, engine: Engine, settings: LedgerSettings) -> None:
         self._engine = engine
         self._settings = settings
+        #: clearing account id per currency, once checked (accounts are never deleted)
+        self._clearing_ids: dict[str, int] = {}
 
     def clearing_account_reference(self, currency: str) -> str:
         """The payout clearing account of ``currency`` (from ``ledger.clearing_account_template``)."""
@@ -226,9 +228,6 @@ class Ledger:
         masked = mask_account(account_reference)
         try:
             with _translated(), self._engine.begin() as conn:
-                existing = self._existing(conn, idempotency_key, account_reference, amount, currency)
-                if existing is not None:
-                    return existing
                 account = conn.execute(
                     sa.text(
                         """SELECT id, currency, kind, balance FROM ledger.accounts
@@ -236,7 +235,7 @@ class Ledger:
                     ),
                     {"ref": account_reference},
                 ).first()
-                # A concurrent post of the same key may have committed while we waited for the lock.
+                # Posted before (a retry), or by a concurrent post of the same key while we waited for the lock.
                 existing = self._existing(conn, idempotency_key, account_reference, amount, currency)
                 if existing is not None:
                     return existing
@@ -268,7 +267,8 @@ class Ledger:
                            VALUES (:key, :debit, :credit, :amount, :currency, :value_date, :counterparty,
                                    :description)
                            ON CONFLICT (idempotency_key) DO NOTHING
-                           RETURNING id"""
+                           RETURNING reference, idempotency_key, amount, currency, value_date, counterparty,
+                                     created_at"""
                     ),
                     {
                         "key": idempotency_key,
@@ -287,8 +287,18 @@ class Ledger:
                     if existing is None:  # pragma: no cover - ON CONFLICT only skips a committed row
                         raise LedgerUnavailableError("ledger transfer vanished after an idempotency conflict")
                     return existing
-                row = conn.execute(_SELECT_TRANSFER_BY_KEY, {"key": idempotency_key}).one()
-                transfer = _transfer(row)
+                # built from the INSERT itself: nothing more runs while the clearing account row is locked
+                transfer = Transfer(
+                    reference=inserted.reference,
+                    idempotency_key=inserted.idempotency_key,
+                    account_reference=account_reference,
+                    counter_account_reference=self.clearing_account_reference(currency),
+                    amount=inserted.amount,
+                    currency=inserted.currency.strip(),
+                    value_date=inserted.value_date,
+                    counterparty=inserted.counterparty,
+                    created_at=inserted.created_at,
+                )
         except sa.exc.IntegrityError as exc:
             if _is_insufficient(exc):
                 log.info(
@@ -363,6 +373,9 @@ class Ledger:
         return transfer
 
     def _clearing_account_id(self, conn: Connection, currency: str) -> int:
+        cached = self._clearing_ids.get(currency)
+        if cached is not None:
+            return cached
         reference = self.clearing_account_reference(currency)
         row = conn.execute(
             sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
@@ -378,6 +391,7 @@ class Ledger:
                 f"ledger account {reference!r} is a {row.kind} account in {row.currency.strip()}, "
                 f"not a {CLEARING_KIND} account in {currency} (see ledger.clearing_account_template)"
             )
+        self._clearing_ids[currency] = int(row.id)
         account_id: int = row.id
         return account_id
 
