@@ -147,6 +147,8 @@ class Measurement:
     dry_run: bool = False
     client_rate: float | None = None
     server_rate: float | None = None
+    #: processes that executed payouts (the run's recorded ``workers``)
+    processes: int = 1
     exit_code: int | None = None
     wall: float = 0.0
     peak_rss_mb: float = 0.0
@@ -208,8 +210,8 @@ class Measurement:
         return self.api_total / self.completed if self.completed else None
 
 
-#: ``--workers``: worker processes of every job run (1 = the planner alone)
-WORKERS = [1]
+#: ``--workers``: processes executing payouts in every job run (None: the job's default, [run] workers = auto)
+WORKERS: list[int | None] = [None]
 
 
 def write_config(
@@ -279,7 +281,7 @@ def run_job(
     if dry_run:
         command.append("--dry-run")
     workers = WORKERS[0] if workers is None else workers
-    if workers > 1:
+    if workers is not None:
         command += ["--workers", str(workers)]
     m.log_path = str(work / "job.log")
     m.load_before = load()
@@ -434,11 +436,13 @@ def collect(m: Measurement, journal_dsn: str) -> None:
             except (TypeError, ValueError):
                 m.plan = {"raw": str(row[0])[:300]}
         row = conn.execute(
-            "SELECT extract(epoch FROM planned_at - started_at), extract(epoch FROM finished_at - planned_at) "
-            "FROM batch.runs ORDER BY started_at DESC LIMIT 1"
+            "SELECT extract(epoch FROM planned_at - started_at), extract(epoch FROM finished_at - planned_at),"
+            " (parameters ->> 'workers')::int FROM batch.runs ORDER BY started_at DESC LIMIT 1"
         ).fetchone()
         if row and row[0] is not None:
             m.plan_seconds = float(row[0])
+        if row and row[2] is not None:
+            m.processes = int(row[2])
         row = conn.execute(
             """
             WITH firsts AS (
@@ -472,7 +476,7 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 HEADER = (
-    f"{'label':<18} {'N':>7} {'conc':>4} {'lat':>4} {'wall s':>7} {'plan s':>6} {'exec s':>7} {'paid':>6} "
+    f"{'label':<18} {'N':>7} {'proc':>4} {'conc':>4} {'lat':>4} {'wall s':>7} {'plan s':>6} {'exec s':>7} {'paid':>6} "
     f"{'pay/s':>6} {'exec pay/s':>10} {'API/s':>6} {'execAPI/s':>9} {'calls/pay':>9} {'p50 s':>6} {'p95 s':>6} "
     f"{'RSS MB':>6} {'cpu s':>6} {'x c1':>6} {'load':>15}"
 )
@@ -483,7 +487,8 @@ def row(m: Measurement, baseline: Measurement | None) -> str:
     if baseline is not None and baseline.payouts_per_s and m.completed:
         ratio = m.payouts_per_s / baseline.payouts_per_s
     return (
-        f"{m.label:<18} {m.size:>7} {m.concurrency:>4} {m.latency_ms:>4.0f} {m.wall:>7.1f} {fmt(m.plan_seconds):>6} "
+        f"{m.label:<18} {m.size:>7} {m.processes:>4} {m.concurrency:>4} {m.latency_ms:>4.0f} {m.wall:>7.1f} "
+        f"{fmt(m.plan_seconds):>6} "
         f"{fmt(m.exec_seconds):>7} {m.completed:>6} {m.payouts_per_s:>6.1f} {fmt(m.exec_payouts_per_s):>10} "
         f"{m.calls_per_s:>6.1f} {fmt(m.exec_calls_per_s):>9} {fmt(m.calls_per_payout, '.3f'):>9} "
         f"{fmt(m.p50, '.3f'):>6} {fmt(m.p95, '.3f'):>6} {m.peak_rss_mb:>6.0f} {m.cpu_seconds:>6.0f} "
@@ -725,7 +730,7 @@ def verdicts(args: argparse.Namespace, found: dict[str, dict[str, Any]], results
             ratio = m.payouts_per_s / base.payouts_per_s
             exec_ratio = (m.exec_payouts_per_s or 0) / (base.exec_payouts_per_s or 1)
             lines.append(
-                f"throughput N={m.size} c={m.concurrency} @{args.latency_ms:.0f} ms: {m.payouts_per_s:.1f} payouts/s "
+                f"throughput N={m.size} {m.processes} process(es) x c={m.concurrency} @{args.latency_ms:.0f} ms: {m.payouts_per_s:.1f} payouts/s "
                 f"vs c=1 {base.payouts_per_s:.2f}/s -> x{ratio:.1f} "
                 f"(target >= 30: {'MET' if ratio >= 30 else 'MISSED'}); "
                 f"execution phase only: x{exec_ratio:.1f}"
@@ -804,7 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=32, help="the job's [run] concurrency (default 32 = its default)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="the job's --workers (processes executing payouts)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="the job's --workers (default: its own default, auto)"
+    )
     parser.add_argument("--baseline", type=int, default=300, help="portfolios of the concurrency-1 baseline")
     parser.add_argument(
         "--scenario", default="all", help="comma list of throughput, capacity, ratelimit, dryrun, memory, or all"
