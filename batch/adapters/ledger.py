@@ -158,6 +158,20 @@ class Ledger:
         self._settings = settings
         #: clearing account id per currency, once checked (accounts are never deleted)
         self._clearing_ids: dict[str, int] = {}
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def _available(self, account_reference: str) -> Decimal | None:
+        """Balance minus active holds now (for the refusal's evidence; the trigger decided)."""
+        with _translated(), self._autocommit.connect() as conn:
+            value = conn.execute(
+                sa.text(
+                    """SELECT a.balance - coalesce((SELECT sum(h.amount) FROM ledger.holds h
+                                                     WHERE h.account_id = a.id AND h.released_at IS NULL), 0)
+                         FROM ledger.accounts a WHERE a.reference = :ref"""
+                ),
+                {"ref": account_reference},
+            ).scalar()
+        return None if value is None else Decimal(value)
 
     def clearing_account_reference(self, currency: str) -> str:
         """The payout clearing account of ``currency`` (from ``ledger.clearing_account_template``)."""
@@ -214,8 +228,9 @@ class Ledger:
     ) -> Transfer:
         """Post a payout once per ``idempotency_key``; a repeat returns the transfer already posted.
 
-        One transaction: lock the customer account row, check its currency and available cash
-        (balance - active holds), insert the transfer to the clearing account.
+        Read the account (kind, currency), then one INSERT in its own transaction: the ledger's
+        trigger locks both accounts, refuses a debit beyond the available cash (balance - active
+        holds) and moves the balances. A repeat of the key inserts nothing and returns what was posted.
 
         ``LedgerUnavailableError`` may leave the outcome unknown (the connection can drop around the
         commit): read back with ``get_transfer`` before deciding, or simply post again with the
@@ -227,37 +242,26 @@ class Ledger:
             raise LedgerAccountError("a payout needs the customer's counter account")
         masked = mask_account(account_reference)
         try:
-            with _translated(), self._engine.begin() as conn:
+            # autocommit: each statement is its own transaction. The INSERT is the posting: its trigger
+            # locks both accounts, re-checks currency and available cash (balance - active holds) and
+            # moves the balances, all committed before the call returns, so no lock is ever held while
+            # this process does anything else (the clearing account is shared by every payout).
+            with _translated(), self._autocommit.connect() as conn:
                 account = conn.execute(
-                    sa.text(
-                        """SELECT id, currency, kind, balance FROM ledger.accounts
-                            WHERE reference = :ref FOR NO KEY UPDATE"""
-                    ),
+                    sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
                     {"ref": account_reference},
                 ).first()
-                # Posted before (a retry), or by a concurrent post of the same key while we waited for the lock.
-                existing = self._existing(conn, idempotency_key, account_reference, amount, currency)
-                if existing is not None:
-                    return existing
-                if account is None or account.kind != CUSTOMER_KIND:
+                wrong_account = account is None or account.kind != CUSTOMER_KIND
+                if account is None or wrong_account or account.currency.strip() != currency:
+                    # a key used before (for this payout, or for another: a conflict) answers first
+                    existing = self._existing(conn, idempotency_key, account_reference, amount, currency)
+                    if existing is not None:
+                        return existing
+                if account is None or wrong_account:
                     raise LedgerAccountError(f"no customer investment cash account {masked} in the ledger")
                 if account.currency.strip() != currency:
                     raise LedgerAccountError(
                         f"ledger account {masked} is in {account.currency.strip()}, the payout in {currency}"
-                    )
-                held = conn.execute(
-                    sa.text(
-                        """SELECT coalesce(sum(amount), 0) AS held FROM ledger.holds
-                            WHERE account_id = :id AND released_at IS NULL"""
-                    ),
-                    {"id": account.id},
-                ).scalar_one()
-                available: Decimal = account.balance - held
-                if available < amount:
-                    raise InsufficientFundsError(
-                        f"ledger account {masked}: available {available} < requested {amount} {currency}",
-                        available=available,
-                        requested=amount,
                     )
                 clearing_id = self._clearing_account_id(conn, currency)
                 inserted = conn.execute(
@@ -282,12 +286,11 @@ class Ledger:
                     },
                 ).first()
                 if inserted is None:
-                    # Lost the race to a concurrent post of the same key (on another account row).
+                    # Posted before under this key (a retry, or a concurrent post): the same payout or a conflict.
                     existing = self._existing(conn, idempotency_key, account_reference, amount, currency)
                     if existing is None:  # pragma: no cover - ON CONFLICT only skips a committed row
                         raise LedgerUnavailableError("ledger transfer vanished after an idempotency conflict")
                     return existing
-                # built from the INSERT itself: nothing more runs while the clearing account row is locked
                 transfer = Transfer(
                     reference=inserted.reference,
                     idempotency_key=inserted.idempotency_key,
@@ -300,31 +303,23 @@ class Ledger:
                     created_at=inserted.created_at,
                 )
         except sa.exc.IntegrityError as exc:
-            if _is_insufficient(exc):
-                log.info(
-                    "ledger.payout_refused",
-                    account=masked,
-                    idempotency_key=idempotency_key,
-                    amount=str(amount),
-                    currency=currency,
-                    reason="INSUFFICIENT_FUNDS",
-                )
-                raise InsufficientFundsError(
-                    f"ledger refused the payout from {masked}: insufficient available balance",
-                    requested=amount,
-                ) from exc
-            raise
-        except InsufficientFundsError as exc:
+            if not _is_insufficient(exc):
+                raise
+            available = self._available(account_reference)
             log.info(
                 "ledger.payout_refused",
                 account=masked,
                 idempotency_key=idempotency_key,
                 amount=str(amount),
-                available=str(exc.available),
+                available=str(available),
                 currency=currency,
                 reason="INSUFFICIENT_FUNDS",
             )
-            raise
+            raise InsufficientFundsError(
+                f"ledger account {masked}: available {available} < requested {amount} {currency}",
+                available=available,
+                requested=amount,
+            ) from exc
         log.info(
             "ledger.payout_posted",
             account=masked,
