@@ -110,7 +110,7 @@ class LedgerSettings(_Section):
 
 class RunSettings(_Section):
     timezone: str = "Europe/Brussels"
-    concurrency: int = Field(default=32, ge=1, le=512)
+    concurrency: int = Field(default=48, ge=1, le=512)
     #: processes executing payouts, the planner included, each with ``concurrency`` threads; "auto" =
     #: the CPUs this process may use (affinity and cgroup quota), at most 4. 1 = the planner alone.
     workers: int | Literal["auto"] = "auto"

@@ -40,6 +40,7 @@ from batch.adapters.postgres import EmbeddedServer, ensure_database, make_engine
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY  # noqa: E402
 from batch.sandbox.seed import seed_scenario  # noqa: E402
 from batch.sandbox.server import SandboxProcess  # noqa: E402
+from batch.settings import RunSettings  # noqa: E402
 
 BUSINESS_DATE = "2026-11-20"
 PYTHON = sys.executable
@@ -730,7 +731,8 @@ def verdicts(args: argparse.Namespace, found: dict[str, dict[str, Any]], results
             ratio = m.payouts_per_s / base.payouts_per_s
             exec_ratio = (m.exec_payouts_per_s or 0) / (base.exec_payouts_per_s or 1)
             lines.append(
-                f"throughput N={m.size} {m.processes} process(es) x c={m.concurrency} @{args.latency_ms:.0f} ms: {m.payouts_per_s:.1f} payouts/s "
+                f"throughput N={m.size} {m.processes} process(es) x c={m.concurrency} @{args.latency_ms:.0f} ms: "
+                f"{m.payouts_per_s:.1f} payouts/s "
                 f"vs c=1 {base.payouts_per_s:.2f}/s -> x{ratio:.1f} "
                 f"(target >= 30: {'MET' if ratio >= 30 else 'MISSED'}); "
                 f"execution phase only: x{exec_ratio:.1f}"
@@ -807,7 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,20000,100000")
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument(
-        "--concurrency", type=int, default=32, help="the job's [run] concurrency (default 32 = its default)"
+        "--concurrency",
+        type=int,
+        default=RunSettings.model_fields["concurrency"].default,
+        help="the job's [run] concurrency (default: its own default)",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="the job's --workers (default: its own default, auto)"

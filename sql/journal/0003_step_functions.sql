@@ -82,6 +82,14 @@ END $$;
 -- The outcome of an attempt: close the attempt, advance the payout (if there is anything to apply),
 -- add the report's execution note, append the audit row (its details are canonical JSON made by
 -- the caller, intent included). Returns the payout afterwards, or NULL when it was not touched.
+--
+-- Committed without waiting for the WAL flush (synchronous_commit off for this transaction only):
+-- the audit chain's lock is then released at once instead of after an fsync, which otherwise
+-- serialises every payout of every worker behind the disk. Nothing is weakened: the next intent
+-- (step_begin, or any other write) commits synchronously, and WAL is flushed in order, so an
+-- outcome is durable before the next external call is made. Only a database crash in the last
+-- ~200 ms can lose outcomes, never an intent; such a step then has an intent without an outcome,
+-- and the next attempt reads the remote state back before acting (DESIGN.md §4), as after a kill.
 CREATE FUNCTION batch.step_finish(p_attempt bigint, p_outcome text, p_detail jsonb,
                                   p_payout uuid, p_from text, p_worker text, p_through text[],
                                   p_updates jsonb, p_note text,
@@ -90,6 +98,7 @@ RETURNS batch.payouts LANGUAGE plpgsql AS $$
 DECLARE
     result batch.payouts;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     UPDATE batch.step_attempts SET outcome = p_outcome, outcome_at = now(), detail = p_detail
      WHERE id = p_attempt AND outcome IS NULL;
     IF cardinality(p_through) > 0 OR p_updates <> '{}'::jsonb THEN

@@ -70,7 +70,7 @@ def test_defaults_without_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no file and no environment the documented defaults apply and secrets stay unset."""
     isolate(monkeypatch)
     settings = load_settings()
-    assert settings.run.concurrency == 32
+    assert settings.run.concurrency == 48
     assert settings.policy.allowed_statuses == ("ACTIVE",)
     assert settings.policy.reconciliation_policy is ReconciliationPolicy.PAY_SMALLER
     assert settings.investsuite.secret_access_key is None
