@@ -2,12 +2,12 @@
 rate limit and dry run, against the local sandbox and an embedded PostgreSQL of its own.
 
     .venv/bin/python bench/bench.py --quick
-    .venv/bin/python bench/bench.py --sizes 10000,20000,100000 --latency-ms 100 --concurrency 64 \
-        --baseline 300 --scenario all
+    .venv/bin/python bench/bench.py --sizes 10000,20000,100000 --latency-ms 100 --baseline 300 --scenario all
 
 Every measurement gets fresh databases (journal, ledger, sandbox) on a private embedded PostgreSQL
 under /tmp; the job runs as a subprocess (``python -m batch --config <toml> run --date 2026-11-20``)
-so its peak RSS is its own (``os.wait4`` ru_maxrss, cross-checked by psutil polling). See
+started through ``launch.py``, so its peak RSS is its own (``os.wait4`` ru_maxrss of its largest
+process, see launch.py for why it needs a launcher; psutil polls the sum of its processes). See
 bench/README.md for what each scenario measures.
 """
 
@@ -294,8 +294,10 @@ def run_job(
     )
     env_vars = dict(os.environ, PYTHONUNBUFFERED="1")
     started = time.monotonic()
+    usage_file = work / "usage.json"
+    launcher = [PYTHON, str(Path(__file__).with_name("launch.py")), str(usage_file)]
     with open(m.log_path, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env_vars)
+        proc = subprocess.Popen(launcher + command, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env_vars)
     peak = [0]
     stop = threading.Event()
 
@@ -304,7 +306,8 @@ def run_job(
             p = psutil.Process(proc.pid)
             while not stop.is_set():
                 try:
-                    rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                    # the job's processes: the launcher's descendants (the planner and its workers)
+                    rss = sum(c.memory_info().rss for c in p.children(recursive=True))
                 except psutil.Error:
                     break
                 peak[0] = max(peak[0], rss)
@@ -359,12 +362,16 @@ def run_job(
                 return
             target = work / "pyspy.txt"
             m.pyspy = str(target)
+            try:
+                job_pid = psutil.Process(proc.pid).children()[0].pid  # the planner, not the launcher
+            except (psutil.Error, IndexError):
+                return
             spy = subprocess.Popen(
                 [
                     str(Path(PYTHON).parent / "py-spy"),
                     "record",
                     "--pid",
-                    str(proc.pid),
+                    str(job_pid),
                     "--format",
                     "raw",
                     "--rate",
@@ -380,7 +387,7 @@ def run_job(
             )
 
         threading.Thread(target=start_spy, daemon=True).start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _launcher_usage = os.wait4(proc.pid, 0)
     m.wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     stop.set()
@@ -391,9 +398,10 @@ def run_job(
         except subprocess.TimeoutExpired:
             spy.kill()
     m.exit_code = proc.returncode
-    m.peak_rss_mb = usage.ru_maxrss / 1024.0
+    usage = json.loads(usage_file.read_text(encoding="utf-8")) if usage_file.exists() else {}
+    m.peak_rss_mb = usage.get("maxrss_kb", 0) / 1024.0
     m.peak_rss_polled_mb = peak[0] / 1024.0 / 1024.0
-    m.cpu_seconds = usage.ru_utime + usage.ru_stime
+    m.cpu_seconds = usage.get("cpu_seconds", 0.0)
     after_cpu = _cpu(sandbox.pid)
     if sandbox_cpu is not None and after_cpu is not None:
         m.sandbox_cpu_seconds = after_cpu - sandbox_cpu

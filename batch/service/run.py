@@ -125,7 +125,8 @@ def _locked_run(
         log.warning("run.abandoned_marked", runs=[str(r) for r in abandoned])
     run_id = uuid.uuid4()
     # processes executing payouts, the planner included (more only when the caller can start workers)
-    processes = (request.workers or settings.run.worker_processes()) if spawn_workers is not None else 1
+    can_spawn = spawn_workers is not None and not request.dry_run
+    processes = (request.workers or settings.run.worker_processes()) if can_spawn else 1
     parameters = {
         "portfolio_ids": list(request.portfolio_ids),
         "dry_run": request.dry_run,
