@@ -8,6 +8,10 @@ memory stays flat however large the book is.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import queue
+import threading
 import time
 import uuid
 from collections import Counter
@@ -15,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
+from typing import cast
 
 import structlog
 
@@ -99,7 +104,7 @@ class Planner:
         pages: Iterable[PortfolioPage] = (
             self._explicit_pages(portfolio_ids) if portfolio_ids else self.client.iter_pending_pages()
         )
-        for page in pages:
+        for page in _read_ahead(pages):
             self._plan_page(page)
             if self.on_page is not None:
                 self.on_page(self.stats)
@@ -242,3 +247,49 @@ class Planner:
             details=details,
         )
         return row, payout
+
+
+_END = object()
+
+
+def _read_ahead(pages: Iterable[PortfolioPage]) -> Iterator[PortfolioPage]:
+    """Fetch the next page while the current one is planned (one page ahead: memory stays flat).
+
+    Nothing executes while planning, so the listing cannot move under the read-ahead. A failure of
+    the fetch is raised here, in the planner's thread, at the page where it happened.
+    """
+    ahead: queue.Queue[object] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    context = contextvars.copy_context()  # the run's bound log context
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        ahead.put(page, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_END)
+        except BaseException as exc:  # handed to the planner's thread
+            ahead.put(exc)
+
+    reader = threading.Thread(target=context.run, args=(fetch,), name="plan-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield cast(PortfolioPage, item)
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting to put, then let it finish
+            with contextlib.suppress(queue.Empty):
+                ahead.get_nowait()
+            reader.join(timeout=0.1)
