@@ -211,6 +211,12 @@ class _Throttle:
         self._not_before = 0.0
         self._lock = threading.Lock()
 
+    def set_rate(self, rate: float | None) -> None:
+        with self._lock:
+            self._rate = rate
+            self._capacity = max(1.0, rate) if rate else 1.0
+            self._tokens = min(self._tokens, self._capacity)
+
     def pause_until(self, instant: float) -> None:
         """Hold every thread back until ``instant`` (monotonic), e.g. after a 429 Retry-After."""
         with self._lock:
@@ -292,6 +298,10 @@ class InvestSuiteClient:
         )
 
     # ------------------------------------------------------------------ lifecycle
+
+    def limit_rate(self, per_second: float | None) -> None:
+        """Change the client-side rate limit (e.g. this process's share when several processes run)."""
+        self._throttle.set_rate(per_second)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import IntEnum
@@ -86,7 +86,7 @@ def run_job(
     request: RunRequest,
     *,
     stop: threading.Event | None = None,
-    spawn_workers: Callable[[uuid.UUID, int], WorkerGroup] | None = None,
+    spawn_workers: Callable[[uuid.UUID, int, Mapping[str, str]], WorkerGroup] | None = None,
 ) -> RunResult:
     """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run."""
     settings = app.settings
@@ -116,7 +116,7 @@ def _locked_run(
     request: RunRequest,
     business_date: date,
     stop: threading.Event | None,
-    spawn_workers: Callable[[uuid.UUID, int], WorkerGroup] | None,
+    spawn_workers: Callable[[uuid.UUID, int, Mapping[str, str]], WorkerGroup] | None,
 ) -> RunResult:
     settings = app.settings
     journal, actor = app.journal, request.operator
@@ -185,7 +185,9 @@ def _locked_run(
                 to_execute = result.plan.by_decision.get("PAY", 0)
                 remaining = (lambda: journal.count_open_of_run(run_id)) if processes > 1 else None
                 progress.phase("execute", to_execute, remaining)
-                workers = spawn_workers(run_id, processes - 1) if spawn_workers and processes > 1 else None
+                workers = None
+                if spawn_workers is not None and processes > 1:
+                    workers = spawn_workers(run_id, processes - 1, _share_rate_limit(app, processes))
                 executor = _executor(app, run_id, actor, stop, progress)
                 try:
                     result.execution.append(executor.execute(portfolio_ids=only))
@@ -194,6 +196,7 @@ def _locked_run(
                         workers.wait()  # they stop when nothing is left to claim (or on the planner's SIGTERM)
                 if workers is not None:
                     # the planner always finishes what is left (e.g. the claims of a worker that died)
+                    app.client.limit_rate(settings.investsuite.rate_limit_per_second)
                     result.execution.append(executor.execute(portfolio_ids=only))
             progress.close()
         except ConfigError as exc:
@@ -239,6 +242,16 @@ def _locked_run(
             **result.report.log_totals(),
         )
     return result
+
+
+def _share_rate_limit(app: App, processes: int) -> dict[str, str]:
+    """Split ``rate_limit_per_second`` between the processes; returns the workers' environment override."""
+    rate = app.settings.investsuite.rate_limit_per_second
+    if not rate:
+        return {}
+    share = rate / processes
+    app.client.limit_rate(share)
+    return {"BATCH_INVESTSUITE__RATE_LIMIT_PER_SECOND": repr(share)}
 
 
 def _executor(app: App, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress) -> Executor:

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -62,15 +62,18 @@ class LocalWorkers:
         return codes
 
 
-def spawn_local_workers(config: Path | None) -> Callable[[uuid.UUID, int], LocalWorkers]:
-    """Start ``count`` ``batch worker`` processes for a planned run; they stop when the planner dies."""
+def spawn_local_workers(config: Path | None) -> Callable[[uuid.UUID, int, Mapping[str, str]], LocalWorkers]:
+    """Start ``count`` ``batch worker`` processes for a planned run; they stop when the planner dies.
 
-    def spawn(run_id: uuid.UUID, count: int) -> LocalWorkers:
+    ``overrides`` are settings for the workers as ``BATCH_*`` variables (their share of the rate limit).
+    """
+
+    def spawn(run_id: uuid.UUID, count: int, overrides: Mapping[str, str]) -> LocalWorkers:
         command = [sys.executable, "-m", "batch"]
         if config is not None:
             command += ["--config", str(config)]
         command += ["worker", "--run-id", str(run_id)]
-        env = dict(os.environ, BATCH_PLANNER_PID=str(os.getpid()))
+        env = dict(os.environ, BATCH_PLANNER_PID=str(os.getpid()), **overrides)
         return LocalWorkers([subprocess.Popen(command, env=env) for _ in range(count)])
 
     return spawn

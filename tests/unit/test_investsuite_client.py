@@ -800,6 +800,18 @@ def test_token_bucket_spaces_requests() -> None:
     assert clock.sleeps == [0.5, 0.5, 0.5, 0.5]
 
 
+def test_a_process_share_of_the_rate_limit_spaces_requests_wider() -> None:
+    """limit_rate(1.0) (a 2/s limit shared by two processes) spaces this process's requests 1 s apart."""
+    clock = FakeClock()
+    api = FakeApi(lambda r: json_response(200, json.dumps(user_doc())))
+    with make_client(api, clock, rate_limit_per_second=2.0) as client:
+        client._current_token()  # login (1 token)
+        client.limit_rate(1.0)  # the bucket now holds at most 1 token
+        for _ in range(3):
+            client.get_user(UID)
+    assert clock.sleeps == [1.0, 1.0]
+
+
 def test_token_bucket_is_shared_by_threads() -> None:
     """Concurrent callers draw from one bucket: total waiting matches the rate, not per-thread rates."""
     clock = FakeClock()
