@@ -125,7 +125,7 @@ def test_indexed_job_runs_one_planner_and_workers() -> None:
     assert container["command"] == ["/bin/sh", "-c"]
     script = container["args"][0]
     assert '"$JOB_COMPLETION_INDEX" = 0' in script
-    assert "exec batch run --trigger cron" in script
+    assert "exec batch run --workers 1 --trigger cron" in script
     assert "exec batch worker --wait-seconds 600" in script
 
 
