@@ -2,6 +2,6 @@
 
 import sys
 
-from batch.cli import main
+from batch.entrypoints.cli import main
 
 sys.exit(main())

@@ -12,7 +12,6 @@ import json
 import os
 import tomllib
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from batch.domain.model import AccountMap, AccountMapping, ReconciliationPolicy
+from batch.domain.policy import Policy
 from batch.errors import ConfigError
 
 DEFAULT_CONFIG_ENV = "BATCH_CONFIG"
@@ -71,17 +72,6 @@ class InvestSuiteSettings(_Section):
     max_connections: int = Field(default=100, ge=1)
 
 
-class ReconciliationPolicy(StrEnum):
-    PAY_SMALLER = "pay_smaller"
-    HOLD = "hold"
-
-
-class AccountMapping(StrEnum):
-    EXTERNAL_ID = "external_id"
-    PORTFOLIO_ID = "portfolio_id"
-    TEMPLATE = "template"
-
-
 class PolicySettings(_Section):
     allowed_statuses: tuple[str, ...] = ("ACTIVE",)
     reconciliation_tolerance: Decimal = Field(default=Decimal("0.00"), ge=0)
@@ -93,6 +83,19 @@ class PolicySettings(_Section):
     account_mapping: AccountMapping = AccountMapping.EXTERNAL_ID
     #: With account_mapping = "template": e.g. "CASH-{external_id}" or "{portfolio_id}".
     account_template: str = "{external_id}"
+
+    def to_policy(self) -> Policy:
+        """The decision-relevant settings as the domain's frozen values."""
+        return Policy(
+            allowed_statuses=frozenset(self.allowed_statuses),
+            reconciliation_tolerance=self.reconciliation_tolerance,
+            reconciliation_policy=self.reconciliation_policy,
+            max_payout=dict(self.max_payout),
+            max_run_total=dict(self.max_run_total),
+        )
+
+    def account_map(self) -> AccountMap:
+        return AccountMap(self.account_mapping, self.account_template)
 
     @field_validator("max_payout", "max_run_total")
     @classmethod

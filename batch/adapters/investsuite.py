@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import email.utils
-import json
 import math
 import os
 import random
@@ -58,6 +57,8 @@ from batch.adapters.investsuite_models import (
     RemoteTransaction,
     RemoteUser,
 )
+from batch.codec import dumps as dumps_json
+from batch.codec import loads as loads_json
 from batch.errors import NotFoundError, PayloadError, RemotePermanentError, RemoteTransientError
 from batch.settings import InvestSuiteSettings
 
@@ -101,58 +102,6 @@ ROUTE_WITHDRAW_EVENT = "POST /events/withdraw/"
 
 class NotProcessedError(RemoteTransientError):
     """Transient failure where the server provably did not process the request; safe to resend."""
-
-
-# --------------------------------------------------------------------------- JSON with Decimal
-
-
-def loads_json(text: str) -> Any:
-    """Parse JSON with every non-integer number as Decimal (``1e100`` -> ``Decimal('1E+100')``)."""
-    return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def dumps_json(value: Any) -> str:
-    """Serialize to JSON writing Decimals as plain-notation numbers; floats are refused."""
-    parts: list[str] = []
-    _encode(value, parts)
-    return "".join(parts)
-
-
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None or isinstance(value, bool | str):
-        out.append(json.dumps(value))
-    elif isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"cannot send a non-finite number: {value}")
-        out.append(format(value, "f"))
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        raise TypeError("floats are refused in InvestSuite payloads; use Decimal")
-    elif isinstance(value, Mapping):
-        out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if not isinstance(key, str):
-                raise TypeError(f"JSON object keys must be strings, got {type(key).__name__}")
-            if index:
-                out.append(",")
-            out.append(json.dumps(key))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"cannot serialize {type(value).__name__} to JSON")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,6 +8,21 @@ from decimal import Decimal
 from enum import StrEnum
 
 
+class ReconciliationPolicy(StrEnum):
+    """What to do when the ledger and InvestSuite disagree on the cash beyond the tolerance."""
+
+    PAY_SMALLER = "pay_smaller"  # pay against the smaller of the two figures (always reported)
+    HOLD = "hold"  # hold the payout for a person
+
+
+class AccountMapping(StrEnum):
+    """How a portfolio finds its core banking ledger account."""
+
+    EXTERNAL_ID = "external_id"
+    PORTFOLIO_ID = "portfolio_id"
+    TEMPLATE = "template"
+
+
 class Decision(StrEnum):
     PAY = "PAY"  # pay now
     DEFER = "DEFER"  # not now, a later night may pay (e.g. not enough cash yet)
@@ -83,6 +98,24 @@ class PortfolioView:
     def has_open_positions(self) -> bool:
         """True when a non-cash holding is not zero."""
         return any(q != 0 for key, q in self.holdings.items() if not key.startswith("$"))
+
+
+@dataclass(frozen=True)
+class AccountMap:
+    """Which ledger account a portfolio maps to: its external_id (default), its id, or a template."""
+
+    mapping: AccountMapping = AccountMapping.EXTERNAL_ID
+    template: str = "{external_id}"
+
+    def account_for(self, portfolio_id: str, external_id: str | None) -> str | None:
+        """The ledger account reference, or None when the mapping needs an external_id it lacks."""
+        if self.mapping is AccountMapping.PORTFOLIO_ID:
+            return portfolio_id
+        if self.mapping is AccountMapping.TEMPLATE:
+            if "{external_id}" in self.template and not external_id:
+                return None
+            return self.template.format(external_id=external_id or "", portfolio_id=portfolio_id)
+        return external_id or None
 
 
 @dataclass(frozen=True)

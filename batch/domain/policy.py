@@ -22,35 +22,24 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from batch.domain.model import Decision, LedgerView, PortfolioView, Reason
+from batch.domain.model import Decision, LedgerView, PortfolioView, Reason, ReconciliationPolicy
 from batch.domain.money import (
     ABSURD_AMOUNT,
     FULL_WITHDRAWAL_THRESHOLD,
     MINOR_UNITS,
     quantize_down,
 )
-from batch.settings import PolicySettings, ReconciliationPolicy
 
 
 @dataclass(frozen=True)
 class Policy:
-    """The policy settings the decision needs, as frozen values."""
+    """The policy settings the decision needs, as frozen values (built from settings by the bootstrap)."""
 
     allowed_statuses: frozenset[str] = frozenset({"ACTIVE"})
     reconciliation_tolerance: Decimal = Decimal("0")
     reconciliation_policy: ReconciliationPolicy = ReconciliationPolicy.PAY_SMALLER
     max_payout: Mapping[str, Decimal] = field(default_factory=dict)
     max_run_total: Mapping[str, Decimal] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, settings: PolicySettings) -> Policy:
-        return cls(
-            allowed_statuses=frozenset(settings.allowed_statuses),
-            reconciliation_tolerance=settings.reconciliation_tolerance,
-            reconciliation_policy=settings.reconciliation_policy,
-            max_payout=dict(settings.max_payout),
-            max_run_total=dict(settings.max_run_total),
-        )
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,10 @@ from starlette.routing import Route
 
 from batch.adapters.migrations import migrate
 from batch.adapters.postgres import make_engine
+from batch.codec import JsonInputError
 from batch.sandbox.faults import FaultInjector, FaultSettings, RequestStats
 from batch.sandbox.query import Expression, QuerySyntaxError, parse_query
-from batch.sandbox.store import Document, JsonInputError, Page, SandboxStore, dumps, loads, new_id, now_iso
+from batch.sandbox.store import Document, Page, SandboxStore, dumps, loads, new_id, now_iso
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ on a generated ``jsonb`` copy whose numbers are ``numeric``.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -16,12 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from batch import codec
 from batch.sandbox.query import Expression, compile_sql
 
 JsonValue = Any
@@ -31,69 +30,14 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ID_PATTERN = r"^[A-Z][0-9A-HJKMNP-TV-Z]{26}$"
 
 
-class JsonInputError(ValueError):
-    """A request body is not valid JSON (or uses NaN/Infinity)."""
-
-
-def _refuse_constant(name: str) -> None:
-    raise JsonInputError(f"{name} is not a valid JSON number")
-
-
 def loads(text: str | bytes) -> JsonValue:
-    """Parse JSON keeping every fractional number as an exact Decimal."""
-    try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, JsonInputError):
-            raise
-        raise JsonInputError(f"invalid JSON: {exc}") from exc
-
-
-_encode_string = json.encoder.encode_basestring_ascii
+    """Parse JSON keeping every fractional number as an exact Decimal (``batch.codec.loads``)."""
+    return codec.loads(text)
 
 
 def dumps(value: JsonValue) -> str:
-    """Serialize to compact JSON; Decimals become JSON numbers with their exact digits."""
-    parts: list[str] = []
-    _write(value, parts)
-    return "".join(parts)
-
-
-def _write(value: JsonValue, parts: list[str]) -> None:
-    if isinstance(value, str):
-        parts.append(_encode_string(value))
-    elif value is None:
-        parts.append("null")
-    elif value is True:
-        parts.append("true")
-    elif value is False:
-        parts.append("false")
-    elif isinstance(value, int):
-        parts.append(str(value))
-    elif isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} cannot be written as a JSON number")
-        parts.append(str(value))
-    elif isinstance(value, float):
-        parts.append(json.dumps(value, allow_nan=False))
-    elif isinstance(value, dict):
-        parts.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                parts.append(",")
-            parts.append(_encode_string(str(key)))
-            parts.append(":")
-            _write(item, parts)
-        parts.append("}")
-    elif isinstance(value, list | tuple):
-        parts.append("[")
-        for index, item in enumerate(value):
-            if index:
-                parts.append(",")
-            _write(item, parts)
-        parts.append("]")
-    else:
-        raise TypeError(f"cannot serialize {type(value).__name__} to JSON")
+    """Compact JSON; Decimals keep their exact digits (``batch.codec.dumps`` with ``exact``)."""
+    return codec.dumps(value, exact=True)
 
 
 def new_id(type_letter: str, *, timestamp_ms: int | None = None, randomness: bytes | None = None) -> str:

@@ -27,11 +27,10 @@ from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.investsuite_models import MalformedPortfolio, PortfolioPage, RemotePortfolio, RemoteUser
 from batch.adapters.journal import DecisionRow, Journal, NewPayout
 from batch.adapters.ledger import Ledger
-from batch.domain.model import Decision, LedgerView, PortfolioView, Reason
+from batch.domain.model import AccountMap, Decision, LedgerView, PortfolioView, Reason
 from batch.domain.payout import PayoutState
 from batch.domain.policy import Policy, Verdict, decide
 from batch.errors import BatchError, NotFoundError, TransientError
-from batch.settings import AccountMapping, PolicySettings
 
 log = structlog.get_logger("batch.plan")
 
@@ -43,17 +42,6 @@ class PlanStats:
     duplicates: int = 0
     ledger_queries: int = 0
     by_decision: Counter[str] = field(default_factory=Counter)
-
-
-def ledger_account_for(view: PortfolioView, settings: PolicySettings) -> str | None:
-    """Which ledger account a portfolio maps to (configurable; default: its external_id)."""
-    if settings.account_mapping is AccountMapping.PORTFOLIO_ID:
-        return view.portfolio_id
-    if settings.account_mapping is AccountMapping.TEMPLATE:
-        if "{external_id}" in settings.account_template and not view.external_id:
-            return None
-        return settings.account_template.format(external_id=view.external_id or "", portfolio_id=view.portfolio_id)
-    return view.external_id or None
 
 
 def _open_payout_verdict(verdict: Verdict, payout_id: uuid.UUID, state: PayoutState) -> Verdict:
@@ -91,7 +79,7 @@ class Planner:
     ledger: Ledger
     client: InvestSuiteClient
     policy: Policy
-    policy_settings: PolicySettings
+    accounts: AccountMap
     run_id: uuid.UUID
     business_date: date
     dry_run: bool
@@ -160,7 +148,7 @@ class Planner:
             except BatchError as exc:
                 parsed.append((MalformedPortfolio(raw=None, portfolio_id=item.id, error=str(exc)), None, None))
                 continue
-            parsed.append((item, view, ledger_account_for(view, self.policy_settings)))
+            parsed.append((item, view, self.accounts.account_for(view.portfolio_id, view.external_id)))
         references = sorted({ref for _, _, ref in parsed if ref})
         balances = self._balances(references) if references else {}
         portfolio_ids = [v.portfolio_id for _, v, _ in parsed if v is not None]

@@ -25,10 +25,9 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from batch import __version__
-from batch.bootstrap import App
 from batch.domain.payout import PayoutState
-from batch.domain.policy import Policy
 from batch.errors import BatchError, ConfigError, RunLockedError
+from batch.service.context import Services
 from batch.service.execute import ExecutionStats, Executor
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
@@ -57,7 +56,7 @@ class RunRequest:
 
 
 class WorkerGroup(Protocol):
-    """Worker processes a planner started (``batch.service.workers.LocalWorkers``)."""
+    """Worker processes a planner started (``batch.entrypoints.workers.LocalWorkers``)."""
 
     def wait(self) -> list[int]: ...
 
@@ -82,7 +81,7 @@ def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> 
 
 
 def run_job(
-    app: App,
+    app: Services,
     request: RunRequest,
     *,
     stop: threading.Event | None = None,
@@ -112,7 +111,7 @@ def run_job(
 
 
 def _locked_run(
-    app: App,
+    app: Services,
     request: RunRequest,
     business_date: date,
     stop: threading.Event | None,
@@ -161,8 +160,8 @@ def _locked_run(
                 journal=journal,
                 ledger=app.ledger,
                 client=app.client,
-                policy=Policy.from_settings(settings.policy),
-                policy_settings=settings.policy,
+                policy=settings.policy.to_policy(),
+                accounts=settings.policy.account_map(),
                 run_id=run_id,
                 business_date=business_date,
                 dry_run=request.dry_run,
@@ -244,7 +243,7 @@ def _locked_run(
     return result
 
 
-def _share_rate_limit(app: App, processes: int) -> dict[str, str]:
+def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
     """Split ``rate_limit_per_second`` between the processes; returns the workers' environment override."""
     rate = app.settings.investsuite.rate_limit_per_second
     if not rate:
@@ -254,7 +253,9 @@ def _share_rate_limit(app: App, processes: int) -> dict[str, str]:
     return {"BATCH_INVESTSUITE__RATE_LIMIT_PER_SECOND": repr(share)}
 
 
-def _executor(app: App, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress) -> Executor:
+def _executor(
+    app: Services, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress
+) -> Executor:
     settings = app.settings.run
     executor = Executor(
         journal=app.journal,
@@ -274,7 +275,7 @@ def _executor(app: App, run_id: uuid.UUID, actor: str, stop: threading.Event | N
 
 
 def run_worker(
-    app: App, run_id: uuid.UUID, *, actor: str, worker_name: str, stop: threading.Event | None = None
+    app: Services, run_id: uuid.UUID, *, actor: str, worker_name: str, stop: threading.Event | None = None
 ) -> ExecutionStats:
     """One scale-out worker: claim and drive payouts of ``run_id`` until none is left."""
     settings = app.settings.run

@@ -26,7 +26,6 @@ from batch.adapters.journal import PayoutRecord
 from batch.adapters.ledger import LedgerAdmin
 from batch.adapters.postgres import Dsns, make_engine
 from batch.bootstrap import App, build_app
-from batch.domain.policy import Policy
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn
 from batch.sandbox.store import dumps
@@ -188,8 +187,8 @@ class OneRun:
             journal=self.app.journal,
             ledger=self.app.ledger,
             client=self.app.client,
-            policy=Policy.from_settings(settings.policy),
-            policy_settings=settings.policy,
+            policy=settings.policy.to_policy(),
+            accounts=settings.policy.account_map(),
             run_id=self.run_id,
             business_date=BUSINESS_DATE,
             dry_run=False,

@@ -29,11 +29,11 @@ from apscheduler.events import (
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from batch.adapters.postgres import Dsns
+from batch.entrypoints.scheduler import build_scheduler, make_trigger
 from batch.errors import ConfigError
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn, seed_scenario
 from batch.service.run import RunResult
-from batch.service.scheduler import build_scheduler, make_trigger
 from batch.settings import Settings, load_settings
 from tests.fixtures.sandbox import RunningSandbox
 

@@ -450,16 +450,14 @@ def test_break_note_names_both_figures() -> None:
 
 
 def test_policy_from_settings() -> None:
-    """Policy.from_settings copies every decision-relevant setting into frozen values."""
-    policy = Policy.from_settings(
-        PolicySettings(
-            allowed_statuses=("ACTIVE", "WAITING_FOR_FUNDS"),
-            reconciliation_tolerance=D("0.05"),
-            reconciliation_policy=ReconciliationPolicy.HOLD,
-            max_payout={"EUR": D("10000")},
-            max_run_total={"EUR": D("1000000")},
-        )
-    )
+    """PolicySettings.to_policy copies every decision-relevant setting into frozen values."""
+    policy = PolicySettings(
+        allowed_statuses=("ACTIVE", "WAITING_FOR_FUNDS"),
+        reconciliation_tolerance=D("0.05"),
+        reconciliation_policy=ReconciliationPolicy.HOLD,
+        max_payout={"EUR": D("10000")},
+        max_run_total={"EUR": D("1000000")},
+    ).to_policy()
     assert policy == Policy(
         allowed_statuses=frozenset({"ACTIVE", "WAITING_FOR_FUNDS"}),
         reconciliation_tolerance=D("0.05"),

@@ -197,8 +197,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     def go(app: App) -> int:
+        from batch.entrypoints.workers import spawn_local_workers  # noqa: PLC0415
         from batch.service.metrics import publish_run_metrics  # noqa: PLC0415
-        from batch.service.workers import spawn_local_workers  # noqa: PLC0415
 
         result = run_job(app, request, stop=stop, spawn_workers=spawn_local_workers(args.config))
         print_run_result(result)
@@ -209,7 +209,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.service.workers import worker_main  # noqa: PLC0415
+    from batch.entrypoints.workers import worker_main  # noqa: PLC0415
 
     return _with_app(settings, lambda app: worker_main(app, args.run_id, _operator(args), args.wait_seconds))
 
@@ -270,7 +270,7 @@ def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
                 actor=operator,
                 action="payout.approved",
                 reason=args.reason,
-                updates={"approved_by": operator, "approval_reason": args.reason, "approved_at": _now()},
+                approved=True,
             )
         elif args.action == "cancel":
             payout = journal.operator_transition(
@@ -288,12 +288,6 @@ def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
         return ExitCode.OK
 
     return _with_app(settings, go)
-
-
-def _now() -> object:
-    from datetime import UTC, datetime  # noqa: PLC0415
-
-    return datetime.now(UTC)
 
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
@@ -386,13 +380,13 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.service.demo import run_demo  # noqa: PLC0415
+    from batch.entrypoints.demo import run_demo  # noqa: PLC0415
 
     return run_demo(settings, size=args.size, reset=args.reset, keep_running=args.keep_running)
 
 
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.service.scheduler import run_scheduler  # noqa: PLC0415
+    from batch.entrypoints.scheduler import run_scheduler  # noqa: PLC0415
 
     return run_scheduler(settings, config_path=args.config)
 

@@ -1,0 +1,128 @@
+"""The journal's decisions: one per candidate portfolio per run, recorded a page at a time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date
+
+from sqlalchemy.engine import Connection
+
+from batch.adapters.journal.base import AUDIT, JournalBase, audit_row
+from batch.adapters.sqlfiles import load_queries
+from batch.codec import canonical
+from batch.domain.payout import PayoutState
+from batch.domain.records import DecisionRow, NewPayout
+
+Q = load_queries("journal_decisions")
+
+
+class DecisionStore(JournalBase):
+    def open_payout_portfolios(self, portfolio_ids: Sequence[str]) -> dict[str, tuple[uuid.UUID, PayoutState]]:
+        """Portfolios (of these) that already have an open payout, with its id and state. One query."""
+        if not portfolio_ids:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(Q.open_payouts_of.text, {"ids": list(portfolio_ids)})
+            return {r.portfolio_id: (r.id, PayoutState(r.state)) for r in rows}
+
+    def record_decisions(
+        self,
+        *,
+        run_id: uuid.UUID,
+        business_date: date,
+        dry_run: bool,
+        actor: str,
+        decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
+    ) -> int:
+        """Record a page of decisions (the payouts they create, and their audit rows) in one transaction.
+
+        Batched: a handful of round trips per page whatever its size. Returns how many were new; a
+        portfolio already decided in this run (offset paging over a live filter can repeat one) is
+        not recorded twice.
+        """
+        with self._tx() as conn:
+            ids = [row.portfolio_id for row, _ in decisions]
+            seen = set(conn.execute(Q.decided_in_run.text, {"run_id": run_id, "ids": ids}).scalars())
+            fresh: list[tuple[DecisionRow, NewPayout | None]] = []
+            for row, payout in decisions:
+                if row.portfolio_id not in seen:
+                    seen.add(row.portfolio_id)
+                    fresh.append((row, payout))
+            if not fresh:
+                return 0
+            decision_ids = list(conn.execute(Q.next_ids.text, {"n": len(fresh)}).scalars())
+            conn.execute(
+                Q.insert.text,
+                [
+                    {
+                        "id": decision_id,
+                        "run_id": run_id,
+                        "business_date": business_date,
+                        "portfolio_id": row.portfolio_id,
+                        "decision": row.decision,
+                        "reason": row.reason,
+                        "currency": row.currency,
+                        "requested_raw": row.requested_raw,
+                        "requested_amount": row.requested_amount,
+                        "full_withdrawal": row.full_withdrawal,
+                        "ledger_account": row.ledger_account,
+                        "ledger_available": row.ledger_available,
+                        "investsuite_cash": row.investsuite_cash,
+                        "pay_amount": row.pay_amount,
+                        "reconciliation_break": row.reconciliation_break,
+                        "payout_id": payout.id if payout else None,
+                        "dry_run": dry_run,
+                        "details": canonical(row.details),
+                    }
+                    for decision_id, (row, payout) in zip(decision_ids, fresh, strict=True)
+                ],
+            )
+            payouts = [
+                {
+                    "id": payout.id,
+                    "portfolio_id": payout.portfolio_id,
+                    "business_date": business_date,
+                    "run_id": run_id,
+                    "decision_id": decision_id,
+                    "state": payout.state.value,
+                    "currency": payout.currency,
+                    "amount": payout.amount,
+                    "full_withdrawal": payout.full_withdrawal,
+                    "ledger_account": payout.ledger_account,
+                    "counter_account": payout.counter_account,
+                    "cash_snapshot": payout.cash_snapshot,
+                    "divest_snapshot": payout.divest_snapshot,
+                    "hold_reason": payout.hold_reason,
+                }
+                for decision_id, (_, payout) in zip(decision_ids, fresh, strict=True)
+                if payout is not None
+            ]
+            if payouts:
+                conn.execute(Q.insert_payout.text, payouts)
+            conn.execute(
+                AUDIT.append.text,
+                [
+                    audit_row(
+                        actor,
+                        "decision.recorded",
+                        run_id,
+                        payout.id if payout else None,
+                        row.portfolio_id,
+                        {
+                            "decision": row.decision,
+                            "reason": row.reason,
+                            "currency": row.currency,
+                            "requested": row.requested_amount,
+                            "pay_amount": row.pay_amount,
+                            "dry_run": dry_run,
+                        },
+                    )
+                    for row, payout in fresh
+                ],
+            )
+        return len(fresh)
+
+    @staticmethod
+    def revise_decision(conn: Connection, payout_id: uuid.UUID, decision: str, reason: str) -> None:
+        conn.execute(Q.revise.text, {"decision": decision, "reason": reason, "payout_id": payout_id})

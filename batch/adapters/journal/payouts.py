@@ -1,0 +1,339 @@
+"""The journal's payouts: claims with a lease, step intents and outcomes, stops and operator actions.
+
+Every payout state change is guarded by the state it expects (``WHERE state = :from_state``, and the
+lease for a worker's change); a writer that lost a race gets InvalidTransitionError instead of silently
+overwriting. The transition rules themselves are the domain's (``batch.domain.payout``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from batch.adapters.journal.base import JournalBase
+from batch.adapters.journal.decisions import DecisionStore
+from batch.adapters.sqlfiles import load_queries
+from batch.codec import canonical
+from batch.domain.payout import EXECUTABLE_STATES, OPEN_STATES, PayoutState, Step, check_transition
+from batch.domain.records import PayoutRecord
+from batch.errors import InvalidTransitionError
+
+Q = load_queries("journal_payouts")
+
+
+class PayoutStore(JournalBase):
+    # -- claiming ------------------------------------------------------------------------------------
+    def claim_payouts(
+        self,
+        *,
+        worker: str,
+        limit: int,
+        lease_seconds: int,
+        states: Sequence[PayoutState],
+        portfolio_ids: Sequence[str] | None = None,
+        run_id: uuid.UUID | None = None,
+    ) -> list[PayoutRecord]:
+        """Lease up to ``limit`` executable payouts nobody else holds (FOR UPDATE SKIP LOCKED)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                Q.claim.text,
+                {
+                    "worker": worker,
+                    "n": limit,
+                    "lease": lease_seconds,
+                    "states": [s.value for s in states],
+                    "portfolio_ids": None if portfolio_ids is None else list(portfolio_ids),
+                    "run_id": run_id,
+                },
+            ).all()
+        return [PayoutRecord.from_mapping(r._mapping) for r in rows]
+
+    def release_lease(self, payout_id: uuid.UUID, worker: str) -> None:
+        with self._statement() as cursor:
+            cursor.execute(Q.release_lease.pyformat, {"id": payout_id, "worker": worker})
+
+    def get_payout(self, payout_id: uuid.UUID) -> PayoutRecord | None:
+        with self._read() as conn:
+            row = conn.execute(Q.get.text, {"id": payout_id}).first()
+        return None if row is None else PayoutRecord.from_mapping(row._mapping)
+
+    def attempts_by_step(self, payout_ids: Sequence[uuid.UUID]) -> dict[tuple[uuid.UUID, str], tuple[int, int]]:
+        """Attempts per (payout, step) for a claimed batch, in one query: (all of them, since the last retry).
+
+        All attempts decide whether to read back first; those since an operator's retry count against
+        the attempt cap.
+        """
+        if not payout_ids:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(Q.attempts_by_step.text, {"ids": list(payout_ids)})
+            return {(r.payout_id, r.step): (int(r.n), int(r.budget)) for r in rows}
+
+    # -- a step's intent and outcome -------------------------------------------------------------------
+    def begin_step(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID,
+        step: Step,
+        actor: str,
+        worker: str,
+        intent: Mapping[str, Any],
+        payout_updates: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record the intent to call an external system (durably, before the call); returns the attempt id.
+
+        One statement (``batch.step_begin``): guard the state and lease, renew the lease, apply the
+        column updates, insert the attempt. No audit row here: the intent is durable in step_attempts
+        and goes into the audit log with the outcome (one audited transaction per step).
+        """
+        with self._statement() as cursor:
+            cursor.execute(
+                Q.step_begin.pyformat,
+                {
+                    "payout_id": payout.id,
+                    "state": payout.state.value,
+                    "worker": worker,
+                    "lease": self.lease_seconds,
+                    "run_id": run_id,
+                    "step": step.value,
+                    "intent": canonical(intent),
+                    "updates": canonical(payout_updates or {}),
+                },
+            )
+            row = cursor.fetchone()
+        assert row is not None
+        attempt_id = int(row["step_begin"])
+        self._intents[attempt_id] = intent
+        return attempt_id
+
+    def finish_step(
+        self,
+        payout: PayoutRecord,
+        attempt_id: int,
+        *,
+        run_id: uuid.UUID,
+        step: Step,
+        actor: str,
+        worker: str,
+        outcome: str,
+        detail: Mapping[str, Any],
+        through: Sequence[PayoutState] = (),
+        payout_updates: Mapping[str, Any] | None = None,
+        note: str | None = None,
+    ) -> PayoutRecord:
+        """Record the outcome of an attempt and move the payout through ``through`` states (guarded).
+
+        ``note`` is added to the decision's details (``execution_note``) so the report shows it.
+        Returns the payout as it is afterwards.
+        """
+        intent = self._intents.pop(attempt_id, None)
+        if intent is None:  # begun by another process (or before a restart): read the intent back
+            with self._read() as conn:
+                intent = conn.execute(Q.intent_of.text, {"id": attempt_id}).scalar() or {}
+        current = payout
+        for target in through:
+            check_transition(current.state, target)
+            current = replace(current, state=target)
+        # one audit row per outcome; it names the state transitions it made
+        states: dict[str, Any] = {"from": payout.state, "through": list(through)} if through else {}
+        states |= {"attempt": attempt_id, "intent": intent}
+        with self._statement() as cursor:
+            cursor.execute(
+                Q.step_finish.pyformat,
+                {
+                    "attempt_id": attempt_id,
+                    "outcome": outcome,
+                    "detail": canonical(detail),
+                    "payout_id": payout.id,
+                    "from_state": payout.state.value,
+                    "worker": worker,
+                    "through": [s.value for s in through],
+                    "updates": canonical(payout_updates or {}),
+                    "note": note,
+                    "actor": actor,
+                    "action": f"step.{step.value.lower()}.{outcome.lower()}",
+                    "run_id": run_id,
+                    "portfolio_id": payout.portfolio_id,
+                    "audit": canonical({**detail, **states}),
+                },
+            )
+            row = cursor.fetchone()
+        if row is None or row["id"] is None:
+            return payout  # nothing to apply (e.g. a transient error's outcome)
+        return PayoutRecord.from_mapping(row)
+
+    # -- stops and operator actions ----------------------------------------------------------------------
+    def _transition(
+        self,
+        conn: Connection,
+        payout: PayoutRecord,
+        target: PayoutState,
+        *,
+        worker: str | None,
+        failing_step: str | None = None,
+        last_error: str | None = None,
+        retry: bool = False,
+        approved_by: str | None = None,
+        approval_reason: str | None = None,
+    ) -> PayoutRecord:
+        check_transition(payout.state, target)
+        row = conn.execute(
+            Q.transition.text,
+            {
+                "to_state": target.value,
+                "id": payout.id,
+                "from_state": payout.state.value,
+                "worker": worker,
+                "failing_step": failing_step,
+                "last_error": last_error,
+                "retry": retry,
+                "approved_by": approved_by,
+                "approval_reason": approval_reason,
+            },
+        ).first()
+        if row is None:
+            raise InvalidTransitionError(f"payout {payout.id}: {payout.state} -> {target} lost a race")
+        return PayoutRecord.from_mapping(row._mapping)
+
+    def _close_attempt(self, conn: Connection, attempt_id: int | None, outcome: str, detail: Mapping[str, Any]) -> None:
+        if attempt_id is None:
+            return
+        self._intents.pop(attempt_id, None)
+        conn.execute(Q.close_attempt.text, {"outcome": outcome, "detail": canonical(detail), "id": attempt_id})
+
+    def needs_attention(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID | None,
+        step: Step | None,
+        actor: str,
+        worker: str | None,
+        error: str,
+        evidence: Mapping[str, Any] | None = None,
+        attempt_id: int | None = None,
+    ) -> PayoutRecord:
+        """Stop a payout for a human: the exact step, the error and the evidence are recorded."""
+        with self._tx() as conn:
+            self._close_attempt(conn, attempt_id, "PERMANENT_ERROR", {"error": error, **(evidence or {})})
+            updated = self._transition(
+                conn,
+                payout,
+                PayoutState.NEEDS_ATTENTION,
+                worker=worker,
+                failing_step=step.value if step else None,
+                last_error=error[:2000],
+            )
+            self._audit(
+                conn,
+                actor=actor,
+                action="payout.needs_attention",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details={"from": payout.state, "step": step, "error": error, "evidence": evidence or {}},
+            )
+        return updated
+
+    def cancel_before_ledger(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID | None,
+        actor: str,
+        worker: str | None,
+        reason: str,
+        revise: tuple[str, str] | None,
+        attempt_id: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> PayoutRecord:
+        """CANCEL a payout that has not reached the ledger (the only kind that may be cancelled)."""
+        with self._tx() as conn:
+            self._close_attempt(conn, attempt_id, "REFUSED", detail or {})
+            if payout.ledger_reference is not None:
+                raise InvalidTransitionError(f"payout {payout.id} reached the ledger; it cannot be cancelled")
+            updated = self._transition(conn, payout, PayoutState.CANCELLED, worker=worker, last_error=reason)
+            if revise is not None:
+                DecisionStore.revise_decision(conn, payout.id, *revise)
+            self._audit(
+                conn,
+                actor=actor,
+                action="payout.cancelled",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details={"reason": reason, **(detail or {})},
+            )
+        return updated
+
+    def operator_transition(
+        self,
+        payout_id: uuid.UUID,
+        *,
+        target: PayoutState | None,
+        actor: str,
+        action: str,
+        reason: str,
+        approved: bool = False,
+    ) -> PayoutRecord:
+        """An operator's change (approve, retry, cancel), guarded and audited with who did it."""
+        with self._tx() as conn:
+            row = conn.execute(Q.get_for_update.text, {"id": payout_id}).first()
+            if row is None:
+                raise InvalidTransitionError(f"no payout {payout_id}")
+            payout = PayoutRecord.from_mapping(row._mapping)
+            if target is PayoutState.CANCELLED and payout.ledger_reference is not None:
+                raise InvalidTransitionError(
+                    f"payout {payout_id} reached the ledger ({payout.ledger_reference}); it cannot be cancelled"
+                )
+            resolved = target
+            retry = action == "payout.retry"
+            if retry:
+                if payout.state is not PayoutState.NEEDS_ATTENTION or not payout.stopped_in_state:
+                    raise InvalidTransitionError(f"payout {payout_id} is {payout.state}, not NEEDS_ATTENTION")
+                resolved = PayoutState(payout.stopped_in_state)
+            assert resolved is not None
+            updated = self._transition(
+                conn,
+                payout,
+                resolved,
+                worker=None,
+                retry=retry,
+                approved_by=actor if approved else None,
+                approval_reason=reason if approved else None,
+            )
+            if resolved is PayoutState.CANCELLED:
+                DecisionStore.revise_decision(conn, payout_id, "DEFER", "CANCELLED_BY_OPERATOR")
+            self._audit(
+                conn,
+                actor=actor,
+                action=action,
+                payout_id=payout_id,
+                portfolio_id=payout.portfolio_id,
+                details={"from": payout.state, "to": resolved, "reason": reason},
+            )
+        return updated
+
+    # -- listings -----------------------------------------------------------------------------------------
+    def list_payouts(self, states: Sequence[PayoutState], limit: int = 1000) -> list[PayoutRecord]:
+        with self._read() as conn:
+            rows = conn.execute(Q.list_in_states.text, {"states": [s.value for s in states], "n": limit}).all()
+        return [PayoutRecord.from_mapping(r._mapping) for r in rows]
+
+    def count_open_of_run(self, run_id: uuid.UUID) -> int:
+        """Payouts of a run still to be executed or in flight (for progress across worker processes)."""
+        with self._read() as conn:
+            value = conn.execute(
+                Q.count_open_of_run.text, {"run_id": run_id, "states": sorted(s.value for s in EXECUTABLE_STATES)}
+            ).scalar_one()
+        return int(value)
+
+    def count_open(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(Q.count_by_state.text, {"states": [s.value for s in OPEN_STATES]})
+            return {r.state: int(r.n) for r in rows}

@@ -1,0 +1,1 @@
+"""Entry points: the `batch` command, the resident scheduler, scale-out workers and the demo."""

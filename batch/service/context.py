@@ -1,0 +1,33 @@
+"""What the service layer is given: the settings and the adapters, built by the composition root.
+
+``batch.bootstrap.App`` satisfies this protocol; the service layer never imports the bootstrap, so
+anything with these attributes (a test's fakes included) can run a job.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sqlalchemy.engine import Engine
+
+from batch.adapters.investsuite import InvestSuiteClient
+from batch.adapters.journal import Journal
+from batch.adapters.ledger import Ledger
+from batch.settings import Settings
+
+
+class Services(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def client(self) -> InvestSuiteClient: ...
+
+    @property
+    def journal_engine(self) -> Engine: ...

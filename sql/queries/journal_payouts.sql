@@ -1,0 +1,77 @@
+-- Payouts: claiming with a lease, the step functions (intent and outcome, migration 0003), guarded
+-- transitions for stops and operator actions, listings.
+
+-- name: claim
+-- lease up to :n executable payouts nobody else holds
+UPDATE batch.payouts
+   SET lease_owner = :worker, lease_expires_at = now() + make_interval(secs => :lease)
+ WHERE id IN (SELECT id FROM batch.payouts
+               WHERE state = ANY(:states)
+                 AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                 AND (CAST(:portfolio_ids AS text[]) IS NULL OR portfolio_id = ANY(CAST(:portfolio_ids AS text[])))
+                 AND (CAST(:run_id AS uuid) IS NULL OR run_id = CAST(:run_id AS uuid))
+               ORDER BY created_at, id
+               LIMIT :n
+               FOR UPDATE SKIP LOCKED)
+RETURNING *
+
+-- name: release_lease
+UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND lease_owner = :worker
+
+-- name: get
+SELECT * FROM batch.payouts WHERE id = :id
+
+-- name: get_for_update
+SELECT * FROM batch.payouts WHERE id = :id FOR UPDATE
+
+-- name: attempts_by_step
+-- all attempts decide whether to read back first; those since an operator's retry count against the cap
+SELECT a.payout_id, a.step, count(*) AS n,
+       count(*) FILTER (WHERE p.retried_at IS NULL OR a.intent_at > p.retried_at) AS budget
+  FROM batch.step_attempts a JOIN batch.payouts p ON p.id = a.payout_id
+ WHERE a.payout_id = ANY(:ids)
+ GROUP BY a.payout_id, a.step
+
+-- name: step_begin
+SELECT batch.step_begin(:payout_id, :state, :worker, :lease, :run_id, :step, CAST(:intent AS jsonb),
+                        CAST(:updates AS jsonb))
+
+-- name: step_finish
+SELECT * FROM batch.step_finish(:attempt_id, :outcome, CAST(:detail AS jsonb), :payout_id, :from_state, :worker,
+                                CAST(:through AS text[]), CAST(:updates AS jsonb), :note, :actor, :action, :run_id,
+                                :portfolio_id, :audit)
+
+-- name: intent_of
+SELECT intent FROM batch.step_attempts WHERE id = :id
+
+-- name: close_attempt
+UPDATE batch.step_attempts SET outcome = :outcome, outcome_at = now(), detail = CAST(:detail AS jsonb)
+ WHERE id = :id AND outcome IS NULL
+
+-- name: transition
+-- a stop (NEEDS_ATTENTION, CANCELLED) or an operator's action, guarded by the state it expects (and the
+-- lease, when a worker makes it); the lease is always released
+UPDATE batch.payouts p
+   SET state            = CAST(:to_state AS text),
+       updated_at       = now(),
+       lease_owner      = NULL,
+       lease_expires_at = NULL,
+       failing_step     = coalesce(CAST(:failing_step AS text), p.failing_step),
+       last_error       = coalesce(CAST(:last_error AS text), p.last_error),
+       stopped_in_state = CASE WHEN :to_state = 'NEEDS_ATTENTION' THEN p.state ELSE p.stopped_in_state END,
+       stopped_at       = CASE WHEN :to_state IN ('NEEDS_ATTENTION', 'CANCELLED') THEN now() ELSE p.stopped_at END,
+       retried_at       = CASE WHEN CAST(:retry AS boolean) THEN now() ELSE p.retried_at END,
+       approved_by      = coalesce(CAST(:approved_by AS text), p.approved_by),
+       approval_reason  = coalesce(CAST(:approval_reason AS text), p.approval_reason),
+       approved_at      = CASE WHEN CAST(:approved_by AS text) IS NOT NULL THEN now() ELSE p.approved_at END
+ WHERE p.id = :id AND p.state = :from_state AND (CAST(:worker AS text) IS NULL OR p.lease_owner = :worker)
+RETURNING p.*
+
+-- name: list_in_states
+SELECT * FROM batch.payouts WHERE state = ANY(:states) ORDER BY created_at, id LIMIT :n
+
+-- name: count_open_of_run
+SELECT count(*) FROM batch.payouts WHERE run_id = :run_id AND state = ANY(:states)
+
+-- name: count_by_state
+SELECT state, count(*) AS n FROM batch.payouts WHERE state = ANY(:states) GROUP BY state
