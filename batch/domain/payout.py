@@ -81,6 +81,10 @@ NEXT_STEP: dict[PayoutState, tuple[Step, PayoutState]] = {
     S.EVENT_SENT: (Step.SEND_EVENT, S.COMPLETED),
 }
 
+#: The journal column stamped when a payout first reaches each state of the flow (one vocabulary:
+#: the journal's SQL, the reports and the renderers all take it from here).
+STAMP_COLUMN: dict[PayoutState, str] = {state: f"{state.value.lower()}_at" for state in _FLOW[1:]}
+
 OPEN_STATES = frozenset(set(PayoutState) - {S.COMPLETED, S.CANCELLED})
 #: Open payouts a run drives on by itself (HELD waits for approval, NEEDS_ATTENTION for an operator).
 EXECUTABLE_STATES = frozenset(NEXT_STEP)
