@@ -3,6 +3,7 @@
     BatchError
     ├── ConfigError                 broken or missing configuration (exit code 2)
     ├── RunLockedError              another run holds the run lock (exit code 75)
+    ├── AuditChainBrokenError       the audit hash chain does not verify: no money moves (exit code 1)
     ├── TransientError              worth retrying: the same call may succeed later
     │   ├── RemoteTransientError    InvestSuite: connect error, timeout, 429, 5xx
     │   └── LedgerUnavailableError  core banking ledger unreachable
@@ -15,7 +16,8 @@
         ├── InsufficientFundsError  the ledger's available cash is short at posting time
         ├── InvalidAmountError      negative, NaN, non-numeric or absurd amount
         ├── UnknownCurrencyError    not an ISO 4217 code we know the minor unit of
-        └── InvalidTransitionError  a payout state change lost a race or is not allowed
+        ├── InvalidTransitionError  a payout state change lost a race or is not allowed
+        └── OperatorRefusedError    an operator's action refused: who acts, the reason, the four-eyes rule
 
 Adapters translate driver and HTTP errors into this tree with ``raise ... from exc``;
 the service layer only ever catches these.
@@ -34,6 +36,10 @@ class ConfigError(BatchError):
 
 class RunLockedError(BatchError):
     """Another run holds the run lock."""
+
+
+class AuditChainBrokenError(BatchError):
+    """The audit hash chain does not verify (a run stops before it resumes or plans anything)."""
 
 
 class TransientError(BatchError):
@@ -103,3 +109,7 @@ class UnknownCurrencyError(DomainError):
 
 class InvalidTransitionError(DomainError):
     """A payout state transition is not allowed or lost a race against another writer."""
+
+
+class OperatorRefusedError(DomainError):
+    """An operator's action was refused: not an operator's login role, a blank reason, or the same role twice."""

@@ -91,15 +91,3 @@ class NewPayout:
     cash_snapshot: Decimal
     divest_snapshot: str
     hold_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class AuditVerification:
-    """The result of recomputing the audit hash chain."""
-
-    ok: bool
-    rows: int
-    head_seq: int
-    head_hash: str
-    first_broken_seq: int | None = None
-    problem: str | None = None
