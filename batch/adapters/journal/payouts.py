@@ -1,4 +1,4 @@
-"""The journal's payouts: claims with a lease, step intents and outcomes, stops and operator actions.
+"""The journal's payouts: claims with a lease, step intents and outcomes, stops (operators' actions: oversight.py).
 
 Every payout state change is guarded by the state it expects (``WHERE state = :from_state``, and the
 lease for a worker's change); a writer that lost a race gets InvalidTransitionError instead of silently
@@ -167,7 +167,7 @@ class PayoutStore(JournalBase):
             return payout  # nothing to apply (e.g. a transient error's outcome)
         return PayoutRecord.from_mapping(row)
 
-    # -- stops and operator actions ----------------------------------------------------------------------
+    # -- stops --------------------------------------------------------------------------------------------
     def _transition(
         self,
         conn: Connection,
@@ -177,9 +177,6 @@ class PayoutStore(JournalBase):
         worker: str | None,
         failing_step: str | None = None,
         last_error: str | None = None,
-        retry: bool = False,
-        approved_by: str | None = None,
-        approval_reason: str | None = None,
     ) -> PayoutRecord:
         check_transition(payout.state, target)
         row = conn.execute(
@@ -191,9 +188,6 @@ class PayoutStore(JournalBase):
                 "worker": worker,
                 "failing_step": failing_step,
                 "last_error": last_error,
-                "retry": retry,
-                "approved_by": approved_by,
-                "approval_reason": approval_reason,
             },
         ).first()
         if row is None:
@@ -268,54 +262,6 @@ class PayoutStore(JournalBase):
                 payout_id=payout.id,
                 portfolio_id=payout.portfolio_id,
                 details={"reason": reason, **(detail or {})},
-            )
-        return updated
-
-    def operator_transition(
-        self,
-        payout_id: uuid.UUID,
-        *,
-        target: PayoutState | None,
-        actor: str,
-        action: str,
-        reason: str,
-        approved: bool = False,
-    ) -> PayoutRecord:
-        """An operator's change (approve, retry, cancel), guarded and audited with who did it."""
-        with self._tx() as conn:
-            row = conn.execute(Q.get_for_update.text, {"id": payout_id}).first()
-            if row is None:
-                raise InvalidTransitionError(f"no payout {payout_id}")
-            payout = PayoutRecord.from_mapping(row._mapping)
-            if target is PayoutState.CANCELLED and payout.ledger_reference is not None:
-                raise InvalidTransitionError(
-                    f"payout {payout_id} reached the ledger ({payout.ledger_reference}); it cannot be cancelled"
-                )
-            resolved = target
-            retry = action == "payout.retry"
-            if retry:
-                if payout.state is not PayoutState.NEEDS_ATTENTION or not payout.stopped_in_state:
-                    raise InvalidTransitionError(f"payout {payout_id} is {payout.state}, not NEEDS_ATTENTION")
-                resolved = PayoutState(payout.stopped_in_state)
-            assert resolved is not None
-            updated = self._transition(
-                conn,
-                payout,
-                resolved,
-                worker=None,
-                retry=retry,
-                approved_by=actor if approved else None,
-                approval_reason=reason if approved else None,
-            )
-            if resolved is PayoutState.CANCELLED:
-                DecisionStore.revise_decision(conn, payout_id, "DEFER", "CANCELLED_BY_OPERATOR")
-            self._audit(
-                conn,
-                actor=actor,
-                action=action,
-                payout_id=payout_id,
-                portfolio_id=payout.portfolio_id,
-                details={"from": payout.state, "to": resolved, "reason": reason},
             )
         return updated
 
