@@ -80,6 +80,9 @@ class PolicySettings(_Section):
     max_payout: dict[str, Decimal] = Field(default_factory=dict)
     #: HOLD payouts once a run's total for the currency would exceed this (absent = no cap).
     max_run_total: dict[str, Decimal] = Field(default_factory=dict)
+    #: A HELD payout above this amount needs approvals from two different operators, per currency
+    #: (absent = one approval). The job records it in the journal at every run; the database enforces it.
+    four_eyes_threshold: dict[str, Decimal] = Field(default_factory=dict)
     account_mapping: AccountMapping = AccountMapping.EXTERNAL_ID
     #: With account_mapping = "template": e.g. "CASH-{external_id}" or "{portfolio_id}".
     account_template: str = "{external_id}"
@@ -97,7 +100,7 @@ class PolicySettings(_Section):
     def account_map(self) -> AccountMap:
         return AccountMap(self.account_mapping, self.account_template)
 
-    @field_validator("max_payout", "max_run_total")
+    @field_validator("max_payout", "max_run_total", "four_eyes_threshold")
     @classmethod
     def _positive_caps(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
         for currency, cap in value.items():

@@ -21,7 +21,8 @@ import structlog
 from batch import __version__
 from batch.bootstrap import App, build_app
 from batch.domain.payout import OPEN_STATES, PayoutState
-from batch.errors import BatchError, ConfigError, InvalidTransitionError
+from batch.entrypoints import oversight
+from batch.errors import BatchError, ConfigError, InvalidTransitionError, OperatorRefusedError
 from batch.logs import configure_logging
 from batch.service.run import ExitCode, RunRequest, RunResult, run_job
 from batch.settings import Settings, load_settings
@@ -81,18 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     payouts.add_argument("--limit", type=int, default=200)
 
-    payout = sub.add_parser("payout", help="operator controls on one payout")
-    payout_sub = payout.add_subparsers(dest="action", required=True)
-    for name, text in (
-        ("retry", "send a NEEDS_ATTENTION payout back to the step it stopped in"),
-        ("cancel", "cancel a payout that has not reached the ledger"),
-        ("approve", "release a HELD payout to the next run"),
-    ):
-        p = payout_sub.add_parser(name, help=text)
-        p.add_argument("payout_id", type=_uuid)
-        p.add_argument("--operator", help="who does it (default: $BATCH_OPERATOR or $USER)")
-        p.add_argument("--reason", required=True, help="why (kept in the audit log)")
-
     report = sub.add_parser("report", help="render a run report")
     which = report.add_mutually_exclusive_group(required=True)
     which.add_argument("--date", type=_date)
@@ -104,10 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--date", type=_date)
     runs.add_argument("--limit", type=int, default=50)
 
-    audit = sub.add_parser("audit", help="audit trail")
-    audit_sub = audit.add_subparsers(dest="action", required=True)
-    audit_sub.add_parser("verify", help="recompute the hash chain; name the first broken row")
-    audit_sub.add_parser("head", help="print the chain head (to anchor outside the database)")
+    oversight.add_parsers(sub, _uuid)
 
     sandbox = sub.add_parser("sandbox", help="the local InvestSuite-compatible sandbox (never in production)")
     sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
@@ -146,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except InvalidTransitionError as exc:
+    except (InvalidTransitionError, OperatorRefusedError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except BatchError as exc:
@@ -258,38 +244,6 @@ def cmd_payouts(settings: Settings, args: argparse.Namespace) -> int:
     return _with_app(settings, go)
 
 
-def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
-    operator = _operator(args)
-
-    def go(app: App) -> int:
-        journal = app.journal
-        if args.action == "approve":
-            payout = journal.operator_transition(
-                args.payout_id,
-                target=PayoutState.PLANNED,
-                actor=operator,
-                action="payout.approved",
-                reason=args.reason,
-                approved=True,
-            )
-        elif args.action == "cancel":
-            payout = journal.operator_transition(
-                args.payout_id,
-                target=PayoutState.CANCELLED,
-                actor=operator,
-                action="payout.cancelled_by_operator",
-                reason=args.reason,
-            )
-        else:
-            payout = journal.operator_transition(
-                args.payout_id, target=None, actor=operator, action="payout.retry", reason=args.reason
-            )
-        print(f"payout {payout.id}: now {payout.state.value} (by {operator}: {args.reason})")
-        return ExitCode.OK
-
-    return _with_app(settings, go)
-
-
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     from batch.service import render  # noqa: PLC0415
     from batch.service.report import build_report  # noqa: PLC0415
@@ -319,24 +273,6 @@ def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
         for line in run_history(app.journal_engine, business_date=args.date, limit=args.limit):
             print(line)
         return ExitCode.OK
-
-    return _with_app(settings, go)
-
-
-def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    def go(app: App) -> int:
-        if args.action == "head":
-            seq, head = app.journal.audit_head()
-            print(f"{seq} {head}")
-            return ExitCode.OK
-        result = app.journal.verify_audit()
-        if result.ok:
-            print(f"audit chain verified: {result.rows} rows, head {result.head_seq} {result.head_hash}")
-            return ExitCode.OK
-        print(
-            f"audit chain BROKEN at seq {result.first_broken_seq}: {result.problem} (last good row {result.head_seq})"
-        )
-        return ExitCode.TECHNICAL_FAILURE
 
     return _with_app(settings, go)
 
@@ -396,14 +332,13 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "migrate": cmd_migrate,
     "payouts": cmd_payouts,
-    "payout": cmd_payout,
     "report": cmd_report,
     "runs": cmd_runs,
-    "audit": cmd_audit,
     "sandbox": cmd_sandbox,
     "db": cmd_db,
     "demo": cmd_demo,
     "schedule": cmd_schedule,
+    **oversight.COMMANDS,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -362,8 +362,8 @@ def build_report(
 
 
 def audit_summary(engine: Engine) -> dict[str, Any]:
-    """Verify the whole audit chain now and describe its head (printed in every report)."""
-    verification = Journal(engine).verify_audit()
+    """Verify the audit chain from its last checkpoint (recording a new one) and describe its head."""
+    verification = Journal(engine).verify_audit(since_checkpoint=True, record_checkpoint=True)
     return {
         "verified": verification.ok,
         "rows": verification.rows,
@@ -371,6 +371,7 @@ def audit_summary(engine: Engine) -> dict[str, Any]:
         "head_hash": verification.head_hash,
         "first_broken_seq": verification.first_broken_seq,
         "problem": verification.problem,
+        "from_seq": verification.from_seq,
     }
 
 

@@ -26,7 +26,7 @@ import structlog
 
 from batch import __version__
 from batch.domain.payout import PayoutState
-from batch.errors import BatchError, ConfigError, RunLockedError
+from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
 from batch.service.context import Services
 from batch.service.execute import ExecutionStats, Executor
 from batch.service.plan import Planner, PlanStats
@@ -151,6 +151,8 @@ def _locked_run(
         log.info("run.started", dry_run=request.dry_run, trigger=request.trigger, operator=actor)
         progress = Progress(interval=settings.run.progress_interval_seconds)
         try:
+            _check_audit_chain(app, actor)  # no money moves on a broken chain
+            journal.record_approval_policy(settings.policy.four_eyes_threshold, run_id=run_id, display_name=actor)
             only = list(request.portfolio_ids) or None
             if not request.dry_run:
                 executor = _executor(app, run_id, actor, stop, progress)
@@ -241,6 +243,17 @@ def _locked_run(
             **result.report.log_totals(),
         )
     return result
+
+
+def _check_audit_chain(app: Services, actor: str) -> None:
+    """Verify the audit chain from the last checkpoint (and record the new one); raise if it is broken."""
+    verified = app.journal.verify_audit(since_checkpoint=True, record_checkpoint=True, display_name=actor)
+    if not verified.ok:
+        log.error("audit.chain_broken", first_broken_seq=verified.first_broken_seq, problem=verified.problem)
+        raise AuditChainBrokenError(
+            f"audit chain broken at seq {verified.first_broken_seq}: {verified.problem};"
+            " nothing resumed or planned (see README: Verifying the audit trail)"
+        )
 
 
 def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
