@@ -28,6 +28,7 @@ from batch.domain.payout import PayoutState
 from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, RunResult, run_job
 from tests.fixtures.pg import fresh_dsns
+from tests.fixtures.roles import journal_as
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     ACTOR,
@@ -323,9 +324,8 @@ def test_ledger_back_after_an_operator_retry_pays_exactly_once(
     """After the ledger outage and an operator retry, the next run pays the payout exactly once."""
     doc, _run_before = _ledger_down_through_every_attempt(app, store, module_dsns)
     payout = the_payout(app, doc["id"])
-    app.journal.operator_transition(
-        payout.id, target=None, actor="operator", action="payout.retry", reason="ledger is back"
-    )
+    with journal_as(module_dsns.journal, "operator") as operator:
+        operator.operator_action("retry", payout.id, reason="ledger is back", display_name=None)
     _run(app)
     assert the_payout(app, doc["id"]).state is PayoutState.COMPLETED
     assert len(ledger_payouts(module_dsns, doc["external_id"])) == 1

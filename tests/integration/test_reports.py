@@ -36,6 +36,7 @@ from batch.service.report import BUCKETS, Report, build_report
 from batch.service.run import RunRequest, RunResult, run_job
 from batch.settings import InvestSuiteSettings, PolicySettings, RunSettings, Settings
 from tests.fixtures.pg import fresh_dsns
+from tests.fixtures.roles import journal_as
 
 D1 = date(2026, 3, 2)
 D2 = date(2026, 3, 3)
@@ -97,14 +98,8 @@ def world(pg_admin_dsn: str, pg_templates: dict[str, str], tmp_path_factory: pyt
             report = build_report(app.journal_engine, run_id=first.run_id)
             before = {fmt: renderer(report) for fmt, renderer in render.RENDERERS.items()}
             (held,) = app.journal.list_payouts([PayoutState.HELD])
-            app.journal.operator_transition(
-                held.id,
-                target=PayoutState.PLANNED,
-                actor="alice",
-                action="payout.approved",
-                reason="customer confirmed by phone",
-                approved=True,
-            )
+            with journal_as(dsns.journal, "alice") as alice:
+                alice.operator_action("approve", held.id, reason="customer confirmed by phone", display_name=None)
             later = run_job(app, RunRequest(business_date=D2, trigger="test", operator="tester"))
             config = _config_file(tmp / "batch.toml", dsns, sandbox.base_url, tmp / "cli-out")
             yield World(dsns, app, config, first, rerun, later, before, held.id)
