@@ -78,8 +78,13 @@ def hash_v2(
     details: str,
 ) -> str:
     """Version 2: each field length-prefixed, so no field can be shifted into its neighbour."""
-    fields = (prev_hash, str(seq), at, actor, application_name, display_name, action, run_id, payout_id)
-    text = "v2|" + "|".join(map(_field, (*fields, portfolio_id, details)))
+    # written out (not a loop over the fields): this runs once per row of a full verification
+    number = str(seq)
+    text = (
+        f"v2|{len(prev_hash)}:{prev_hash}|{len(number)}:{number}|{len(at)}:{at}|{len(actor)}:{actor}"
+        f"|{_field(application_name)}|{_field(display_name)}|{len(action)}:{action}|{_field(run_id)}"
+        f"|{_field(payout_id)}|{_field(portfolio_id)}|{len(details)}:{details}"
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -164,7 +169,8 @@ class AuditVerification:
     and every later one recomputed), 0 for the whole chain. ``head_seq``/``head_hash``: the head when the
     chain verifies, else the last row before the first broken one. ``anchors_checked``: witnesses the
     chain was checked to pass through (anchors, ``--expect`` heads and checkpoints). ``checkpointed``:
-    the head was recorded as a new checkpoint.
+    the head was recorded as a new checkpoint. ``accepted``: rows people accepted after an investigation
+    (``batch audit reanchor``) that the verification walked on past, in words.
     """
 
     ok: bool
@@ -176,6 +182,7 @@ class AuditVerification:
     from_seq: int = 0
     anchors_checked: int = 0
     checkpointed: bool = False
+    accepted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,11 @@ def add_parsers(sub: Any, payout_id: Callable[[str], uuid.UUID]) -> None:
     anchor.add_argument("--to", type=Path, metavar="FILE", help="append-only anchor file (default: print the line)")
     anchor.add_argument("--operator", help=argparse.SUPPRESS)
     audit_sub.add_parser("head", help="print the chain head (seq and hash)")
+    reanchor = audit_sub.add_parser(
+        "reanchor", help="after an investigation: accept the chain's first broken row (an operator's own login)"
+    )
+    reanchor.add_argument("--reason", required=True, help="the incident and what was found (kept in the audit log)")
+    reanchor.add_argument("--operator", help="display name kept beside your login role")
 
 
 def _with_app(settings: Settings, fn: Callable[[App], int]) -> int:
@@ -106,9 +111,10 @@ def _verified_line(result: AuditVerification) -> str:
     )
     extra = f"; {result.anchors_checked} anchor(s) and checkpoint(s) matched" if result.anchors_checked else ""
     kept = "; checkpoint recorded" if result.checkpointed else ""
+    accepted = "".join(f"\n  accepted after an investigation: {note}" for note in result.accepted)
     return (
         f"audit chain verified: {result.rows} rows checked ({scope}), head {result.head_seq} {result.head_hash}"
-        f"{extra}{kept}"
+        f"{extra}{kept}{accepted}"
     )
 
 
@@ -141,6 +147,8 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
             seq, head = journal.audit_head()
             print(f"{seq} {head}")
             return ExitCode.OK
+        if args.action == "reanchor":
+            return _reanchor(app, args.reason, name)
         full = args.action == "verify" and args.full
         result = journal.verify_audit(
             since_checkpoint=not full, anchors=anchors, record_checkpoint=True, display_name=name
@@ -167,6 +175,21 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         return ExitCode.OK
 
     return _with_app(settings, go)
+
+
+def _reanchor(app: App, reason: str, name: str | None) -> int:
+    """Accept the first broken row the run's verification finds; runs verify from the new checkpoint on."""
+    found = app.journal.verify_audit(since_checkpoint=True)
+    if found.ok or found.first_broken_seq is None:
+        print("nothing to re-anchor: the audit chain verifies", file=sys.stderr)
+        return ExitCode.USAGE
+    anchor = app.journal.reanchor(
+        broken_seq=found.first_broken_seq, problem=found.problem or "", reason=reason, display_name=name
+    )
+    print(f"re-anchored: row {found.first_broken_seq} accepted ({found.problem})")
+    print(f"  checkpoint at seq {anchor.seq} {anchor.hash} ({anchor.source}); runs verify from there on")
+    print("  anchor it outside the database now: batch audit anchor --to NEW_FILE")
+    return ExitCode.OK
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {

@@ -157,7 +157,12 @@ CREATE TABLE batch.audit_checkpoints (
     verified_at      timestamptz NOT NULL,
     verified_by      text        NOT NULL,
     application_name text        NOT NULL,
-    display_name     text
+    display_name     text,
+    -- a re-anchoring (batch.audit_reanchor): a person accepted the chain's first broken row after an
+    -- investigation; verification walks on from this checkpoint past it
+    accepted_break_seq bigint    CHECK (accepted_break_seq BETWEEN 1 AND seq),
+    reason           text        CHECK (reason ~ '\S'),
+    CHECK ((accepted_break_seq IS NULL) = (reason IS NULL))
 );
 CREATE INDEX audit_checkpoints_by_seq ON batch.audit_checkpoints (seq DESC, id DESC);
 CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON batch.audit_checkpoints
@@ -306,6 +311,37 @@ BEGIN
         RAISE EXCEPTION 'a reason is required (empty or blank reasons are refused)' USING ERRCODE = 'BJ002';
     END IF;
 END $$;
+
+-- After an investigation (README, "When the chain is broken"), a person accepts the chain's first broken
+-- row: an audit row says who, why and which row, and a checkpoint at that audit row, marked with the
+-- accepted break, is where the incremental verification starts from then on (a full verification walks on
+-- from it past the accepted row). Never the job's role, never a superuser.
+CREATE FUNCTION batch.audit_reanchor(p_broken_seq bigint, p_problem text, p_reason text, p_display_name text)
+RETURNS batch.audit_checkpoints LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who    text := batch.operator_identity('re-anchor the audit chain');
+    at_seq bigint;
+    result batch.audit_checkpoints;
+BEGIN
+    PERFORM batch.require_reason(p_reason);
+    PERFORM pg_advisory_xact_lock(hashtext('batch.audit_checkpoints'));
+    IF p_broken_seq IS NULL OR p_broken_seq < 1
+       OR p_broken_seq > (SELECT coalesce(max(seq), 0) + 1 FROM batch.audit_log) THEN
+        RAISE EXCEPTION 'no audit row % to accept', p_broken_seq USING ERRCODE = 'BJ002';
+    END IF;
+    at_seq := batch.audit_append('audit.reanchored', NULL, NULL, NULL,
+                                 jsonb_build_object('accepted_break_seq', p_broken_seq, 'problem', p_problem,
+                                                    'reason', p_reason)::text, p_display_name);
+    INSERT INTO batch.audit_checkpoints (seq, hash, from_seq, rows_checked, full_chain, verified_at, verified_by,
+                                         application_name, display_name, accepted_break_seq, reason)
+    SELECT a.seq, a.hash, a.seq - 1, 0, false, clock_timestamp(), who, a.application_name, p_display_name,
+           p_broken_seq, p_reason
+      FROM batch.audit_log a WHERE a.seq = at_seq
+    RETURNING * INTO result;
+    RETURN result;
+END $$;
+REVOKE ALL ON FUNCTION batch.audit_reanchor(bigint, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION batch.audit_reanchor(bigint, text, text, text) TO batch_operator, batch_job;
 
 -- What an operator function returns: the payout afterwards, the approvals so far and who acted.
 CREATE TYPE batch.operator_outcome AS (

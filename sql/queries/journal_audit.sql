@@ -23,13 +23,18 @@ SELECT seq, hash FROM batch.audit_log ORDER BY seq DESC LIMIT 1
 SELECT seq, hash, prev_hash, hash_version FROM batch.audit_log WHERE seq = ANY(:seqs)
 
 -- name: latest_checkpoint
-SELECT seq, hash, verified_at, verified_by FROM batch.audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 1
+SELECT id, seq, hash, verified_at, verified_by, accepted_break_seq, reason
+  FROM batch.audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 1
 
 -- name: checkpoints
-SELECT seq, hash, verified_at, verified_by FROM batch.audit_checkpoints ORDER BY seq, id
+SELECT id, seq, hash, verified_at, verified_by, accepted_break_seq, reason FROM batch.audit_checkpoints ORDER BY seq, id
 
 -- name: record_checkpoint
 SELECT batch.audit_checkpoint(:seq, :hash, :from_seq, :rows, :full_chain, :display_name)
+
+-- name: reanchor
+-- a person accepts the first broken row after an investigation (migration 0005)
+SELECT * FROM batch.audit_reanchor(:broken_seq, :problem, :reason, :display_name)
 
 -- name: last_finished_run
 SELECT id FROM batch.runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from batch.adapters.anchors import read_anchors
 from batch.adapters.journal import Anchor, AuditVerification, Journal
 from batch.adapters.postgres import Dsns
+from tests.fixtures.roles import operator_dsn
 
 ROWS = 6
 #: a thorough tamperer also erases the journal's own checkpoints (which would otherwise give them away)
@@ -80,7 +81,13 @@ def _rechain(seq: int) -> list[str]:
     ]
 
 
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(config: Path, *args: str, role: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``batch audit ARGS`` (as the test's superuser, or as operator ``role`` with its own login)."""
+    if role is not None:
+        text = config.read_text(encoding="utf-8")
+        dsn = text.split('journal_dsn = "', 1)[1].split('"', 1)[0]
+        config = config.with_name(f"{role}.toml")
+        config.write_text(text.replace(dsn, operator_dsn(dsn, role)), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_")}
     return subprocess.run(
         [sys.executable, "-m", "batch", "--config", str(config), "audit", *args],
@@ -331,3 +338,36 @@ def test_witnesses_are_checked_by_the_api(journal: Journal) -> None:
     assert (good.ok, good.anchors_checked) == (True, 1)
     bad = journal.verify_audit(anchors=[Anchor(2, head, "test")])
     assert (bad.ok, bad.first_broken_seq, bad.head_seq) == (False, 1, 0)
+
+
+def test_reanchoring_accepts_the_broken_row_and_verification_walks_on(
+    journal: Journal, journal_engine: Engine, config: Path
+) -> None:
+    """After an investigation an operator (not the superuser) accepts row 3; later breaks are still found."""
+    _behind_the_back(journal_engine, "UPDATE batch.audit_log SET details = '{}' WHERE seq = 3")
+    assert _cli(config, "verify").returncode == 1
+    superuser = _cli(config, "reanchor", "--reason", "INC-7: restored from the DBA's notes")
+    assert superuser.returncode == 2 and "a superuser is a member of every role" in superuser.stderr
+    done = _cli(config, "reanchor", "--reason", "INC-7: details of row 3 edited by a DBA", role="alice")
+    assert done.returncode == 0, done.stderr
+    assert "re-anchored: row 3 accepted (row content does not match its own stored hash" in done.stdout
+    assert _cli(config, "verify").returncode == 0, "runs verify from the re-anchoring on"
+    full = _cli(config, "verify", "--full")
+    assert full.returncode == 0, full.stdout
+    assert "accepted after an investigation: row 3 accepted by alice" in full.stdout
+    assert "INC-7: details of row 3 edited by a DBA" in full.stdout
+    (row,) = [r for r in _rows(journal_engine) if r.action == "audit.reanchored"]
+    assert (row.seq, row.actor, json.loads(row.details)["accepted_break_seq"]) == (ROWS + 1, "alice", 3)
+    _append(journal, ROWS + 2, ROWS + 3)
+    _behind_the_back(journal_engine, f"UPDATE batch.audit_log SET details = '{{}}' WHERE seq = {ROWS + 2}")
+    later = journal.verify_audit()
+    assert (later.ok, later.first_broken_seq) == (False, ROWS + 2)
+    assert _cli(config, "reanchor", "--reason", "again", role="alice").returncode == 0
+    assert journal.verify_audit().ok
+    nothing = _cli(config, "reanchor", "--reason", "nothing is broken", role="alice")
+    assert nothing.returncode == 2 and "nothing to re-anchor" in nothing.stderr
+
+
+def _rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text("SELECT seq, actor, action, details FROM batch.audit_log ORDER BY seq")))

@@ -2,7 +2,8 @@
 
 Real PostgreSQL and the real sandbox over HTTP. A first run pays one portfolio (and checkpoints the
 chain); a second portfolio is planned but not executed (an open PLANNED payout a run would resume);
-then an audit row after the checkpoint is edited behind the job's back.
+then an audit row after the checkpoint is edited behind the job's back. Once an operator re-anchors
+(accepts the row after an investigation), the next run pays again.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 from batch.adapters.postgres import Dsns
 from batch.domain.payout import PayoutState
+from batch.errors import OperatorRefusedError
 from batch.service.run import ExitCode, RunRequest, run_job
+from tests.fixtures.roles import journal_as
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     BUSINESS_DATE,
@@ -35,7 +39,7 @@ from tests.integration.payout_support import (
 def test_a_run_on_a_broken_chain_exits_1_and_moves_nothing(
     sandbox: RunningSandbox, sandbox_store: SandboxState, dsns: Dsns, tmp_path: Path
 ) -> None:
-    """Exit 1, run FAILED naming the row, an audit.chain_broken alert; no ledger transfer, no InvestSuite write."""
+    """Exit 1, FAILED naming the row, an audit.chain_broken alert, nothing moved; re-anchored, the next run pays."""
     paid = add_customer(sandbox_store, dsns, divest=Decimal("100.00"))
     waiting = add_customer(sandbox_store, dsns, divest=Decimal("200.00"))
     with app_for(make_settings(sandbox.base_url, tmp_path / "reports"), dsns) as app:
@@ -77,3 +81,15 @@ def test_a_run_on_a_broken_chain_exits_1_and_moves_nothing(
             ).scalar_one()
         assert (recorded.status, recorded.exit_code, decided) == ("FAILED", 1, 0)
         assert result.report is not None and result.report.audit["verified"] is False
+
+        # once investigated, an operator re-anchors (the job's login, here a superuser, may not); money moves again
+        with pytest.raises(OperatorRefusedError, match="batch_job"):
+            app.journal.reanchor(broken_seq=tampered, problem="edited", reason="INC-9", display_name=None)
+        with journal_as(dsns.journal, "alice") as alice:
+            alice.reanchor(
+                broken_seq=tampered, problem="edited", reason="INC-9: decision row edited", display_name=None
+            )
+        after = run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"))
+        assert after.exit_code is ExitCode.OK, after.error
+        assert the_payout(app, waiting["id"]).state is PayoutState.COMPLETED
+        assert [p["amount"] for p in ledger_payouts(dsns, waiting["external_id"])] == [Decimal("200.00")]
