@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,10 +34,10 @@ def _refuse_constant(name: str) -> Any:
     raise JsonInputError(f"{name} is not a valid JSON number")
 
 
-def loads(text: str | bytes) -> Any:
-    """Parse JSON keeping every fractional or exponent number as an exact Decimal."""
+def loads(text: str | bytes, *, parse_float: Callable[[str], Decimal] = Decimal) -> Any:
+    """Parse JSON keeping every fractional or exponent number as an exact Decimal (or ``parse_float``'s)."""
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        return json.loads(text, parse_float=parse_float, parse_constant=_refuse_constant)
     except JsonInputError:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

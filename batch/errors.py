@@ -15,6 +15,7 @@
         ├── InsufficientFundsError  the ledger's available cash is short at posting time
         ├── InvalidAmountError      negative, NaN, non-numeric or absurd amount
         ├── UnknownCurrencyError    not an ISO 4217 code we know the minor unit of
+        ├── InvalidRemoteDataError  InvestSuite data a write would have to carry is not writable as it is
         └── InvalidTransitionError  a payout state change lost a race or is not allowed
 
 Adapters translate driver and HTTP errors into this tree with ``raise ... from exc``;
@@ -99,6 +100,18 @@ class InvalidAmountError(DomainError):
 
 class UnknownCurrencyError(DomainError):
     """A currency code we do not know the minor unit of."""
+
+
+class InvalidRemoteDataError(DomainError):
+    """A value read from InvestSuite cannot go back into a write the docs' strictest reading accepts.
+
+    ``field`` names it the way the API would (``portfolio.IE00BK5BQT80``, ``config.manager``).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class InvalidTransitionError(DomainError):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -98,6 +98,7 @@ ROUTE_CREATE_TRANSACTION = "POST /portfolios/{id}/transactions/"
 ROUTE_FIND_TRANSACTIONS = "GET /portfolios/{id}/transactions/"
 ROUTE_PATCH_PORTFOLIO = "PATCH /portfolios/{id}/"
 ROUTE_WITHDRAW_EVENT = "POST /events/withdraw/"
+ROUTE_DEPOSIT_EVENT = "POST /events/deposit/"
 
 
 class NotProcessedError(RemoteTransientError):
@@ -365,20 +366,22 @@ class InvestSuiteClient:
     def post_withdraw_event(
         self, *, idempotency_key: str, amount: Decimal, currency: str, portfolio_id: str
     ) -> EventReceipt:
-        """``POST /events/withdraw/`` with an ``Idempotency-Key``; ``amount`` is sent as a string."""
+        """``POST /events/withdraw/`` for ``amount``, sent as a decimal string (the job builds its bodies with
+        ``batch.domain.writes.event_body`` and ``post_event``)."""
         if not isinstance(amount, Decimal) or not amount.is_finite():
             raise TypeError("amount must be a finite Decimal")
         body = {
-            "data": {
-                "amount": format(amount, "f"),
-                "currency": currency.removeprefix("$"),
-                "portfolio": portfolio_id,
-            }
+            "data": {"amount": format(amount, "f"), "currency": currency.removeprefix("$"), "portfolio": portfolio_id}
         }
+        return self.post_event("withdraw", idempotency_key=idempotency_key, body=body)
+
+    def post_event(self, kind: Literal["withdraw", "deposit"], *, idempotency_key: str, body: Any) -> EventReceipt:
+        """``POST /events/{kind}/`` with an ``Idempotency-Key``; ``body`` as built by ``batch.domain.writes``."""
+        route = ROUTE_WITHDRAW_EVENT if kind == "withdraw" else ROUTE_DEPOSIT_EVENT
         status, document = self._call_with_status(
             "POST",
-            ROUTE_WITHDRAW_EVENT,
-            self._url("events/withdraw/"),
+            route,
+            self._url(f"events/{kind}/"),
             json_body=body,
             headers={"Idempotency-Key": idempotency_key},
             write=True,

@@ -14,6 +14,7 @@ import sys
 import time
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import uvicorn
@@ -64,6 +65,12 @@ class SandboxAdmin:
 
     def reset_stats(self) -> None:
         self._call("POST", "/_sandbox/stats/reset")
+
+    def writes(self, route: str | None = None) -> list[dict[str, Any]]:
+        """The write requests the sandbox received (raw bodies), oldest first; ``route`` filters by substring."""
+        query = f"?{urlencode({'route': route})}" if route else ""
+        result: list[dict[str, Any]] = self._call("GET", "/_sandbox/writes" + query)
+        return result
 
     def expire_tokens(self) -> int:
         expired: int = self._call("POST", "/_sandbox/expire-tokens")["expired"]

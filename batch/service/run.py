@@ -72,6 +72,8 @@ class RunResult:
     error: str | None = None
     plan: PlanStats | None = None
     execution: list[ExecutionStats] = field(default_factory=list)
+    #: payouts this run stalled after transient failures only; the next run resumes them
+    stalled: int = 0
 
 
 def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
@@ -212,9 +214,15 @@ def _locked_run(
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.status == "RUNNING":
             waiting = journal.count_open()
-            # exceptions of this run, or payouts of any earlier run still waiting for a human
-            attention = report.exceptions_count > 0 or any(
-                waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION)
+            result.stalled = journal.count_stalled_in_run(run_id)
+            if result.stalled:
+                log.warning("run.payouts_stalled", stalled=result.stalled)
+            # exceptions of this run, payouts it stalled for the next run (an alert: money may have moved
+            # without InvestSuite being told yet), or payouts of any earlier run still waiting for a human
+            attention = (
+                report.exceptions_count > 0
+                or result.stalled > 0
+                or any(waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION))
             )
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
             result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
@@ -264,6 +272,7 @@ def _executor(
         run_id=run_id,
         actor=actor,
         worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}",
+        policy=app.settings.policy.to_policy(),
         concurrency=settings.concurrency,
         max_step_attempts=settings.max_step_attempts,
         lease_seconds=settings.lease_seconds,
@@ -286,6 +295,7 @@ def run_worker(
         run_id=run_id,
         actor=actor,
         worker=worker_name,
+        policy=app.settings.policy.to_policy(),
         concurrency=settings.concurrency,
         max_step_attempts=settings.max_step_attempts,
         lease_seconds=settings.lease_seconds,

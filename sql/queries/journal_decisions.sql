@@ -27,5 +27,10 @@ VALUES (:id, :portfolio_id, :business_date, :run_id, :decision_id, :state, :curr
         :full_withdrawal, :ledger_account, :counter_account, :cash_snapshot, :divest_snapshot, :hold_reason)
 
 -- name: revise
--- execution revised the planner's decision (e.g. a PAY whose balance moved becomes DEFER)
-UPDATE batch.decisions SET final_decision = :decision, final_reason = :reason WHERE payout_id = :payout_id
+-- execution revised the planner's decision (e.g. a PAY whose balance moved becomes DEFER); the note and
+-- the evidence go into the decision's details for the report
+UPDATE batch.decisions
+   SET final_decision = :decision, final_reason = :reason,
+       details = details || jsonb_strip_nulls(jsonb_build_object('execution_note', CAST(:note AS text),
+                                                                  'revised_because', CAST(:evidence AS jsonb)))
+ WHERE payout_id = :payout_id

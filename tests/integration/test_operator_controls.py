@@ -73,7 +73,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(pg_admin_dsn: str, pg_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """The real job run once with a low cap and two broken transaction endpoints."""
+    """The real job run once with a low cap and two transaction endpoints that refuse (422)."""
     tmp = tmp_path_factory.mktemp("operator")
     dsns = fresh_dsns(pg_admin_dsn, pg_templates)
     seed_scenario(dsns.sandbox, dsns.ledger, size=40)
@@ -92,8 +92,11 @@ def world(pg_admin_dsn: str, pg_templates: dict[str, str], tmp_path_factory: pyt
         )
         app = build_app(settings, dsns=dsns)
         try:
-            sandbox.admin.set_faults(
-                error_rate=1.0, methods=["POST"], path_prefixes=[f"/portfolios/{p}/transactions" for p in failing]
+            sandbox.admin.set_faults(  # a permanent refusal parks a payout for a person (transient ones stall)
+                error_rate=1.0,
+                error_statuses=[422],
+                methods=["POST"],
+                path_prefixes=[f"/portfolios/{p}/transactions" for p in failing],
             )
             result = run_job(app, RunRequest(business_date=D1, trigger="test", operator="nightly"))
             sandbox.admin.set_faults(error_rate=0.0, methods=None, path_prefixes=None)

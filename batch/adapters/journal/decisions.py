@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -124,5 +125,21 @@ class DecisionStore(JournalBase):
         return len(fresh)
 
     @staticmethod
-    def revise_decision(conn: Connection, payout_id: uuid.UUID, decision: str, reason: str) -> None:
-        conn.execute(Q.revise.text, {"decision": decision, "reason": reason, "payout_id": payout_id})
+    def revise_decision(
+        conn: Connection,
+        payout_id: uuid.UUID,
+        decision: str,
+        reason: str,
+        note: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            Q.revise.text,
+            {
+                "decision": decision,
+                "reason": reason,
+                "payout_id": payout_id,
+                "note": note,
+                "evidence": None if evidence is None else canonical(evidence),
+            },
+        )
