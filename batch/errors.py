@@ -34,6 +34,12 @@ class ConfigError(BatchError):
     """Configuration is missing, malformed or inconsistent."""
 
 
+class CredentialsError(ConfigError):
+    """InvestSuite refused the configured credentials, or asked for some and none are configured.
+
+    Retrying cannot help (exit code 2); the message says which case it is, never the secret."""
+
+
 class RunLockedError(BatchError):
     """Another run holds the run lock."""
 
