@@ -27,7 +27,7 @@ from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.ledger import Ledger
 from batch.adapters.postgres import Dsns, make_engine
 from batch.errors import BatchError, CredentialsError
-from batch.logs import configure_logging
+from batch.logs import configure_logging, reset_logging
 from batch.sandbox.seed import libpq_dsn, seed_scenario
 from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, run_job
@@ -93,10 +93,11 @@ def log_stream() -> Iterator[io.StringIO]:
     """JSON logs of this process captured in a stream (structlog's configuration restored afterwards)."""
     saved = structlog.get_config()
     stream = io.StringIO()
-    configure_logging("DEBUG", stream=stream, json_output=True)
+    configure_logging("DEBUG", "json", stream=stream)
     try:
         yield stream
     finally:
+        reset_logging()
         structlog.configure(**saved)
 
 
