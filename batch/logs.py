@@ -5,8 +5,8 @@ Event names are stable and dotted (``run.started``, ``payout.needs_attention``);
 Records of the standard library's ``logging`` (uvicorn, APScheduler, SQLAlchemy, ``warnings``) go
 through the same processors and renderer, with the bound context, so in JSON mode every line on
 stderr is one JSON object; they are shown from WARNING up (as Python does by default), or all of
-them at DEBUG (httpx alone would log every request at INFO). A last processor masks anything that looks like a secret or a full
-account number.
+them at DEBUG (httpx alone would log every request at INFO). A last processor masks anything that
+looks like a secret or a full account number.
 """
 
 from __future__ import annotations
