@@ -2,10 +2,12 @@
 
     BatchError
     ├── ConfigError                 broken or missing configuration (exit code 2)
+    │   └── CredentialsError        InvestSuite refused the login, or wants one and none is configured
     ├── RunLockedError              another run holds the run lock (exit code 75)
     ├── TransientError              worth retrying: the same call may succeed later
     │   ├── RemoteTransientError    InvestSuite: connect error, timeout, 429, 5xx
-    │   └── LedgerUnavailableError  core banking ledger unreachable
+    │   └── DatabaseUnavailableError  a PostgreSQL database unreachable (named by host:port/dbname)
+    │       └── LedgerUnavailableError  core banking ledger unreachable
     ├── PermanentError              retrying the same call will not help
     │   ├── RemotePermanentError    InvestSuite: 4xx other than 401/429
     │   │   └── NotFoundError       404
@@ -33,6 +35,12 @@ class ConfigError(BatchError):
     """Configuration is missing, malformed or inconsistent."""
 
 
+class CredentialsError(ConfigError):
+    """InvestSuite refused the configured credentials, or asked for some and none are configured.
+
+    Retrying cannot help (exit code 2); the message says which case it is, never the secret."""
+
+
 class RunLockedError(BatchError):
     """Another run holds the run lock."""
 
@@ -52,7 +60,11 @@ class RemoteTransientError(TransientError):
         self.retry_after = retry_after
 
 
-class LedgerUnavailableError(TransientError):
+class DatabaseUnavailableError(TransientError):
+    """A PostgreSQL database could not be reached (the message names host:port/dbname and the cause)."""
+
+
+class LedgerUnavailableError(DatabaseUnavailableError):
     """The core banking ledger could not be reached."""
 
 

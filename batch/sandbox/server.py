@@ -19,15 +19,19 @@ from urllib.parse import urlencode
 import httpx
 import uvicorn
 
+from batch.logs import owns_stdlib_logging
 from batch.sandbox.app import NextStyle, create_app
 
 DSN_ENV = "INVESTSUITE_SANDBOX_DSN"
 
 
 def serve(dsn: str, host: str = "127.0.0.1", port: int = 8765, **app_options: Any) -> None:
-    """Serve the sandbox until interrupted (one uvicorn process, warnings only, no access log)."""
+    """Serve the sandbox until interrupted (one uvicorn process, warnings only, no access log).
+
+    Under ``batch`` (logging configured by ``batch.logs``) uvicorn keeps the job's log format."""
     app = create_app(dsn, **app_options)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    log_config = None if owns_stdlib_logging() else uvicorn.config.LOGGING_CONFIG
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", log_config=log_config)
 
 
 def free_port() -> int:

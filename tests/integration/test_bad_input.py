@@ -372,7 +372,8 @@ def test_ledger_down_for_the_whole_run_fails_the_run_and_the_next_run_pays_once(
             broken.close()
         assert failed.exit_code is ExitCode.TECHNICAL_FAILURE
         assert failed.status == "FAILED"
-        assert failed.error is not None and "ledger unavailable" in failed.error
+        assert failed.error is not None
+        assert "core banking ledger at /nonexistent/batch-dead-socket:5432/nowhere unavailable" in failed.error
         run_row = good.journal.get_run(failed.run_id) if failed.run_id else None
         assert run_row is not None and run_row["status"] == "FAILED" and run_row["error"] == failed.error
         assert payouts_of(good, doc["id"]) == []
