@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
 from batch.adapters.migrations import migrate, pending
-from batch.adapters.postgres import Dsns, make_engine, redact_dsn, resolve_dsns
-from batch.errors import ConfigError, TransientError
+from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
+from batch.errors import BatchError, ConfigError
 from batch.settings import Settings
 
 
@@ -57,11 +56,12 @@ def build_app(settings: Settings, *, dsns: Dsns | None = None, migrate_schemas: 
         migrate(journal_engine, "journal")
     else:
         try:
-            behind = pending(journal_engine, "journal")
-        except OperationalError as exc:
+            with unavailable_as("journal database", resolved.journal):
+                behind = pending(journal_engine, "journal")
+        except BatchError:
             journal_engine.dispose()
             ledger_engine.dispose()
-            raise TransientError(f"journal database unavailable ({redact_dsn(resolved.journal)}): {exc.orig}") from exc
+            raise
         if behind:
             journal_engine.dispose()
             ledger_engine.dispose()

@@ -21,7 +21,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["JsonInputError", "canonical", "dumps", "loads"]
+__all__ = ["JsonInputError", "canonical", "canonical_rows", "dumps", "loads"]
 
 _encode_string = json.encoder.encode_basestring_ascii
 
@@ -95,6 +95,11 @@ def _write(value: Any, parts: list[str], exact: bool) -> None:
 def canonical(data: Mapping[str, Any]) -> str:
     """Stable JSON text (sorted keys, no spaces, Decimals as strings) used in the audit hash."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_canonical_default)
+
+
+def canonical_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows as a JSON array for ``jsonb_to_recordset`` (Decimals as strings keep every digit)."""
+    return json.dumps(rows, separators=(",", ":"), default=_canonical_default)
 
 
 def _canonical_default(value: object) -> object:

@@ -162,6 +162,8 @@ def _with_app(settings: Settings, fn: Callable[[App], int], *, migrate_schemas: 
         return fn(app)
     finally:
         app.close()
+        if app.dsns.started_server is not None:  # a command stops what it started
+            app.dsns.started_server.stop()
 
 
 def print_run_result(result: RunResult) -> None:

@@ -47,6 +47,7 @@ from batch.domain.policy import Policy
 from batch.domain.recheck import recheck
 from batch.errors import (
     BatchError,
+    ConfigError,
     InsufficientFundsError,
     InvalidAmountError,
     InvalidRemoteDataError,
@@ -350,6 +351,8 @@ class Executor:
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"ledger refused: {exc}", attempt_id=attempt)) from exc
         crash_point("LEDGER_POST.after")
@@ -376,6 +379,8 @@ class Executor:
             remote = None
         except TransientError:
             raise
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:  # a body that is not a portfolio: nothing can be written from it
             raise _Stop(
                 self._cancel(payout, Decision.HOLD, Reason.INVALID_REMOTE_DATA, str(exc), {"read": "GET"})
@@ -485,6 +490,8 @@ class Executor:
                     payout, step, "portfolio disappeared after the ledger payout", {"status": exc.status}, attempt
                 )
             ) from exc
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(
                 self._attention(payout, step, f"InvestSuite refused the transaction: {exc}", attempt_id=attempt)
@@ -509,6 +516,8 @@ class Executor:
             raise _Stop(
                 self._attention(payout, step, "portfolio disappeared after the ledger payout", {"status": exc.status})
             ) from exc
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             if isinstance(exc, TransientError):
                 raise
@@ -583,6 +592,8 @@ class Executor:
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(
                 self._attention(payout, step, f"InvestSuite refused the portfolio update: {exc}", evidence, attempt)
@@ -614,6 +625,8 @@ class Executor:
         except RemotePermanentError as exc:
             why = "event key reused with a different body" if exc.status == 409 else f"event refused: {exc}"
             raise _Stop(self._attention(payout, step, why, {"status": exc.status}, attempt)) from exc
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"event failed: {exc}", attempt_id=attempt)) from exc
         crash_point("SEND_EVENT.after")

@@ -154,6 +154,7 @@ def _locked_run(
         progress = Progress(interval=settings.run.progress_interval_seconds)
         try:
             only = list(request.portfolio_ids) or None
+            app.client.authenticate()  # refused credentials stop the run before any payout is touched
             if not request.dry_run:
                 executor = _executor(app, run_id, actor, stop, progress)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))

@@ -3,3 +3,6 @@
 -- and the next run resumes it. Claims skip payouts stalled in the claiming run.
 ALTER TABLE batch.payouts ADD COLUMN stalled_run_id uuid;
 ALTER TABLE batch.payouts ADD COLUMN stalled_at timestamptz;
+
+-- The job's role reads the migrations table (it checks the schema is current before a run).
+GRANT SELECT ON batch.schema_migrations TO batch_job;

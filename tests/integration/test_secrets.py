@@ -221,7 +221,7 @@ def test_database_errors_leak_no_dsn_password(dsns: Dsns, log_stream: io.StringI
         check=False,
     )
     assert cli.returncode == ExitCode.TECHNICAL_FAILURE
-    assert "journal database unavailable" in cli.stderr
+    assert "journal database at" in cli.stderr and "unavailable" in cli.stderr
     leaks = Leaks({"DSN password": DB_PASSWORD, "secret access key": SECRET}, [])
     leaks.assert_clean("ledger error", messages)
     leaks.assert_clean("CLI output", cli.stdout + cli.stderr)
