@@ -173,11 +173,11 @@ def _with_app(settings: Settings, fn: Callable[[App], int], *, migrate_schemas: 
         app.close()
 
 
-def print_run_result(result: RunResult) -> None:
+def print_run_result(result: RunResult, template_dir: Path | None = None) -> None:
     if result.report is not None:
         from batch.service.render import render_text  # noqa: PLC0415
 
-        print(render_text(result.report), end="")
+        print(render_text(result.report, template_dir), end="")
     if result.error:
         print(f"error: {result.error}")
     for fmt, path in sorted(result.report_paths.items()):
@@ -210,7 +210,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         from batch.service.metrics import publish_run_metrics  # noqa: PLC0415
 
         result = run_job(app, request, stop=stop, spawn_workers=spawn_local_workers(args.config))
-        print_run_result(result)
+        print_run_result(result, settings.report.template_dir)
         publish_run_metrics(settings.metrics, result)
         return int(result.exit_code)
 
@@ -309,13 +309,13 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(str(exc), file=sys.stderr)
             return ExitCode.USAGE
-        writer = render.WRITERS[args.format]
+        template_dir = settings.report.template_dir
         if args.output:
             with args.output.open("w", encoding="utf-8", newline="") as out:
-                writer(report, out)
+                render.write(report, args.format, out, template_dir=template_dir)
             print(f"wrote {args.output}")
         else:
-            writer(report, sys.stdout)
+            render.write(report, args.format, sys.stdout, template_dir=template_dir)
         return ExitCode.OK
 
     return _with_app(settings, go)

@@ -35,3 +35,50 @@ CREATE INDEX step_attempts_by_run ON batch.step_attempts (run_id, payout_id);
 
 -- Reconciliations are facts: appended, never changed.
 GRANT SELECT, INSERT ON batch.reconciliations TO batch_job;
+
+-- The "still held" rule (a HOLD unchanged since the previous run does not raise the alarm again): a HOLD
+-- decision is still held when the portfolio's decision in the previous run of the job that covered it
+-- (not a dry run, not a scale-out worker, all portfolios or this one among --portfolio) was a HOLD of the
+-- same kind and the same requested amount. A held payout waiting for approval (AWAITING_APPROVAL, or
+-- the decision that created the HELD payout) is one kind; a payout that needs attention never is.
+CREATE FUNCTION batch.hold_kind(d batch.decisions) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN d.reason = 'AWAITING_APPROVAL' OR d.payout_id IS NOT NULL THEN 'HELD_PAYOUT' ELSE d.reason END
+$$;
+
+CREATE FUNCTION batch.still_held(d batch.decisions) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT d.decision = 'HOLD' AND d.reason <> 'PAYOUT_NEEDS_ATTENTION' AND coalesce((
+        SELECT pd.decision = 'HOLD' AND batch.hold_kind(pd) = batch.hold_kind(d)
+               AND pd.requested_amount IS NOT DISTINCT FROM d.requested_amount
+               AND pd.requested_raw IS NOT DISTINCT FROM d.requested_raw
+          FROM batch.runs cur
+          CROSS JOIN LATERAL (
+                SELECT r.id FROM batch.runs r
+                 WHERE r.dry_run = false AND r.started_at < cur.started_at
+                   AND r.parameters ->> 'role' IS DISTINCT FROM 'worker'
+                   AND (jsonb_array_length(coalesce(r.parameters -> 'portfolio_ids', '[]'::jsonb)) = 0
+                        OR r.parameters -> 'portfolio_ids' ? d.portfolio_id)
+                 ORDER BY r.started_at DESC LIMIT 1) prev
+          JOIN batch.decisions pd ON pd.run_id = prev.id AND pd.portfolio_id = d.portfolio_id
+         WHERE cur.id = d.run_id), false)
+$$;
+
+-- A date report counts each portfolio once: its latest decision among the given runs, where a decision
+-- that only points at a payout an earlier decision of those runs created (AWAITING_APPROVAL,
+-- PAYOUT_NEEDS_ATTENTION, PAYOUT_IN_PROGRESS) gives way to that earlier decision. rank 1 is counted;
+-- the others are listed beneath it.
+CREATE FUNCTION batch.decision_ranks(p_runs uuid[])
+RETURNS TABLE (decision_id bigint, portfolio_id text, rank bigint) LANGUAGE sql STABLE AS $$
+    SELECT d.id, d.portfolio_id,
+           row_number() OVER (
+               PARTITION BY d.portfolio_id
+               ORDER BY (d.payout_id IS NULL
+                         AND d.reason IN ('AWAITING_APPROVAL', 'PAYOUT_NEEDS_ATTENTION', 'PAYOUT_IN_PROGRESS')
+                         AND EXISTS (SELECT 1 FROM batch.decisions e
+                                      WHERE e.run_id = ANY (p_runs) AND e.portfolio_id = d.portfolio_id
+                                        AND e.payout_id IS NOT NULL AND e.id < d.id)),
+                        d.created_at DESC, d.id DESC)
+      FROM batch.decisions d
+     WHERE d.run_id = ANY (p_runs)
+$$;
+GRANT EXECUTE ON FUNCTION batch.hold_kind(batch.decisions), batch.still_held(batch.decisions),
+    batch.decision_ranks(uuid[]) TO batch_job;
