@@ -125,7 +125,7 @@ def test_divest_raised_again_after_completion_is_named(paid: Paid) -> None:
 
 def test_run_scope_reconciles_only_that_run(paid: Paid) -> None:
     """``--run ID`` checks the payouts that run created or drove, and is recorded against the run."""
-    done, document = _reconcile(paid.world, "--run", paid.run_id)
+    _, document = _reconcile(paid.world, "--run", paid.run_id)
     completed = fetch(paid.world.dsns.journal, "SELECT id FROM batch.payouts")
     assert document["checked"] == len(completed)
     rows = fetch(paid.world.dsns.journal, "SELECT run_id FROM batch.reconciliations WHERE run_id IS NOT NULL")
