@@ -109,7 +109,7 @@ def test_run_after_a_sigterm_reports_the_carried_over_payouts_and_what_the_ledge
     # `batch runs` shows the same figures for the second run
     history = cli("runs")
     (line,) = [x for x in history.stdout.splitlines() if x.startswith(str(run2["id"]))]
-    for ccy, total in completed.items():
+    for ccy in completed:
         assert f"{ccy} paid {Decimal(report['totals'][ccy]['paid']['amount'])}" in line, line
     assert "carried over" in line, line
 
