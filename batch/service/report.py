@@ -123,6 +123,8 @@ def build_report(
         t = totals.setdefault(agg.ccy.strip(), Totals())
         t.requested += quantized(agg.requested, agg.ccy.strip()) or ZERO
         t.candidates += int(agg.n)
+    for ccy, t in totals.items():
+        t.at_minor_unit(ccy)
     journal = Journal(engine)
     reconcile = _reconcile(journal, runs, kind, as_of)
     dry_run = all(r["dry_run"] for r in runs)

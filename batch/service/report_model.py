@@ -185,6 +185,18 @@ class Totals:
     def moved(self) -> Decimal:
         return sum((g.moved_amount for g in self.groups.values()), ZERO)
 
+    def at_minor_unit(self, currency: str) -> None:
+        """Every amount at the currency's minor unit, empty buckets included ("0.00", not "0")."""
+        amounts: list[dict[str, Decimal]] = [self.amount, *(g.amount for g in self.groups.values())]
+        for amount in amounts:
+            for b in BUCKETS:
+                amount[b] = quantized(amount[b], currency) or ZERO
+        for group in self.groups.values():
+            group.still_held_amount = quantized(group.still_held_amount, currency) or ZERO
+            group.moved_amount = quantized(group.moved_amount, currency) or ZERO
+        for name in ("ledger_posted", "investsuite_settled", "events_sent", "requested"):
+            setattr(self, name, quantized(getattr(self, name), currency) or ZERO)
+
 
 @dataclass(frozen=True)
 class Check:
