@@ -1,8 +1,7 @@
 """Reconciliation rules: the journal against the systems of record, as pure functions of plain records.
 
 Three-way, per payout (``match_payout``): what the journal says happened against what the core
-banking ledger and InvestSuite hold now, read back. Full book (``match_book_account``): every
-REAL_MONEY portfolio's InvestSuite cash against the ledger balance of the account it maps to.
+banking ledger and InvestSuite hold now, read back. The full book's rules are in ``reconcile_book``.
 No I/O here: ``batch.service.reconciling`` reads the three systems and calls these functions, so
 each rule is unit-tested with hand-made records (and the deposits flow can reuse them).
 
@@ -78,8 +77,8 @@ class Break:
             "portfolio_id": self.portfolio_id,
             "payout_id": self.payout_id,
             "currency": self.currency,
-            "expected": _text(self.expected, self.currency),
-            "found": _text(self.found, self.currency),
+            "expected": text(self.expected, self.currency),
+            "found": text(self.found, self.currency),
             "source": self.source,
             "reference": self.reference,
             "evidence": {k: _plain(v) for k, v in self.evidence.items()},
@@ -191,7 +190,7 @@ def _ledger_breaks(payout: PayoutFacts, transfer: LedgerFact | None, base: Mappi
                 expected=ZERO,
                 found=transfer.amount,
                 reference=transfer.reference,
-                evidence={"journal_state": payout.state, "ledger_account": _mask(transfer.account_reference)},
+                evidence={"journal_state": payout.state, "ledger_account": mask(transfer.account_reference)},
                 **base,
             )
         ]
@@ -350,7 +349,7 @@ def unknown_ledger_payouts(transfers: Iterable[LedgerFact], known_keys: set[str]
             reference=t.reference,
             evidence={
                 "idempotency_key": t.idempotency_key,
-                "ledger_account": _mask(t.account_reference),
+                "ledger_account": mask(t.account_reference),
                 "value_date": t.value_date,
             },
         )
@@ -366,9 +365,10 @@ def unknown_ledger_payouts(transfers: Iterable[LedgerFact], known_keys: set[str]
 class PaidFigures:
     """One currency's "paid, everywhere once" figures, each from its own source.
 
-    ``journal``: the payouts the journal says COMPLETED; ``ledger``: their transfers read back from the
-    ledger; ``investsuite``: their transactions read back (exactly one, SETTLED, the right amount);
-    ``events``: those whose event id InvestSuite answered is kept. ``moved_journal`` / ``moved_ledger``:
+    ``journal``: the payouts the journal says COMPLETED; ``ledger``: the transfers read back from the
+    ledger under the keys of the payouts checked; ``investsuite``: their transactions read back (exactly
+    one, SETTLED); ``events``: those whose event id InvestSuite answered is kept. They agree when every
+    payout that reached the ledger also completed. ``moved_journal`` / ``moved_ledger``:
     the payouts a run posted on the ledger itself, by the journal and as read back.
     """
 
@@ -391,11 +391,11 @@ class PaidFigures:
         return {
             "payouts": self.payouts,
             **{
-                name: _text(getattr(self, name), currency)
+                name: text(getattr(self, name), currency)
                 for name in ("journal", "ledger", "investsuite", "events", "moved_journal", "moved_ledger")
             },
             "moved_count": self.moved_count,
-            "unknown_ledger": _text(self.unknown_ledger, currency),
+            "unknown_ledger": text(self.unknown_ledger, currency),
             "agree": self.agree,
         }
 
@@ -403,17 +403,18 @@ class PaidFigures:
 def add_paid(
     figures: dict[str, PaidFigures], payout: PayoutFacts, transfer: LedgerFact | None, remote: RemoteFacts
 ) -> None:
-    """Count one payout into its currency's figures (a COMPLETED payout, or one the run posted)."""
+    """Count one payout into its currency's figures, each source by what it holds."""
     f = figures.setdefault(payout.currency, PaidFigures())
     if payout.moved_in_run:
         f.moved_count += 1
         f.moved_journal += payout.amount
         if transfer is not None and transfer.currency == payout.currency:
             f.moved_ledger += transfer.amount
-    if not payout.completed:
-        return
-    f.payouts += 1
-    f.journal += payout.amount
+    if payout.completed:
+        f.payouts += 1
+        f.journal += payout.amount
+    # the systems of record count whatever they hold, completed or not: a payout stuck after the
+    # ledger makes them differ from the journal's paid figure until it completes
     if transfer is not None and transfer.currency == payout.currency:
         f.ledger += transfer.amount
     if remote.transactions is not None and len(remote.transactions) == 1:
@@ -431,112 +432,6 @@ def add_unknown(figures: dict[str, PaidFigures], breaks: Iterable[Break]) -> Non
             figures.setdefault(b.currency, PaidFigures()).unknown_ledger += b.found
 
 
-# -- the full book ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BookPortfolio:
-    """A REAL_MONEY portfolio as InvestSuite lists it, with the ledger account it maps to."""
-
-    portfolio_id: str
-    currency: str
-    cash: Decimal | None
-    account_reference: str | None
-
-
-@dataclass(frozen=True)
-class BookAccount:
-    """The mapped ledger account's balance (``available`` = balance minus active holds)."""
-
-    reference: str
-    currency: str
-    kind: str
-    balance: Decimal
-    available: Decimal
-
-
-@dataclass
-class BookFigures:
-    """One currency's full-book totals: InvestSuite cash against the ledger balances it maps to."""
-
-    portfolios: int = 0
-    investsuite_cash: Decimal = ZERO
-    ledger_balance: Decimal = ZERO
-    breaks: int = 0
-    absolute_difference: Decimal = ZERO
-
-    def to_dict(self, currency: str) -> dict[str, Any]:
-        return {
-            "portfolios": self.portfolios,
-            "investsuite_cash": _text(self.investsuite_cash, currency),
-            "ledger_balance": _text(self.ledger_balance, currency),
-            "difference": _text(self.investsuite_cash - self.ledger_balance, currency),
-            "absolute_difference": _text(self.absolute_difference, currency),
-            "breaks": self.breaks,
-        }
-
-
-def match_book_account(
-    portfolio: BookPortfolio, account: BookAccount | None, tolerance: Decimal, figures: dict[str, BookFigures]
-) -> Break | None:
-    """Compare one portfolio's InvestSuite cash with its ledger account's balance; count it into ``figures``."""
-    f = figures.setdefault(portfolio.currency, BookFigures())
-    f.portfolios += 1
-    cash = portfolio.cash if portfolio.cash is not None else ZERO
-    f.investsuite_cash += cash
-    base: dict[str, Any] = {"portfolio_id": portfolio.portfolio_id, "currency": portfolio.currency, "source": "ledger"}
-    problem: Break | None = None
-    if portfolio.account_reference is None:
-        problem = Break(BreakType.UNMAPPED_PORTFOLIO, expected=cash, **base)
-    elif account is None or account.kind != "CUSTOMER_INVESTMENT_CASH":
-        problem = Break(
-            BreakType.NO_LEDGER_ACCOUNT,
-            expected=cash,
-            evidence={"ledger_account": _mask(portfolio.account_reference)},
-            **base,
-        )
-    elif account.currency != portfolio.currency:
-        problem = Break(
-            BreakType.CURRENCY_MISMATCH,
-            expected=cash,
-            found=account.balance,
-            evidence={"ledger_account": _mask(account.reference), "ledger_currency": account.currency},
-            **base,
-        )
-    else:
-        f.ledger_balance += account.balance
-        difference = abs(cash - account.balance)
-        f.absolute_difference += difference
-        if difference > tolerance:
-            problem = Break(
-                BreakType.CASH_MISMATCH,
-                expected=cash,
-                found=account.balance,
-                evidence={
-                    "ledger_account": _mask(account.reference),
-                    "difference": cash - account.balance,
-                    "ledger_available": account.available,
-                },
-                **base,
-            )
-    if problem is not None:
-        f.breaks += 1
-    return problem
-
-
-def orphan_account(reference: str, currency: str, balance: Decimal, mapped: set[str]) -> Break | None:
-    """A customer ledger account no listed portfolio maps to."""
-    if reference in mapped:
-        return None
-    return Break(
-        BreakType.ORPHAN_LEDGER_ACCOUNT,
-        portfolio_id=None,
-        currency=currency,
-        found=balance,
-        evidence={"ledger_account": _mask(reference)},
-    )
-
-
 def count_by_type(breaks: Iterable[Break | Mapping[str, Any]]) -> dict[str, int]:
     """Breaks per type (for summaries and logs)."""
     counts: dict[str, int] = defaultdict(int)
@@ -548,13 +443,13 @@ def count_by_type(breaks: Iterable[Break | Mapping[str, Any]]) -> dict[str, int]
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def _mask(reference: str) -> str:
+def mask(reference: str) -> str:
     """An account reference safe for reports: only its last 4 characters."""
     compact = "".join(reference.split())
     return "****" + compact[-4:] if len(compact) > 4 else "****"
 
 
-def _text(amount: Decimal | None, currency: str | None) -> str | None:
+def text(amount: Decimal | None, currency: str | None) -> str | None:
     """A plain-notation amount at the currency's minor unit (8 places for one the job does not know)."""
     if amount is None:
         return None

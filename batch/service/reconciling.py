@@ -38,9 +38,6 @@ from batch.domain.payout import STAMP_COLUMN
 from batch.errors import InvalidAmountError, NotFoundError
 from batch.service.context import Services
 from batch.service.reconcile import (
-    BookAccount,
-    BookFigures,
-    BookPortfolio,
     Break,
     LedgerFact,
     PaidFigures,
@@ -51,12 +48,11 @@ from batch.service.reconcile import (
     add_paid,
     add_unknown,
     count_by_type,
-    match_book_account,
     match_payout,
     needs_investsuite,
-    orphan_account,
     unknown_ledger_payouts,
 )
+from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
 
 log = structlog.get_logger("batch.reconcile")
 

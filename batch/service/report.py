@@ -126,7 +126,7 @@ def build_report(
     for ccy, t in totals.items():
         t.at_minor_unit(ccy)
     journal = Journal(engine)
-    reconcile = _reconcile(journal, runs, kind, as_of)
+    reconcile = _reconcile(journal, runs, kind)
     dry_run = all(r["dry_run"] for r in runs)
     report = Report(
         kind=kind,
@@ -148,15 +148,15 @@ def build_report(
     return report
 
 
-def _reconcile(journal: Journal, runs: list[dict[str, Any]], kind: str, as_of: datetime) -> dict[str, Any] | None:
-    """The recorded reconciliation: the run's own, or the date's latest by its cut-off."""
+def _reconcile(journal: Journal, runs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """The recorded reconciliation: the run's own; for a date, the latest of the whole date (any time)."""
     if kind == "run":
         found = journal.reconciliation_of_run(runs[0]["id"])
         error = (runs[0].get("summary") or {}).get("reconcile_error")
         if found is None and error:
             return {"id": None, "checked": 0, "breaks": 0, "error": error, "figures": {}, "break_list": []}
     else:
-        found = journal.reconciliation_of_date(runs[0]["business_date"], as_of)
+        found = journal.reconciliation_of_date(runs[0]["business_date"])
     if found is None:
         return None
     return {

@@ -47,7 +47,8 @@ RETURNING finished_at
 SELECT * FROM batch.reconciliations WHERE run_id = :run_id ORDER BY finished_at DESC LIMIT 1
 
 -- name: latest_of_date
--- the latest payout reconciliation of the business date (by the date's last run, or standalone)
+-- the latest reconciliation of the whole business date (`batch reconcile --date`; a run's own covers its
+-- payouts only)
 SELECT * FROM batch.reconciliations
- WHERE kind = 'payouts' AND business_date = :business_date AND finished_at <= :as_of
+ WHERE kind = 'payouts' AND business_date = :business_date AND run_id IS NULL
  ORDER BY finished_at DESC LIMIT 1

@@ -6,9 +6,6 @@ from dataclasses import replace
 from decimal import Decimal
 
 from batch.service.reconcile import (
-    BookAccount,
-    BookFigures,
-    BookPortfolio,
     BreakType,
     LedgerFact,
     PaidFigures,
@@ -17,11 +14,10 @@ from batch.service.reconcile import (
     RemoteFacts,
     TransactionFact,
     add_paid,
-    match_book_account,
     match_payout,
-    orphan_account,
     unknown_ledger_payouts,
 )
+from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
 
 ALL_STEPS = frozenset(
     {"ledger_posted", "transaction_recorded", "divest_cleared", "holdings_updated", "event_sent", "completed"}

@@ -86,7 +86,8 @@ class ReconciliationStore(JournalBase):
             row = conn.execute(Q.latest_of_run.text, {"run_id": run_id}).first()
         return None if row is None else dict(row._mapping)
 
-    def reconciliation_of_date(self, business_date: date, as_of: datetime) -> dict[str, Any] | None:
+    def reconciliation_of_date(self, business_date: date) -> dict[str, Any] | None:
+        """The latest reconciliation of the whole date (not a run's own, which covers its payouts only)."""
         with self._read() as conn:
-            row = conn.execute(Q.latest_of_date.text, {"business_date": business_date, "as_of": as_of}).first()
+            row = conn.execute(Q.latest_of_date.text, {"business_date": business_date}).first()
         return None if row is None else dict(row._mapping)
