@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_reads import LedgerReader
 from batch.adapters.migrations import migrate, pending
 from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
 from batch.errors import BatchError, ConfigError
@@ -24,6 +25,7 @@ class App:
     journal_engine: Engine
     ledger_engine: Engine
     _client: InvestSuiteClient | None = field(default=None, repr=False)
+    _ledger_reader: LedgerReader | None = field(default=None, repr=False)
 
     @property
     def journal(self) -> Journal:
@@ -32,6 +34,13 @@ class App:
     @property
     def ledger(self) -> Ledger:
         return Ledger(self.ledger_engine, self.settings.ledger)
+
+    @property
+    def ledger_reader(self) -> LedgerReader:
+        """Read-only ledger queries (reconciliation); one per process, it counts its queries."""
+        if self._ledger_reader is None:
+            self._ledger_reader = LedgerReader(self.ledger_engine)
+        return self._ledger_reader
 
     @property
     def client(self) -> InvestSuiteClient:

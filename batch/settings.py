@@ -128,6 +128,8 @@ class RunSettings(_Section):
     max_step_attempts: int = Field(default=8, ge=1, le=100)
     lease_seconds: int = Field(default=300, ge=5)
     progress_interval_seconds: float = Field(default=10.0, gt=0)
+    #: a HOLD unchanged since the previous run ("still held") gives exit code 3 by itself only when true
+    alert_on_unchanged_holds: bool = False
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -152,6 +154,11 @@ class RunSettings(_Section):
         return value
 
 
+class ReportSettings(_Section):
+    #: a bank's folder of report templates (report.html.j2, report.txt.j2) taking precedence over the shipped ones
+    template_dir: Path | None = None
+
+
 class ScheduleSettings(_Section):
     cron: str = "30 1 * * *"
     timezone: str = "Europe/Brussels"
@@ -173,6 +180,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     ledger: LedgerSettings = LedgerSettings()
     run: RunSettings = RunSettings()
+    report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
 

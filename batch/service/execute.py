@@ -636,7 +636,7 @@ class Executor:
             attempt,
             step,
             "OK",
-            {"status": receipt.status_code},
+            {"status": receipt.status_code, "event_id": receipt.event_id},
             through=through,
             updates={"event_status": receipt.status_code},
         )

@@ -166,7 +166,7 @@ def test_held_payout_approved_by_an_operator_is_paid_by_the_next_run(world: Worl
     assert all(c.ok for c in report.checks if c.name.startswith("requested")), "nothing lost"
     # the two payouts stopped after the ledger posting are on the ledger but not paid: the check says so
     (failed,) = [c for c in report.checks if not c.ok]
-    assert (failed.currency, failed.name) == ("EUR", "paid = ledger posted = InvestSuite SETTLED = events")
+    assert failed.currency == "EUR" and failed.name.startswith("paid = ledger posted = InvestSuite SETTLED = events")
 
 
 def test_approving_a_payout_that_is_not_held_is_refused(world: World) -> None:

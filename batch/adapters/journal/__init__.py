@@ -6,6 +6,7 @@ Split by concern, each store with its SQL in ``sql/queries/journal_<concern>.sql
     decisions.py   one decision per candidate per run, and the payouts they create
     payouts.py     claims with a lease, step intents and outcomes, stops, operator actions
     audit.py       the hash chain's verification and head
+    reconciliations.py  the payouts a reconciliation checks, and its recorded result
     base.py        transactions, one-statement calls, audit rows
 
 ``Journal`` is all of them on one engine: what the service layer is given.
@@ -17,6 +18,7 @@ from batch.adapters.journal.audit import GENESIS_HASH, AuditStore, audit_hash
 from batch.adapters.journal.base import LOST_RACE
 from batch.adapters.journal.decisions import DecisionStore
 from batch.adapters.journal.payouts import PayoutStore
+from batch.adapters.journal.reconciliations import ReconciliationStore
 from batch.adapters.journal.runs import RUN_LOCK_KEY, RunStore
 from batch.codec import canonical as canonical_json
 from batch.domain.records import AuditVerification, DecisionRow, NewPayout, PayoutRecord
@@ -35,5 +37,5 @@ __all__ = [
 ]
 
 
-class Journal(RunStore, DecisionStore, PayoutStore, AuditStore):
+class Journal(RunStore, DecisionStore, PayoutStore, AuditStore, ReconciliationStore):
     """All reads and writes of the job's journal go through here."""
