@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_reads import LedgerReader
 from batch.adapters.migrations import migrate, pending
-from batch.adapters.postgres import Dsns, make_engine, redact_dsn, resolve_dsns
-from batch.errors import ConfigError, TransientError
+from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
+from batch.errors import BatchError, ConfigError
 from batch.settings import Settings
 
 
@@ -25,6 +25,7 @@ class App:
     journal_engine: Engine
     ledger_engine: Engine
     _client: InvestSuiteClient | None = field(default=None, repr=False)
+    _ledger_reader: LedgerReader | None = field(default=None, repr=False)
 
     @property
     def journal(self) -> Journal:
@@ -33,6 +34,13 @@ class App:
     @property
     def ledger(self) -> Ledger:
         return Ledger(self.ledger_engine, self.settings.ledger)
+
+    @property
+    def ledger_reader(self) -> LedgerReader:
+        """Read-only ledger queries (reconciliation); one per process, it counts its queries."""
+        if self._ledger_reader is None:
+            self._ledger_reader = LedgerReader(self.ledger_engine)
+        return self._ledger_reader
 
     @property
     def client(self) -> InvestSuiteClient:
@@ -57,11 +65,12 @@ def build_app(settings: Settings, *, dsns: Dsns | None = None, migrate_schemas: 
         migrate(journal_engine, "journal")
     else:
         try:
-            behind = pending(journal_engine, "journal")
-        except OperationalError as exc:
+            with unavailable_as("journal database", resolved.journal):
+                behind = pending(journal_engine, "journal")
+        except BatchError:
             journal_engine.dispose()
             ledger_engine.dispose()
-            raise TransientError(f"journal database unavailable ({redact_dsn(resolved.journal)}): {exc.orig}") from exc
+            raise
         if behind:
             journal_engine.dispose()
             ledger_engine.dispose()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["JsonInputError", "canonical", "dumps", "loads"]
+__all__ = ["JsonInputError", "canonical", "canonical_rows", "dumps", "loads"]
 
 _encode_string = json.encoder.encode_basestring_ascii
 
@@ -34,10 +34,10 @@ def _refuse_constant(name: str) -> Any:
     raise JsonInputError(f"{name} is not a valid JSON number")
 
 
-def loads(text: str | bytes) -> Any:
-    """Parse JSON keeping every fractional or exponent number as an exact Decimal."""
+def loads(text: str | bytes, *, parse_float: Callable[[str], Decimal] = Decimal) -> Any:
+    """Parse JSON keeping every fractional or exponent number as an exact Decimal (or ``parse_float``'s)."""
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        return json.loads(text, parse_float=parse_float, parse_constant=_refuse_constant)
     except JsonInputError:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -95,6 +95,11 @@ def _write(value: Any, parts: list[str], exact: bool) -> None:
 def canonical(data: Mapping[str, Any]) -> str:
     """Stable JSON text (sorted keys, no spaces, Decimals as strings) used in the audit hash."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_canonical_default)
+
+
+def canonical_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows as a JSON array for ``jsonb_to_recordset`` (Decimals as strings keep every digit)."""
+    return json.dumps(rows, separators=(",", ":"), default=_canonical_default)
 
 
 def _canonical_default(value: object) -> object:

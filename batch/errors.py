@@ -2,11 +2,13 @@
 
     BatchError
     ├── ConfigError                 broken or missing configuration (exit code 2)
+    │   └── CredentialsError        InvestSuite refused the login, or wants one and none is configured
     ├── RunLockedError              another run holds the run lock (exit code 75)
     ├── AuditChainBrokenError       the audit hash chain does not verify: no money moves (exit code 1)
     ├── TransientError              worth retrying: the same call may succeed later
     │   ├── RemoteTransientError    InvestSuite: connect error, timeout, 429, 5xx
-    │   └── LedgerUnavailableError  core banking ledger unreachable
+    │   └── DatabaseUnavailableError  a PostgreSQL database unreachable (named by host:port/dbname)
+    │       └── LedgerUnavailableError  core banking ledger unreachable
     ├── PermanentError              retrying the same call will not help
     │   ├── RemotePermanentError    InvestSuite: 4xx other than 401/429
     │   │   └── NotFoundError       404
@@ -16,6 +18,7 @@
         ├── InsufficientFundsError  the ledger's available cash is short at posting time
         ├── InvalidAmountError      negative, NaN, non-numeric or absurd amount
         ├── UnknownCurrencyError    not an ISO 4217 code we know the minor unit of
+        ├── InvalidRemoteDataError  InvestSuite data a write would have to carry is not writable as it is
         ├── InvalidTransitionError  a payout state change lost a race or is not allowed
         └── OperatorRefusedError    an operator's action refused: who acts, the reason, the four-eyes rule
 
@@ -32,6 +35,12 @@ class BatchError(Exception):
 
 class ConfigError(BatchError):
     """Configuration is missing, malformed or inconsistent."""
+
+
+class CredentialsError(ConfigError):
+    """InvestSuite refused the configured credentials, or asked for some and none are configured.
+
+    Retrying cannot help (exit code 2); the message says which case it is, never the secret."""
 
 
 class RunLockedError(BatchError):
@@ -57,7 +66,11 @@ class RemoteTransientError(TransientError):
         self.retry_after = retry_after
 
 
-class LedgerUnavailableError(TransientError):
+class DatabaseUnavailableError(TransientError):
+    """A PostgreSQL database could not be reached (the message names host:port/dbname and the cause)."""
+
+
+class LedgerUnavailableError(DatabaseUnavailableError):
     """The core banking ledger could not be reached."""
 
 
@@ -105,6 +118,18 @@ class InvalidAmountError(DomainError):
 
 class UnknownCurrencyError(DomainError):
     """A currency code we do not know the minor unit of."""
+
+
+class InvalidRemoteDataError(DomainError):
+    """A value read from InvestSuite cannot go back into a write the docs' strictest reading accepts.
+
+    ``field`` names it the way the API would (``portfolio.IE00BK5BQT80``, ``config.manager``).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class InvalidTransitionError(DomainError):

@@ -3,6 +3,10 @@
 Environment variables override the file; nested keys use ``__``
 (``BATCH_INVESTSUITE__SECRET_ACCESS_KEY``, ``BATCH_DATABASE__JOURNAL_DSN``). Secrets are ``SecretStr``
 and have no defaults. Nothing here connects to anything.
+
+Relative paths are made absolute once, here: a path written in the TOML file against the file's
+folder (so a config means the same from any working directory), a path from the environment or a
+default against the working directory.
 """
 
 from __future__ import annotations
@@ -49,12 +53,15 @@ class _Section(BaseModel):
 class DatabaseSettings(_Section):
     """Where the job's journal, the core banking ledger and the sandbox live.
 
-    A DSN left empty means: the embedded PostgreSQL server under ``data_dir`` (started on demand).
+    A DSN left empty is a configuration error, unless ``embedded`` is true: then it means a database
+    on the embedded PostgreSQL server under ``data_dir`` (started on demand; demo and tests only).
     """
 
     journal_dsn: SecretStr | None = None
     ledger_dsn: SecretStr | None = None
     sandbox_dsn: SecretStr | None = None
+    #: start the embedded PostgreSQL server for the DSNs left empty (never implicitly)
+    embedded: bool = False
     data_dir: Path = Path(".data/pg")
     pool_size: int = Field(default=20, ge=1, le=500)
 
@@ -124,6 +131,8 @@ class RunSettings(_Section):
     max_step_attempts: int = Field(default=8, ge=1, le=100)
     lease_seconds: int = Field(default=300, ge=5)
     progress_interval_seconds: float = Field(default=10.0, gt=0)
+    #: a HOLD unchanged since the previous run ("still held") gives exit code 3 by itself only when true
+    alert_on_unchanged_holds: bool = False
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -148,6 +157,11 @@ class RunSettings(_Section):
         return value
 
 
+class ReportSettings(_Section):
+    #: a bank's folder of report templates (report.html.j2, report.txt.j2) taking precedence over the shipped ones
+    template_dir: Path | None = None
+
+
 class ScheduleSettings(_Section):
     cron: str = "30 1 * * *"
     timezone: str = "Europe/Brussels"
@@ -169,6 +183,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     ledger: LedgerSettings = LedgerSettings()
     run: RunSettings = RunSettings()
+    report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
 
@@ -212,9 +227,56 @@ class _TomlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+def _path_fields() -> dict[str, tuple[str, ...]]:
+    """Section -> its settings typed ``Path`` (or ``Path | None``)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for section_name, section in Settings.model_fields.items():
+        model = section.annotation
+        fields = getattr(model, "model_fields", {})
+        paths = tuple(name for name, field in fields.items() if field.annotation in (Path, Path | None))
+        if paths:
+            found[section_name] = paths
+    return found
+
+
+def _absolute(value: Path | str, base: Path) -> Path:
+    """``value`` made absolute against ``base`` (``~`` expanded, ``..`` folded)."""
+    return Path(os.path.abspath(base / Path(value).expanduser()))
+
+
+def _file_paths_absolute(data: dict[str, Any], folder: Path) -> None:
+    """Make the relative paths written in the TOML file absolute against its folder (in place)."""
+    for section_name, names in _path_fields().items():
+        section = data.get(section_name)
+        if not isinstance(section, dict):
+            continue
+        for name in names:
+            value = section.get(name)
+            if isinstance(value, str) and value:
+                section[name] = str(_absolute(value, folder))
+
+
+def _paths_absolute(settings: Settings) -> Settings:
+    """Every path still relative (from the environment, or a default) made absolute against the working directory."""
+    cwd = Path.cwd()
+    update: dict[str, BaseModel] = {}
+    for section_name, names in _path_fields().items():
+        section: BaseModel = getattr(settings, section_name)
+        changed = {
+            name: _absolute(value, cwd)
+            for name in names
+            if isinstance(value := getattr(section, name), Path) and not value.is_absolute()
+        }
+        if changed:
+            update[section_name] = section.model_copy(update=changed)
+    return settings.model_copy(update=update) if update else settings
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Load the TOML file (``path``, else ``$BATCH_CONFIG``, else none) and the environment.
 
+    Every ``Path`` setting comes back absolute: relative ones written in the file are read against
+    the file's folder, those from the environment and the defaults against the working directory.
     Raises ConfigError with a readable message for a missing file, bad TOML or invalid values.
     """
     if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
@@ -228,6 +290,7 @@ def load_settings(path: Path | None = None) -> Settings:
             raise ConfigError(f"config file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        _file_paths_absolute(data, _absolute(path, Path.cwd()).parent)
 
     class _FileAndEnvSettings(Settings):
         @classmethod
@@ -247,4 +310,4 @@ def load_settings(path: Path | None = None) -> Settings:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
-    return Settings.model_validate(loaded.model_dump())
+    return _paths_absolute(Settings.model_validate(loaded.model_dump()))

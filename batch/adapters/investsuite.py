@@ -7,7 +7,10 @@ raw responses, and translates every failure into ``batch.errors``:
 
 * connect errors, timeouts, dropped connections, 429 and 5xx -> ``RemoteTransientError``
   (``status``, ``retry_after``); the subclass ``NotProcessedError`` marks failures where the
-  server provably did not process the request (connection never made, pool timeout, 429);
+  server provably did not process the request (connection never made, pool timeout, 429); a
+  connection never made names the base URL and the cause ("... unreachable: connection refused");
+* login refused (401/403), or a 401 while no credentials are configured -> ``CredentialsError``
+  (a configuration error: retrying cannot help);
 * 404 -> ``NotFoundError``; other 4xx -> ``RemotePermanentError`` (body truncated, secrets redacted);
 * a body that is not JSON or not the documented shape -> ``PayloadError``.
 
@@ -32,6 +35,8 @@ import email.utils
 import math
 import os
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -40,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -59,7 +64,7 @@ from batch.adapters.investsuite_models import (
 )
 from batch.codec import dumps as dumps_json
 from batch.codec import loads as loads_json
-from batch.errors import NotFoundError, PayloadError, RemotePermanentError, RemoteTransientError
+from batch.errors import CredentialsError, NotFoundError, PayloadError, RemotePermanentError, RemoteTransientError
 from batch.settings import InvestSuiteSettings
 
 __all__ = [
@@ -98,6 +103,7 @@ ROUTE_CREATE_TRANSACTION = "POST /portfolios/{id}/transactions/"
 ROUTE_FIND_TRANSACTIONS = "GET /portfolios/{id}/transactions/"
 ROUTE_PATCH_PORTFOLIO = "PATCH /portfolios/{id}/"
 ROUTE_WITHDRAW_EVENT = "POST /events/withdraw/"
+ROUTE_DEPOSIT_EVENT = "POST /events/deposit/"
 
 
 class NotProcessedError(RemoteTransientError):
@@ -226,6 +232,8 @@ class InvestSuiteClient:
         self._throttle = _Throttle(settings.rate_limit_per_second, monotonic, sleep)
         base_url = settings.base_url.rstrip("/") + "/"
         self._base_url = httpx.URL(base_url)
+        #: how messages name the server: scheme, host, port and path (``netloc`` never has user or password)
+        self.where = f"{self._base_url.scheme}://{self._base_url.netloc.decode()}{self._base_url.path.rstrip('/')}"
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
             read=settings.read_timeout_seconds,
@@ -250,6 +258,10 @@ class InvestSuiteClient:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def authenticate(self) -> None:
+        """Log in now (when credentials are configured), so a refused login stops a run before any payout step."""
+        self._current_token()
+
     def limit_rate(self, per_second: float | None) -> None:
         """Change the client-side rate limit (e.g. this process's share when several processes run)."""
         self._throttle.set_rate(per_second)
@@ -273,8 +285,14 @@ class InvestSuiteClient:
 
     def iter_pending_pages(self, *, page_size: int | None = None, embed_owner: bool = True) -> Iterator[PortfolioPage]:
         """Stream pages of portfolios with a pending divest amount, following ``next`` as returned."""
+        return self.iter_portfolio_pages(PENDING_QUERY, page_size=page_size, embed_owner=embed_owner)
+
+    def iter_portfolio_pages(
+        self, query: str, *, page_size: int | None = None, embed_owner: bool = False
+    ) -> Iterator[PortfolioPage]:
+        """Stream pages of the portfolios matching ``query`` (the documented query syntax), following ``next``."""
         limit = page_size if page_size is not None else self._settings.page_size
-        params: dict[str, str] = {"query": PENDING_QUERY, "limit": str(limit)}
+        params: dict[str, str] = {"query": query, "limit": str(limit)}
         if embed_owner:
             params["embed"] = "owned_by_user_id"
         url: str | httpx.URL = self._url("portfolios/")
@@ -365,20 +383,22 @@ class InvestSuiteClient:
     def post_withdraw_event(
         self, *, idempotency_key: str, amount: Decimal, currency: str, portfolio_id: str
     ) -> EventReceipt:
-        """``POST /events/withdraw/`` with an ``Idempotency-Key``; ``amount`` is sent as a string."""
+        """``POST /events/withdraw/`` for ``amount``, sent as a decimal string (the job builds its bodies with
+        ``batch.domain.writes.event_body`` and ``post_event``)."""
         if not isinstance(amount, Decimal) or not amount.is_finite():
             raise TypeError("amount must be a finite Decimal")
         body = {
-            "data": {
-                "amount": format(amount, "f"),
-                "currency": currency.removeprefix("$"),
-                "portfolio": portfolio_id,
-            }
+            "data": {"amount": format(amount, "f"), "currency": currency.removeprefix("$"), "portfolio": portfolio_id}
         }
+        return self.post_event("withdraw", idempotency_key=idempotency_key, body=body)
+
+    def post_event(self, kind: Literal["withdraw", "deposit"], *, idempotency_key: str, body: Any) -> EventReceipt:
+        """``POST /events/{kind}/`` with an ``Idempotency-Key``; ``body`` as built by ``batch.domain.writes``."""
+        route = ROUTE_WITHDRAW_EVENT if kind == "withdraw" else ROUTE_DEPOSIT_EVENT
         status, document = self._call_with_status(
             "POST",
-            ROUTE_WITHDRAW_EVENT,
-            self._url("events/withdraw/"),
+            route,
+            self._url(f"events/{kind}/"),
             json_body=body,
             headers={"Idempotency-Key": idempotency_key},
             write=True,
@@ -584,7 +604,8 @@ class InvestSuiteClient:
         try:
             response = self._http.request(method, url, params=params, content=content, headers=request_headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise NotProcessedError(f"{route}: connection failed ({type(exc).__name__})", status=None) from exc
+            why = _connect_cause(exc, self._settings.connect_timeout_seconds)
+            raise NotProcessedError(f"InvestSuite at {self.where} unreachable: {why} ({route})", status=None) from exc
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise RemoteTransientError(f"{route}: no usable response ({type(exc).__name__})", status=None) from exc
         except httpx.TransportError as exc:
@@ -648,7 +669,13 @@ class InvestSuiteClient:
     def _relogin(self, *, stale: str | None) -> str | None:
         """After a 401: log in again, unless another thread already replaced the stale token."""
         if self._settings.access_key_id is None or self._settings.secret_access_key is None:
-            raise RemotePermanentError("HTTP 401 and no InvestSuite credentials configured", status=401)
+            missing = [n for n in ("access_key_id", "secret_access_key") if getattr(self._settings, n) is None]
+            raise CredentialsError(
+                f"InvestSuite at {self.where} answered HTTP 401 and no credentials are configured: "
+                + ", ".join(f"investsuite.{n} (BATCH_INVESTSUITE__{n.upper()})" for n in missing)
+                + (" is" if len(missing) == 1 else " are")
+                + " not set"
+            )
         with self._auth_lock:
             if self._token is not None and self._token.access != stale:
                 return self._token.access
@@ -660,7 +687,15 @@ class InvestSuiteClient:
         secret = self._settings.secret_access_key
         assert key_id is not None and secret is not None  # checked by the callers
         body = {"access_key_id": key_id, "secret_access_key": secret.get_secret_value()}
-        token = self._auth_call(ROUTE_LOGIN, "auth/login/", body)
+        try:
+            token = self._auth_call(ROUTE_LOGIN, "auth/login/", body)
+        except RemotePermanentError as exc:
+            if exc.status not in (401, 403):
+                raise
+            raise CredentialsError(
+                f"InvestSuite at {self.where} refused the login (HTTP {exc.status} on {ROUTE_LOGIN}): check "
+                "investsuite.access_key_id and investsuite.secret_access_key"
+            ) from exc
         log.info("investsuite.login")
         return token
 
@@ -720,6 +755,28 @@ def _not_sent_on_auth_failure(route: str) -> Iterator[None]:
         raise NotProcessedError(
             f"{route}: not sent, authentication failed: {exc}", status=exc.status, retry_after=exc.retry_after
         ) from exc
+
+
+def _connect_cause(exc: httpx.TransportError, connect_timeout: float) -> str:
+    """Why no connection was made, in a few words (``connection refused``, ``host name not resolved``)."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return "no free connection in the client's pool"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no answer within the {connect_timeout:g} s connect timeout"
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return f"host name not resolved ({cause.strerror})"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed ({getattr(cause, 'verify_message', None) or cause.reason or cause})"
+    if isinstance(cause, TimeoutError):
+        return f"no answer within the {connect_timeout:g} s connect timeout"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[:1].lower() + cause.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 def _segment(identifier: str) -> str:

@@ -31,8 +31,9 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
+from batch.adapters.postgres import dsn_location, unavailable_as
 from batch.domain.model import LedgerView
 from batch.errors import (
     ConfigError,
@@ -56,6 +57,7 @@ ACCOUNT_KINDS = (CUSTOMER_KIND, HOUSE_KIND, CLEARING_KIND)
 _LEDGER_EXPONENT = -8
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _INSUFFICIENT_CONSTRAINTS = frozenset({"insufficient_available_balance", "customer_balance_not_negative"})
+_LEDGER = "core banking ledger"  # how messages name it
 
 
 class LedgerAccountError(PermanentError):
@@ -131,17 +133,16 @@ def _check_currency(currency: str) -> None:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """Turn driver errors into the job's error tree."""
+def translated(where: URL) -> Iterator[None]:
+    """Turn driver errors into the job's error tree; messages name host:port/dbname and the cause."""
     try:
-        yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise LedgerUnavailableError(f"core banking ledger unavailable: {type(exc.orig).__name__}") from exc
+        with unavailable_as(_LEDGER, where, LedgerUnavailableError):
+            yield
     except sa.exc.TimeoutError as exc:  # no pooled connection free in time
-        raise LedgerUnavailableError("core banking ledger connection pool exhausted") from exc
+        raise LedgerUnavailableError(f"{_LEDGER} at {dsn_location(where)}: connection pool exhausted") from exc
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:
-            raise LedgerUnavailableError("core banking ledger connection lost") from exc
+            raise LedgerUnavailableError(f"{_LEDGER} at {dsn_location(where)}: connection lost") from exc
         raise
 
 
@@ -162,7 +163,7 @@ class Ledger:
 
     def _available(self, account_reference: str) -> Decimal | None:
         """Balance minus active holds now (for the refusal's evidence; the trigger decided)."""
-        with _translated(), self._autocommit.connect() as conn:
+        with translated(self._engine.url), self._autocommit.connect() as conn:
             value = conn.execute(
                 sa.text(
                     """SELECT a.balance - coalesce((SELECT sum(h.amount) FROM ledger.holds h
@@ -185,7 +186,7 @@ class Ledger:
         refs = sorted(set(account_references))
         if not refs:
             return {}
-        with _translated(), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(
                 sa.text(
                     """SELECT reference, currency, available FROM ledger.available_balances
@@ -202,7 +203,7 @@ class Ledger:
 
     def get_transfer(self, idempotency_key: str) -> Transfer | None:
         """The transfer posted under ``idempotency_key``, or None."""
-        with _translated(), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             row = conn.execute(_SELECT_TRANSFER_BY_KEY, {"key": idempotency_key}).first()
         return _transfer(row) if row is not None else None
 
@@ -211,7 +212,7 @@ class Ledger:
         keys = sorted(set(idempotency_keys))
         if not keys:
             return {}
-        with _translated(), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(_SELECT_TRANSFERS_BY_KEYS, {"keys": keys}).all()
         return {row.idempotency_key: _transfer(row) for row in rows}
 
@@ -246,7 +247,7 @@ class Ledger:
             # locks both accounts, re-checks currency and available cash (balance - active holds) and
             # moves the balances, all committed before the call returns, so no lock is ever held while
             # this process does anything else (the clearing account is shared by every payout).
-            with _translated(), self._autocommit.connect() as conn:
+            with translated(self._engine.url), self._autocommit.connect() as conn:
                 account = conn.execute(
                     sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
                     {"ref": account_reference},
@@ -387,8 +388,7 @@ class Ledger:
                 f"not a {CLEARING_KIND} account in {currency} (see ledger.clearing_account_template)"
             )
         self._clearing_ids[currency] = int(row.id)
-        account_id: int = row.id
-        return account_id
+        return self._clearing_ids[currency]
 
 
 class LedgerAdmin:
@@ -406,7 +406,7 @@ class LedgerAdmin:
         _check_currency(currency)
         if kind not in ACCOUNT_KINDS:
             raise ConfigError(f"unknown ledger account kind {kind!r}")
-        with _translated(), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             return self._open(conn, reference, currency, owner, kind)
 
     def _open(self, conn: Connection, reference: str, currency: str, owner: str, kind: str) -> int:
@@ -425,8 +425,7 @@ class LedgerAdmin:
             raise ConfigError(
                 f"ledger account {mask_account(reference)} already exists as {row.kind} in {row.currency.strip()}"
             )
-        account_id: int = row.id
-        return account_id
+        return int(row.id)
 
     def ensure_clearing_account(self, currency: str) -> str:
         """Open the payout clearing account of ``currency`` if missing; return its reference."""
@@ -437,7 +436,7 @@ class LedgerAdmin:
     def fund(self, reference: str, amount: Decimal, value_date: date, key: str) -> Transfer:
         """Credit ``amount`` to an account from the house account ``HOUSE-{CCY}`` (idempotent by key)."""
         _check_amount(amount)
-        with _translated(), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             account = conn.execute(
                 sa.text("SELECT id, currency FROM ledger.accounts WHERE reference = :ref"), {"ref": reference}
             ).first()
@@ -473,7 +472,7 @@ class LedgerAdmin:
     def place_hold(self, reference: str, amount: Decimal, reason: str) -> int:
         """Block ``amount`` of an account's cash; return the hold id."""
         _check_amount(amount)
-        with _translated(), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             hold_id = conn.execute(
                 sa.text(
                     """INSERT INTO ledger.holds (account_id, amount, reason)
@@ -484,12 +483,11 @@ class LedgerAdmin:
             ).scalar_one_or_none()
         if hold_id is None:
             raise LedgerAccountError(f"no ledger account {mask_account(reference)}")
-        result: int = hold_id
-        return result
+        return int(hold_id)
 
     def release_hold(self, hold_id: int) -> None:
         """Release an active hold (a released hold cannot be released again)."""
-        with _translated(), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             released = conn.execute(
                 sa.text(
                     """UPDATE ledger.holds SET released_at = greatest(now(), created_at)

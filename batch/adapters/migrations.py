@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from batch.adapters.postgres import unavailable_as
 from batch.errors import ConfigError
 
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -65,7 +66,7 @@ def migrate(engine: Engine, component: str, folder: Path | None = None) -> list[
     schema = COMPONENTS[component]
     migrations = load_migrations(folder or sql_root() / component)
     applied_now: list[str] = []
-    with engine.begin() as conn:
+    with unavailable_as(f"{component} database", engine.url), engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"batch.migrate.{schema}"})
         conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
         conn.execute(

@@ -1,27 +1,32 @@
 """PostgreSQL plumbing: the embedded server, DSN resolution and SQLAlchemy engines.
 
 The job talks to three logical databases: its own journal, the core banking ledger and (demo, tests,
-benchmarks only) the InvestSuite sandbox. Each gets its own DSN; an unset DSN means a database of
-that name on the embedded server kept under ``database.data_dir``. Code never assumes two of them
-share a transaction.
+benchmarks only) the InvestSuite sandbox. Each gets its own DSN. An unset DSN is a configuration
+error, unless ``database.embedded`` is true: then it means a database of that name on the embedded
+server kept under ``database.data_dir``. Code never assumes two of them share a transaction.
+
+Messages name a database by ``dsn_location`` (``host:port/dbname``), never by its DSN, so no
+password can reach a log line or an error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+import psutil
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
-from batch.errors import ConfigError
+from batch.errors import ConfigError, DatabaseUnavailableError
 from batch.settings import DatabaseSettings
 
 JOURNAL_DB = "batch_journal"
@@ -73,6 +78,14 @@ class EmbeddedServer:
             conn.execute(sa.text(f"ALTER SYSTEM SET max_connections = {EMBEDDED_MAX_CONNECTIONS}"))
             return True
 
+    def is_running(self) -> bool:
+        """Whether a server process owns ``data_dir`` (its ``postmaster.pid`` names a live process)."""
+        try:
+            pid = int((self.data_dir.resolve() / "postmaster.pid").read_text(encoding="ascii").split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return psutil.pid_exists(pid)
+
     def stop(self, *, mode: str = "fast") -> bool:
         """Stop the server (``fast``: clean shutdown; ``immediate``: for throw-away test data).
 
@@ -96,6 +109,8 @@ def quote_shell(word: str) -> str:
 
 def sqlalchemy_url(dsn: str) -> str:
     """Turn a libpq URI (``postgresql://...``) into a SQLAlchemy psycopg 3 URL."""
+    if not dsn:
+        raise ConfigError("no database DSN configured (see [database] in the config)")
     if dsn.startswith("postgresql+psycopg://"):
         return dsn
     for prefix in ("postgresql://", "postgres://"):
@@ -110,12 +125,57 @@ def with_database(dsn: str, database: str) -> str:
     return parts._replace(path="/" + quote(database)).geturl()
 
 
+def dsn_location(dsn: str | URL) -> str:
+    """``host:port/dbname`` of a DSN (or engine URL), safe for messages: no user, password or options."""
+    try:
+        url = dsn if isinstance(dsn, URL) else make_url(sqlalchemy_url(dsn))
+    except (ConfigError, sa.exc.ArgumentError, ValueError):
+        return "<a DSN that is not a postgresql:// URL>"
+    query_host = url.query.get("host")
+    host = url.host or (query_host if isinstance(query_host, str) else None) or "localhost"
+    query_port = url.query.get("port")
+    port = url.port or (query_port if isinstance(query_port, str) else None) or 5432
+    return f"{host}:{port}/{url.database or ''}"
+
+
+#: libpq's preamble before the cause, e.g. 'connection failed: connection to server at "h", port 5432 failed: '
+_LIBPQ_PREAMBLE = re.compile(
+    r"^(?:connection (?:failed|is bad): )?(?:connection to server (?:at|on) .*? failed: )?(?:(?:FATAL|ERROR):\s+)?"
+)
+_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)\S+|(://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+
+
+def connection_cause(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: the driver's first line without libpq's preamble (the
+    location is named separately), any password masked; e.g. ``connection refused``."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    text = _LIBPQ_PREAMBLE.sub("", lines[0].strip()) if lines else ""
+    text = _PASSWORD_IN_TEXT.sub(lambda m: f"{m.group(1)}***" if m.group(1) else f"{m.group(2)}***@", text)
+    if not text:
+        return type(orig).__name__
+    return text[0].lower() + text[1:] if text[:2] != text[:2].upper() else text
+
+
+@contextmanager
+def unavailable_as(
+    what: str, where: str | URL, error: type[DatabaseUnavailableError] = DatabaseUnavailableError
+) -> Iterator[None]:
+    """Turn a driver's connection failure into ``error``: "<what> at host:port/db unavailable: <cause>"."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise error(f"{what} at {dsn_location(where)} unavailable: {connection_cause(exc)}") from exc
+
+
 @contextmanager
 def _admin_connection(admin_dsn: str) -> Iterator[sa.Connection]:
     """One autocommit connection, no pool (for server administration: CREATE DATABASE, ALTER SYSTEM)."""
     engine = sa.create_engine(sqlalchemy_url(admin_dsn), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     try:
-        with engine.connect() as conn:
+        with unavailable_as("PostgreSQL server", admin_dsn):
+            conn = engine.connect()
+        with conn:
             yield conn
     finally:
         engine.dispose()
@@ -131,33 +191,68 @@ def ensure_database(admin_dsn: str, database: str) -> None:
 
 @dataclass(frozen=True)
 class Dsns:
+    """The DSN of each database. ``sandbox`` is "" when it is neither configured nor embedded (only the
+    demo, the sandbox commands and the tests need it)."""
+
     journal: str
     ledger: str
     sandbox: str
+    #: the embedded server that ``resolve_dsns`` started (it was not running before): whoever resolved
+    #: the DSNs stops it when done. None when nothing was started.
+    started_server: EmbeddedServer | None = None
 
 
-def resolve_dsns(settings: DatabaseSettings, *, start_embedded: bool = True) -> Dsns:
-    """DSNs from the settings; unset ones point at databases on the embedded server (started here)."""
+#: component -> its setting under [database]
+DSN_SETTINGS = {"journal": "journal_dsn", "ledger": "ledger_dsn", "sandbox": "sandbox_dsn"}
+_DATABASE_NAMES = {"journal": JOURNAL_DB, "ledger": LEDGER_DB, "sandbox": SANDBOX_DB}
+
+
+def missing_dsn_message(components: Collection[str], data_dir: Path) -> str:
+    """One line naming the unset DSN settings, their environment variables and the embedded alternative."""
+    settings = [f"database.{DSN_SETTINGS[c]}" for c in components]
+    env = ", ".join(f"BATCH_DATABASE__{DSN_SETTINGS[c].upper()}" for c in components)
+    verb = "is" if len(settings) == 1 else "are"
+    return (
+        f"{' and '.join(settings)} {verb} not set ({env}); or set [database] embedded = true "
+        f"to use the embedded server under {data_dir}"
+    )
+
+
+def resolve_dsns(settings: DatabaseSettings, *, components: Collection[str] = ("journal", "ledger")) -> Dsns:
+    """The DSNs of the databases; ``components`` are those the command needs.
+
+    A needed DSN left unset is a ConfigError naming the setting, unless ``database.embedded`` is true:
+    then the embedded server under ``data_dir`` is started (when it is not running; see
+    ``Dsns.started_server``) and every unset DSN points at its own database there. Nothing is ever
+    started for a DSN the command does not need.
+    """
     given = {
-        "journal": settings.journal_dsn.get_secret_value() if settings.journal_dsn else None,
-        "ledger": settings.ledger_dsn.get_secret_value() if settings.ledger_dsn else None,
-        "sandbox": settings.sandbox_dsn.get_secret_value() if settings.sandbox_dsn else None,
+        "journal": settings.journal_dsn.get_secret_value() if settings.journal_dsn else "",
+        "ledger": settings.ledger_dsn.get_secret_value() if settings.ledger_dsn else "",
+        "sandbox": settings.sandbox_dsn.get_secret_value() if settings.sandbox_dsn else "",
     }
-    names = {"journal": JOURNAL_DB, "ledger": LEDGER_DB, "sandbox": SANDBOX_DB}
-    if all(given.values()) or not start_embedded:
-        missing = [k for k, v in given.items() if not v]
-        if missing and not start_embedded:
-            raise ConfigError(f"no DSN configured for: {', '.join(missing)}")
-        return Dsns(**{k: str(v) for k, v in given.items()})
-    admin = EmbeddedServer(settings.data_dir).start()
-    resolved: dict[str, str] = {}
+    unknown = set(components) - set(given)
+    if unknown:
+        raise ValueError(f"unknown database component(s): {', '.join(sorted(unknown))}")
+    missing = [c for c in given if c in components and not given[c]]
+    if not missing:
+        return Dsns(journal=given["journal"], ledger=given["ledger"], sandbox=given["sandbox"])
+    if not settings.embedded:
+        raise ConfigError(missing_dsn_message(missing, settings.data_dir))
+    server = EmbeddedServer(settings.data_dir)
+    was_running = server.is_running()
+    admin = server.start()
+    resolved = dict(given)
     for key, dsn in given.items():
-        if dsn:
-            resolved[key] = dsn
-        else:
-            ensure_database(admin, names[key])
-            resolved[key] = with_database(admin, names[key])
-    return Dsns(**resolved)
+        if not dsn:
+            ensure_database(admin, _DATABASE_NAMES[key])
+            resolved[key] = with_database(admin, _DATABASE_NAMES[key])
+    return Dsns(
+        journal=resolved["journal"],
+        ledger=resolved["ledger"],
+        sandbox=resolved["sandbox"],
+        started_server=None if was_running else server,
+    )
 
 
 def make_engine(dsn: str, *, pool_size: int = 5, application_name: str = "batch") -> Engine:

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     NOTHING_TO_PAY = "NOTHING_TO_PAY"
     BALANCE_CHANGED = "BALANCE_CHANGED"
     PAYOUT_IN_PROGRESS = "PAYOUT_IN_PROGRESS"
+    CHANGED_SINCE_PLANNING = "CHANGED_SINCE_PLANNING"  # the fresh read before the ledger post disagreed (also SKIP)
     # SKIP
     PAPER_MONEY = "PAPER_MONEY"
     ARCHIVED = "ARCHIVED"
@@ -61,6 +62,7 @@ class Reason(StrEnum):
     AWAITING_APPROVAL = "AWAITING_APPROVAL"  # an earlier payout of this portfolio is HELD
     PAYOUT_NEEDS_ATTENTION = "PAYOUT_NEEDS_ATTENTION"  # an earlier payout of this portfolio needs a human
     INVALID_HOLDINGS = "INVALID_HOLDINGS"
+    INVALID_REMOTE_DATA = "INVALID_REMOTE_DATA"  # a write built from InvestSuite's data would be refused
 
 
 @dataclass(frozen=True)

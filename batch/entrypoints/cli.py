@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--date", type=_date)
     runs.add_argument("--limit", type=int, default=50)
 
+    reconcile = sub.add_parser(
+        "reconcile", help="match the journal with the ledger and InvestSuite, read back (read-only); exit 3 on breaks"
+    )
+    reconcile.add_argument("--date", type=_date, help="the payouts of this business date")
+    reconcile.add_argument("--run", type=_uuid, help="only the payouts this run created or drove")
+    reconcile.add_argument("--book", action="store_true", help="every REAL_MONEY portfolio's cash against the ledger")
+    reconcile.add_argument("--format", choices=["text", "json"], default="text")
+    reconcile.add_argument("--operator", help="who runs it (default: $BATCH_OPERATOR or $USER)")
+
     oversight.add_parsers(sub, _uuid)
 
     sandbox = sub.add_parser("sandbox", help="the local InvestSuite-compatible sandbox (never in production)")
@@ -148,13 +157,15 @@ def _with_app(settings: Settings, fn: Callable[[App], int], *, migrate_schemas: 
         return fn(app)
     finally:
         app.close()
+        if app.dsns.started_server is not None:  # a command stops what it started
+            app.dsns.started_server.stop()
 
 
-def print_run_result(result: RunResult) -> None:
+def print_run_result(result: RunResult, template_dir: Path | None = None) -> None:
     if result.report is not None:
         from batch.service.render import render_text  # noqa: PLC0415
 
-        print(render_text(result.report), end="")
+        print(render_text(result.report, template_dir), end="")
     if result.error:
         print(f"error: {result.error}")
     for fmt, path in sorted(result.report_paths.items()):
@@ -187,7 +198,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         from batch.service.metrics import publish_run_metrics  # noqa: PLC0415
 
         result = run_job(app, request, stop=stop, spawn_workers=spawn_local_workers(args.config))
-        print_run_result(result)
+        print_run_result(result, settings.report.template_dir)
         publish_run_metrics(settings.metrics, result)
         return int(result.exit_code)
 
@@ -254,13 +265,13 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(str(exc), file=sys.stderr)
             return ExitCode.USAGE
-        writer = render.WRITERS[args.format]
+        template_dir = settings.report.template_dir
         if args.output:
             with args.output.open("w", encoding="utf-8", newline="") as out:
-                writer(report, out)
+                render.write(report, args.format, out, template_dir=template_dir)
             print(f"wrote {args.output}")
         else:
-            writer(report, sys.stdout)
+            render.write(report, args.format, sys.stdout, template_dir=template_dir)
         return ExitCode.OK
 
     return _with_app(settings, go)
@@ -273,6 +284,43 @@ def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
         for line in run_history(app.journal_engine, business_date=args.date, limit=args.limit):
             print(line)
         return ExitCode.OK
+
+    return _with_app(settings, go)
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from batch.service.reconcile_text import reconciliation_lines  # noqa: PLC0415
+    from batch.service.reconciling import reconcile_book, reconcile_payouts  # noqa: PLC0415
+
+    if args.book == bool(args.date or args.run):
+        print("reconcile: give --book, or --date and/or --run", file=sys.stderr)
+        return ExitCode.USAGE
+
+    def go(app: App) -> int:
+        if args.book:
+            result = reconcile_book(app, actor=_operator(args))
+        else:
+            if args.run and args.date:
+                run = app.journal.get_run(args.run)
+                if run is not None and run["business_date"] != args.date:
+                    print(
+                        f"run {args.run} is of business date {run['business_date']}, not {args.date}", file=sys.stderr
+                    )
+                    return ExitCode.USAGE
+            try:
+                result = reconcile_payouts(app, actor=_operator(args), business_date=args.date, run_id=args.run)
+            except LookupError as exc:
+                print(str(exc), file=sys.stderr)
+                return ExitCode.USAGE
+        if args.format == "json":
+            document = {**result.figures(), "checked": result.checked, "breaks": [b.to_dict() for b in result.breaks]}
+            print(json.dumps({"kind": result.kind, "id": str(result.id), **document}, indent=2, default=str))
+        else:
+            for line in reconciliation_lines(result):
+                print(line)
+        return ExitCode.OK if result.clean else ExitCode.ATTENTION
 
     return _with_app(settings, go)
 
@@ -334,11 +382,12 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "payouts": cmd_payouts,
     "report": cmd_report,
     "runs": cmd_runs,
+    "reconcile": cmd_reconcile,
     "sandbox": cmd_sandbox,
     "db": cmd_db,
     "demo": cmd_demo,
     "schedule": cmd_schedule,
-    **oversight.COMMANDS,
+    **oversight.commands(_with_app),
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,7 +48,9 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
         server.stop()
         shutil.rmtree(settings.database.data_dir, ignore_errors=True)
     print(f"== embedded PostgreSQL under {settings.database.data_dir}")
-    dsns = resolve_dsns(settings.database)
+    # the demo is the one command that always means the embedded server (it stops it at the end)
+    database = settings.database.model_copy(update={"embedded": True})
+    dsns = resolve_dsns(database, components=("journal", "ledger", "sandbox"))
     for component in ("journal", "ledger", "sandbox"):
         engine = make_engine(getattr(dsns, component), pool_size=1)
         try:

@@ -8,6 +8,7 @@ Who acts is what the database says (the login role of the journal DSN, stamped o
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import uuid
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from batch.adapters.anchors import append_anchor, read_anchors
-from batch.bootstrap import App, build_app
+from batch.bootstrap import App
 from batch.domain.audit import Anchor, AnchorError, AuditVerification, parse_expect
 from batch.errors import ConfigError
 from batch.service.run import ExitCode
 from batch.settings import Settings
+
+#: builds the app, runs the function on it, closes it (the CLI's own, ``batch.entrypoints.cli._with_app``)
+WithApp = Callable[[Settings, Callable[[App], int]], int]
 
 
 def display_name(args: argparse.Namespace) -> str | None:
@@ -74,24 +78,16 @@ def add_parsers(sub: Any, payout_id: Callable[[str], uuid.UUID]) -> None:
     reanchor.add_argument("--operator", help="display name kept beside your login role")
 
 
-def _with_app(settings: Settings, fn: Callable[[App], int]) -> int:
-    app = build_app(settings, migrate_schemas=False)
-    try:
-        return fn(app)
-    finally:
-        app.close()
-
-
-def cmd_whoami(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_whoami(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
     def go(app: App) -> int:
         for line in app.journal.whoami().describe():
             print(line)
         return ExitCode.OK
 
-    return _with_app(settings, go)
+    return with_app(settings, go)
 
 
-def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_payout(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
     name = display_name(args)
 
     def go(app: App) -> int:
@@ -100,7 +96,7 @@ def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {outcome.acted(name)}")
         return ExitCode.OK
 
-    return _with_app(settings, go)
+    return with_app(settings, go)
 
 
 def _verified_line(result: AuditVerification) -> str:
@@ -132,7 +128,7 @@ def _anchors(paths: list[Path]) -> list[Anchor]:
     return found
 
 
-def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
     name = display_name(args)
     if args.action == "verify":
         anchors = [*args.expect, *_anchors(args.anchors)]
@@ -174,7 +170,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"anchored seq {anchor.seq} {anchor.hash} (run {anchor.run_id}) to {args.to}")
         return ExitCode.OK
 
-    return _with_app(settings, go)
+    return with_app(settings, go)
 
 
 def _reanchor(app: App, reason: str, name: str | None) -> int:
@@ -192,8 +188,9 @@ def _reanchor(app: App, reason: str, name: str | None) -> int:
     return ExitCode.OK
 
 
-COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-    "whoami": cmd_whoami,
-    "payout": cmd_payout,
-    "audit": cmd_audit,
-}
+def commands(with_app: WithApp) -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
+    """The commands of this module, each run with the CLI's ``with_app`` (it builds the app and closes it)."""
+    return {
+        name: functools.partial(command, with_app=with_app)
+        for name, command in (("whoami", cmd_whoami), ("payout", cmd_payout), ("audit", cmd_audit))
+    }

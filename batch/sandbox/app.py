@@ -9,7 +9,8 @@ Routes (a trailing slash is optional on each)::
     GET   /users/{id}
     POST  /portfolios/{id}/transactions/       GET /portfolios/{id}/transactions/?query=
     POST  /events/withdraw/                    POST /events/deposit/     (Idempotency-Key)
-    GET|PUT /_sandbox/faults, GET /_sandbox/stats, POST /_sandbox/stats/reset,
+    GET|PUT /_sandbox/faults, GET /_sandbox/stats, POST /_sandbox/stats/reset (also clears the writes),
+    GET /_sandbox/writes?route=   the write requests received (route, path, status, raw body),
     POST  /_sandbox/expire-tokens, GET /_sandbox/health              (admin: no auth, no faults)
 
 Choices where the reference is silent (documented in the final report and tested):
@@ -26,13 +27,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
-import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -42,12 +40,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from batch import codec
 from batch.adapters.migrations import migrate
 from batch.adapters.postgres import make_engine
 from batch.codec import JsonInputError
 from batch.sandbox.faults import FaultInjector, FaultSettings, RequestStats
 from batch.sandbox.query import Expression, QuerySyntaxError, parse_query
-from batch.sandbox.store import Document, Page, SandboxStore, dumps, loads, new_id, now_iso
+from batch.sandbox.rules import (
+    Problem,
+    apply_portfolio_patch,
+    bad_request,
+    conflict,
+    extra_fields,
+    not_found,
+    parse_request_float,
+    transaction_document,
+    unauthorized,
+    validate_event,
+    validate_portfolio_patch,
+    validate_transaction,
+)
+from batch.sandbox.store import Page, SandboxStore, dumps, new_id, now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -58,101 +71,8 @@ DEFAULT_ACCESS_KEY_ID = "demo-access-key"
 DEFAULT_SECRET_ACCESS_KEY = "demo-secret-key"  # noqa: S105 - the sandbox's documented demo key
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
-
-PORTFOLIO_ID_RE = re.compile(r"^P[0-9A-HJKMNP-TV-Z]{26}$")
-USER_ID_RE = re.compile(r"^U[0-9A-HJKMNP-TV-Z]{26}$")
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
-INSTRUMENT_RE = re.compile(r"^(\$[A-Z]{3}|[A-Z]{2}[A-Z0-9]{9}[0-9])$")
-POSITIVE_DECIMAL_RE = re.compile(r"^\d+(\.\d+)?$")
-
-MONEY_TYPES = frozenset({"REAL_MONEY", "PAPER_MONEY"})
-MANAGERS = frozenset({"USER_MANAGED", "ROBO_ADVISOR_ADVISORY", "ROBO_ADVISOR_DISCRETIONARY"})
-PORTFOLIO_STATUSES = frozenset({"WAITING_FOR_ACCOUNT", "WAITING_FOR_POLICY", "WAITING_FOR_FUNDS", "ACTIVE", "INACTIVE"})
-MOVEMENT_TYPES = frozenset(
-    {
-        "CASH_DEPOSIT",
-        "CASH_DIVIDEND",
-        "CASH_WITHDRAWAL",
-        "COUPON",
-        "BUY",
-        "SELL",
-        "CORPORATE_ACTION_IN",
-        "CORPORATE_ACTION_OUT",
-        "REVERSE_STOCK_SPLIT",
-        "STOCK_DIVIDEND",
-        "STOCK_SPLIT",
-        "TRANSFER_IN",
-        "TRANSFER_OUT",
-        "CUSTODY_FEE",
-        "INSTRUMENT_ENTRY_EXIT_FEE",
-        "MANAGEMENT_FEE",
-        "OTHER_FEE",
-        "OTHER_TAX",
-        "SERVICE_ENTRY_EXIT_FEE",
-        "TRANSACTION_FEE",
-        "WITHHOLDING_TAX",
-    }
-)
-MOVEMENT_STATUSES = frozenset(
-    {"PLANNED", "PENDING", "PLACED", "EXECUTED", "SETTLED", "CANCELLED", "NOT_EXECUTED", "EXPIRED"}
-)
-TRADE_TYPES = frozenset({"CANCEL", "REBOOK", "INSTRUMENT_CHANGE", "CORRECTION"})
-MOVEMENT_FIELDS = frozenset(
-    {
-        "type",
-        "status",
-        "datetime",
-        "instrument_id",
-        "quantity",
-        "unit_price",
-        "unit_price_currency",
-        "external_id",
-        "reference_external_id",
-        "trade_type",
-        "description",
-        "reference_instrument_id",
-    }
-)
-REQUIRED_MOVEMENT_FIELDS = ("type", "status", "datetime", "instrument_id", "quantity")
-TRANSACTION_FIELDS = frozenset({"external_id", "movements", "optimization_id", "order_type", "description"})
-
-PATCHABLE_PORTFOLIO_FIELDS = frozenset(
-    {
-        "name",
-        "external_id",
-        "owned_by_user_id",
-        "owned_by_user_ids",
-        "readable_by",
-        "modifiable_by",
-        "base_currency",
-        "money_type",
-        "config",
-        "brokerage_account",
-        "portfolio",
-        "funded_since",
-        "snapshot_datetime",
-        "start_datetime",
-        "archived",
-        "status",
-    }
-)
-READ_ONLY_PORTFOLIO_FIELDS = frozenset(
-    {"id", "version", "version_datetime", "version_authored_by_user_id", "creation_datetime", "deleted", "_embedded"}
-)
-CONFIG_FIELDS = frozenset({"manager", "manager_version", "manager_settings"})
-
-_CASH_MOVEMENTS = frozenset({"CASH_DEPOSIT", "CASH_WITHDRAWAL"})
-_ORDER_MOVEMENTS = frozenset({"BUY", "SELL"})
-
-
-class Problem(Exception):
-    """An error answer: HTTP status and the InvestSuite-shaped body."""
-
-    def __init__(self, status: int, body: Document, headers: dict[str, str] | None = None) -> None:
-        super().__init__(body.get("title", ""))
-        self.status = status
-        self.body = body
-        self.headers = headers
+#: write requests remembered for ``GET /_sandbox/writes``
+WRITES_KEPT = 100_000
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -163,243 +83,12 @@ def text_json_response(text: str, status: int = 200, headers: dict[str, str] | N
     return Response(text, status_code=status, media_type="application/json", headers=headers)
 
 
-def bad_request(loc: list[str], msg: str, kind: str = "value_error") -> Problem:
-    return Problem(400, {"title": "Bad request", "detail": [{"loc": loc, "msg": msg, "type": kind}], "status": 400})
-
-
-def not_found(detail: str) -> Problem:
-    return Problem(404, {"title": "Resource not found", "detail": detail, "status": 404})
-
-
-def conflict(detail: str) -> Problem:
-    return Problem(409, {"title": "Business logic error", "detail": detail, "status": 409})
-
-
-def unauthorized(description: str = "JWT invalid") -> Problem:
-    return Problem(
-        401,
-        {"title": "Unauthorized", "description": description, "request_id": str(uuid.uuid4()), "timestamp": now_iso()},
-    )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | Decimal) and not isinstance(value, bool)
-
-
-def _is_datetime(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return parsed.tzinfo is not None
-
-
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
-        return loads(raw)
+        return codec.loads(raw, parse_float=parse_request_float)
     except JsonInputError as exc:
         raise bad_request(["body"], str(exc), "value_error.jsondecode") from exc
-
-
-def _extra_fields(body: Document, allowed: frozenset[str], loc: list[str]) -> None:
-    for field in body:
-        if field not in allowed:
-            raise bad_request([*loc, field], "extra fields not permitted", "value_error.extra")
-
-
-# -- PATCH /portfolios/{id}/ ------------------------------------------------------------------------
-
-
-def _field_error(name: str, value: Any) -> str | None:
-    """Why a PATCH value is not acceptable for a top-level portfolio field, or None."""
-    if name == "name":
-        return None if isinstance(value, str) and 0 < len(value) <= 128 else "must be a string of 1 to 128 characters"
-    if name == "external_id":
-        return None if value is None or isinstance(value, str) else "must be a string or null"
-    if name == "owned_by_user_id":
-        return None if isinstance(value, str) and USER_ID_RE.match(value) else "must be a user id"
-    if name in ("owned_by_user_ids", "readable_by", "modifiable_by"):
-        ok = isinstance(value, list) and all(isinstance(v, str) and USER_ID_RE.match(v) for v in value)
-        return None if ok else "must be a list of user ids"
-    if name == "base_currency":
-        return None if isinstance(value, str) and CURRENCY_RE.match(value) else "must be an ISO 4217 code"
-    if name == "money_type":
-        return None if value in MONEY_TYPES else f"must be one of {sorted(MONEY_TYPES)}"
-    if name == "config":
-        if not isinstance(value, dict):
-            return "must be an object"
-        extra = sorted(set(value) - CONFIG_FIELDS)
-        if extra:
-            return f"extra fields not permitted in config: {extra}"
-        if "manager" in value and value["manager"] not in MANAGERS:
-            return f"config.manager must be one of {sorted(MANAGERS)}"
-        version = value.get("manager_version", 1)
-        if not (isinstance(version, int) and not isinstance(version, bool) and version >= 1):
-            return "config.manager_version must be an integer >= 1"
-        if "manager_settings" in value and not isinstance(value["manager_settings"], dict):
-            return "config.manager_settings must be an object"
-        return None
-    if name == "brokerage_account":
-        return None if value is None or isinstance(value, dict) else "must be an object or null"
-    if name == "portfolio":
-        if not isinstance(value, dict):
-            return "must be an object mapping instrument ids to quantities"
-        for key, quantity in value.items():
-            if not INSTRUMENT_RE.match(key):
-                return f"{key!r} is neither an ISIN nor $ + an ISO 4217 code"
-            if not _is_number(quantity):
-                return f"the quantity of {key} must be a JSON number"
-        return None
-    if name in ("funded_since", "snapshot_datetime", "start_datetime"):
-        return None if value is None or _is_datetime(value) else "must be an ISO 8601 date-time with offset or null"
-    if name == "archived":
-        return None if isinstance(value, bool) else "must be a boolean"
-    if name == "status":
-        return None if value in PORTFOLIO_STATUSES else f"must be one of {sorted(PORTFOLIO_STATUSES)}"
-    return "unknown field"  # pragma: no cover - callers check the field list first
-
-
-def validate_portfolio_patch(patch: Any) -> Document:
-    """The PATCH body if acceptable; raises Problem(400) otherwise."""
-    if not isinstance(patch, dict):
-        raise bad_request(["body"], "the body must be a JSON object", "type_error.dict")
-    for field, value in patch.items():
-        if field in READ_ONLY_PORTFOLIO_FIELDS:
-            raise bad_request(["body", field], "field is read-only", "value_error.readonly")
-        if field not in PATCHABLE_PORTFOLIO_FIELDS:
-            raise bad_request(["body", field], "extra fields not permitted", "value_error.extra")
-        error = _field_error(field, value)
-        if error is not None:
-            raise bad_request(["body", field], error)
-    return patch
-
-
-def apply_portfolio_patch(document: Document, patch: Document) -> tuple[int, Document]:
-    """Apply a validated PATCH: top-level fields replace the stored ones whole; version + 1."""
-    if document.get("deleted"):
-        return 409, conflict(f"portfolio {document.get('id')} is deleted").body
-    if "money_type" in patch and patch["money_type"] != document.get("money_type"):
-        return 409, conflict("money_type is write-once and cannot be changed").body
-    if "config" in patch:
-        old_manager = (document.get("config") or {}).get("manager")
-        if patch["config"].get("manager") != old_manager:
-            return 409, conflict("config.manager is write-once and cannot be changed (or removed)").body
-    updated = dict(document)
-    updated.update(patch)
-    updated["version"] = int(document.get("version", 1)) + 1
-    updated["version_datetime"] = now_iso()
-    return 200, updated
-
-
-# -- POST /portfolios/{id}/transactions/ ------------------------------------------------------------
-
-
-def validate_transaction(body: Any) -> Document:
-    """The transaction request if acceptable; raises Problem(400) otherwise."""
-    if not isinstance(body, dict):
-        raise bad_request(["body"], "the body must be a JSON object", "type_error.dict")
-    _extra_fields(body, TRANSACTION_FIELDS, ["body"])
-    external_id = body.get("external_id")
-    if external_id is not None and not (isinstance(external_id, str) and len(external_id) <= 64):
-        raise bad_request(["body", "external_id"], "must be a string of at most 64 characters")
-    if body.get("order_type") not in (None, "MARKET", "LIMIT"):
-        raise bad_request(["body", "order_type"], "must be MARKET or LIMIT")
-    movements = body.get("movements")
-    if not isinstance(movements, list) or not movements:
-        raise bad_request(["body", "movements"], "at least one movement is required")
-    for index, movement in enumerate(movements):
-        loc = ["body", "movements", str(index)]
-        if not isinstance(movement, dict):
-            raise bad_request(loc, "a movement must be an object", "type_error.dict")
-        _extra_fields(movement, MOVEMENT_FIELDS, loc)
-        for field in REQUIRED_MOVEMENT_FIELDS:
-            if field not in movement:
-                raise bad_request([*loc, field], "field required", "value_error.missing")
-        if movement["type"] not in MOVEMENT_TYPES:
-            raise bad_request([*loc, "type"], "not a known movement type", "type_error.enum")
-        if movement["status"] not in MOVEMENT_STATUSES:
-            raise bad_request([*loc, "status"], "not a known movement status", "type_error.enum")
-        if not _is_datetime(movement["datetime"]):
-            raise bad_request([*loc, "datetime"], "must be an ISO 8601 date-time with offset")
-        if not (isinstance(movement["instrument_id"], str) and INSTRUMENT_RE.match(movement["instrument_id"])):
-            raise bad_request([*loc, "instrument_id"], "must be $ + an ISO 4217 code or an ISIN")
-        if not _is_number(movement["quantity"]):
-            raise bad_request([*loc, "quantity"], "must be a number", "type_error.number")
-        if "unit_price" in movement and not _is_number(movement["unit_price"]):
-            raise bad_request([*loc, "unit_price"], "must be a number", "type_error.number")
-        if movement.get("trade_type") not in (None, *TRADE_TYPES):
-            raise bad_request([*loc, "trade_type"], "not a known trade type", "type_error.enum")
-    return body
-
-
-def transaction_document(portfolio_id: str, currency: str | None, body: Document) -> Document:
-    """The stored transaction: type from its movements, status = the latest movement's status."""
-    movements: list[Document] = body["movements"]
-    latest = max(enumerate(movements), key=lambda item: (datetime.fromisoformat(item[1]["datetime"]), item[0]))
-    kinds = {m["type"] for m in movements}
-    if kinds <= _CASH_MOVEMENTS:
-        kind = "CASH_TRANSFER"
-    elif kinds & _ORDER_MOVEMENTS:
-        kind = "ORDER"
-    elif kinds & {"TRANSFER_IN", "TRANSFER_OUT"}:
-        kind = "SECURITY_TRANSFER"
-    elif kinds & {"CORPORATE_ACTION_IN", "CORPORATE_ACTION_OUT", "STOCK_SPLIT", "REVERSE_STOCK_SPLIT"}:
-        kind = "CORPORATE_ACTION"
-    else:
-        kind = "ADMINISTRATIVE"
-    stamp = now_iso()
-    return {
-        "id": new_id("T"),
-        "portfolio_id": portfolio_id,
-        "portfolio_currency": currency,
-        "external_id": body.get("external_id"),
-        "optimization_id": body.get("optimization_id"),
-        "order_type": body.get("order_type"),
-        "description": body.get("description"),
-        "type": kind,
-        "status": latest[1]["status"],
-        "movements": movements,
-        "creation_datetime": stamp,
-        "version": 1,
-        "version_datetime": stamp,
-        "deleted": False,
-    }
-
-
-# -- POST /events/{kind}/ ---------------------------------------------------------------------------
-
-
-def validate_event(body: Any) -> dict[str, str]:
-    """The event's ``data`` if acceptable; raises Problem(400) otherwise."""
-    if not isinstance(body, dict):
-        raise bad_request(["body"], "the body must be a JSON object", "type_error.dict")
-    _extra_fields(body, frozenset({"data"}), ["body"])
-    data = body.get("data")
-    if not isinstance(data, dict):
-        raise bad_request(["body", "data"], "field required", "value_error.missing")
-    _extra_fields(data, frozenset({"amount", "currency", "portfolio"}), ["body", "data"])
-    for field in ("amount", "currency", "portfolio"):
-        if field not in data:
-            raise bad_request(["body", "data", field], "field required", "value_error.missing")
-    amount = data["amount"]
-    if not isinstance(amount, str) or not POSITIVE_DECIMAL_RE.match(amount):
-        raise bad_request(["body", "data", "amount"], "must be a string holding a positive decimal number")
-    try:
-        positive = Decimal(amount) > 0
-    except InvalidOperation:  # pragma: no cover - the regex already checked
-        positive = False
-    if not positive:
-        raise bad_request(["body", "data", "amount"], "must be greater than zero")
-    currency = data["currency"]
-    if not isinstance(currency, str) or not CURRENCY_RE.match(currency):
-        raise bad_request(["body", "data", "currency"], "must be an ISO 4217 code without '$'")
-    portfolio = data["portfolio"]
-    if not isinstance(portfolio, str) or not PORTFOLIO_ID_RE.match(portfolio):
-        raise bad_request(["body", "data", "portfolio"], "must be a portfolio id")
-    return {"amount": amount, "currency": currency, "portfolio": portfolio}
 
 
 # -- the application --------------------------------------------------------------------------------
@@ -432,6 +121,8 @@ class Sandbox:
         self.next_style = next_style
         self.faults = FaultInjector(faults)
         self.stats = RequestStats()
+        #: the last write requests (method, route, path, status, raw body), newest last
+        self.writes: deque[dict[str, Any]] = deque(maxlen=WRITES_KEPT)
         self.migrate_on_start = migrate_on_start
         #: access token -> expiry (epoch seconds); a cache of sandbox.tokens
         self._access_tokens: dict[str, float] = {}
@@ -450,6 +141,12 @@ class Sandbox:
                 logger.exception("sandbox.request_failed", extra={"route": route})
                 response = json_response({"title": "Internal server error", "status": 500}, 500)
             self.stats.record(route, response.status_code)
+            if request.method in ("POST", "PATCH") and authenticated:
+                # what the client wrote, byte for byte, so tests can check the bodies it sends
+                body = (await request.body()).decode("utf-8", errors="replace")
+                self.writes.append(
+                    {"route": route, "path": request.url.path, "status": response.status_code, "body": body}
+                )
             return response
 
         return run
@@ -467,8 +164,10 @@ class Sandbox:
             await asyncio.sleep(self.faults.latency_seconds)
         error = self.faults.injected_error(method, path)
         if error is not None:
-            title = "Internal server error" if error == 500 else "Service unavailable"
-            raise Problem(error, {"title": title, "detail": "injected fault", "status": error})
+            titles = {500: "Internal server error", 503: "Service unavailable", 422: "Validation error"}
+            raise Problem(
+                error, {"title": titles.get(error, "Injected error"), "detail": "injected fault", "status": error}
+            )
         if authenticated:
             await self._authenticate(request)
         response = await handler(request)
@@ -509,7 +208,7 @@ class Sandbox:
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise bad_request(["body"], "the body must be a JSON object", "type_error.dict")
-        _extra_fields(body, frozenset({"access_key_id", "secret_access_key"}), ["body"])
+        extra_fields(body, frozenset({"access_key_id", "secret_access_key"}), ["body"])
         if body.get("access_key_id") != self.access_key_id or body.get("secret_access_key") != self.secret_access_key:
             raise unauthorized("invalid access key")
         return await self._tokens_response()
@@ -518,7 +217,7 @@ class Sandbox:
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise bad_request(["body"], "the body must be a JSON object", "type_error.dict")
-        _extra_fields(body, frozenset({"refresh_token"}), ["body"])
+        extra_fields(body, frozenset({"refresh_token"}), ["body"])
         token = body.get("refresh_token")
         if not isinstance(token, str) or not await self.store.consume_refresh_token(token):
             raise unauthorized("refresh token invalid")
@@ -686,8 +385,14 @@ class Sandbox:
     async def get_stats(self, request: Request) -> Response:
         return json_response(self.stats.snapshot())
 
+    async def get_writes(self, request: Request) -> Response:
+        """The recorded write requests, optionally only those whose route contains ``?route=``."""
+        wanted = request.query_params.get("route")
+        return json_response([w for w in self.writes if wanted is None or wanted in w["route"]])
+
     async def reset_stats(self, request: Request) -> Response:
         self.stats.reset()
+        self.writes.clear()
         return json_response(self.stats.snapshot())
 
     async def expire_tokens(self, request: Request) -> Response:
@@ -710,6 +415,7 @@ class Sandbox:
             Route("/_sandbox/faults", self.put_faults, methods=["PUT"]),
             Route("/_sandbox/stats", self.get_stats, methods=["GET"]),
             Route("/_sandbox/stats/reset", self.reset_stats, methods=["POST"]),
+            Route("/_sandbox/writes", self.get_writes, methods=["GET"]),
             Route("/_sandbox/expire-tokens", self.expire_tokens, methods=["POST"]),
             Route("/_sandbox/health", self.health, methods=["GET"]),
         ]

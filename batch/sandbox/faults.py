@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
@@ -23,8 +23,10 @@ class FaultSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     latency_ms: float = Field(default=0, ge=0, le=60_000)
-    #: probability of answering 500/503 before doing anything
+    #: probability of answering an error (500/503, or ``error_statuses``) before doing anything
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: the statuses an injected error picks from (default 500 and 503); e.g. [422] for a permanent refusal
+    error_statuses: list[int] | None = None
     #: probability (POST/PATCH only) of doing and committing the write, then answering 504
     lose_response_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: token bucket over all non-admin requests; over it: 429 with Retry-After (seconds)
@@ -32,6 +34,13 @@ class FaultSettings(BaseModel):
     methods: list[str] | None = None
     path_prefixes: list[str] | None = None
     seed: int | None = None
+
+    @field_validator("error_statuses")
+    @classmethod
+    def _error_statuses(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(not 400 <= status <= 599 or status == 429 for status in value)):
+            raise ValueError("error statuses must be 4xx (but 429) or 5xx")
+        return value
 
 
 class TokenBucket:
@@ -83,11 +92,11 @@ class FaultInjector:
         return self.settings.latency_ms / 1000.0
 
     def injected_error(self, method: str, path: str) -> int | None:
-        """500 or 503 when this request should fail before doing anything, else None."""
+        """An error status (500 or 503 unless configured) when this request should fail first, else None."""
         rate = self.settings.error_rate
         if rate <= 0 or not self._applies(method, path) or self._random.random() >= rate:
             return None
-        return self._random.choice((500, 503))
+        return self._random.choice(self.settings.error_statuses or (500, 503))
 
     def lose_response(self, method: str, path: str) -> bool:
         """Whether the (already committed) write's response should be replaced by a 504."""

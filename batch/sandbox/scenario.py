@@ -31,6 +31,11 @@ CASES: dict[str, str] = {
     "unknown_currency": "base currency XYZ (not ISO 4217), divest 100, ledger account in XYZ",
     "no_counter_account": "owner has no counter_account (null); divest 100.00 EUR, enough cash",
     "above_cap": "divest 60000.00 EUR, cash and ledger 100000.00 (above a typical payout cap)",
+    "string_positions": 'holdings served as strings ("2250.00", "12.5", "0"), divest 500.00 EUR: paid',
+    "exponent_values": "divest 2.5E+2, cash 1.0E+3 and a position 1.25E+1 in exponent form (EUR): 250.00 paid",
+    "missing_cash_key": "no $EUR key in the holdings, ledger 1000.00, divest 100.00: InvestSuite cash 0",
+    "cash_too_precise": "cash 1000.005 EUR (more decimals than EUR has): it cannot be written back, held",
+    "undocumented_config_field": "config carries a field the docs do not define: the PATCH would be refused, held",
     "no_divest_zero": "divest 0.0: not pending, must not be listed",
     "no_divest_null": "divest null: not pending, must not be listed",
 }

@@ -161,11 +161,26 @@ def _plan_case(case: str, index: int, rng: random.Random) -> SeededPortfolio:
     positions: dict[str, Decimal] = some_positions
     counter_account = True
 
+    served_as_strings = False
     if case == DEFAULT_CASE:
         currency = "EUR" if rng.random() < 0.8 else "USD"
         cash = _money(rng, 1000, 50000)
         divest = _money(rng, 10, int(min(cash / 2, Decimal(20000))))
         ledger_balance = cash
+        served_as_strings = rng.random() < 0.3  # InvestSuite serves some quantities as strings
+    elif case == "string_positions":
+        cash, divest, served_as_strings = Decimal("2250.00"), Decimal("500.00"), True
+        positions = {ISINS[0]: Decimal("12.5"), ISINS[1]: Decimal(0)}
+        ledger_balance = cash
+    elif case == "exponent_values":
+        cash, divest, positions = Decimal("1.0E+3"), Decimal("2.5E+2"), {ISINS[2]: Decimal("1.25E+1")}
+        ledger_balance = Decimal("1000.00")
+    elif case == "missing_cash_key":
+        options["cash_key"] = False
+    elif case == "cash_too_precise":
+        cash, ledger_balance = Decimal("1000.005"), Decimal("1000.00")
+    elif case == "undocumented_config_field":
+        options["config_extra"] = {"display_order": 3}
     elif case == "insufficient_cash":
         cash, divest = Decimal("100.00"), Decimal("5000.00")
         ledger_balance = cash
@@ -220,6 +235,8 @@ def _plan_case(case: str, index: int, rng: random.Random) -> SeededPortfolio:
     else:
         raise ValueError(f"unknown scenario case {case!r}")
 
+    cash_key = options.pop("cash_key", True)
+    config_extra = options.pop("config_extra", {})
     portfolio = portfolio_document(
         portfolio_id,
         user_id,
@@ -231,6 +248,11 @@ def _plan_case(case: str, index: int, rng: random.Random) -> SeededPortfolio:
         external_id=reference,
         **options,
     )
+    if not cash_key:
+        del portfolio["portfolio"][f"${currency}"]
+    portfolio["config"].update(config_extra)
+    if served_as_strings:
+        portfolio["portfolio"] = {key: format(value, "f") for key, value in portfolio["portfolio"].items()}
     user = user_document(user_id, index, rng, counter_account=counter_account)
     ledger = (
         None

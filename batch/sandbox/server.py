@@ -14,19 +14,24 @@ import sys
 import time
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import uvicorn
 
+from batch.logs import owns_stdlib_logging
 from batch.sandbox.app import NextStyle, create_app
 
 DSN_ENV = "INVESTSUITE_SANDBOX_DSN"
 
 
 def serve(dsn: str, host: str = "127.0.0.1", port: int = 8765, **app_options: Any) -> None:
-    """Serve the sandbox until interrupted (one uvicorn process, warnings only, no access log)."""
+    """Serve the sandbox until interrupted (one uvicorn process, warnings only, no access log).
+
+    Under ``batch`` (logging configured by ``batch.logs``) uvicorn keeps the job's log format."""
     app = create_app(dsn, **app_options)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    log_config = None if owns_stdlib_logging() else uvicorn.config.LOGGING_CONFIG
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", log_config=log_config)
 
 
 def free_port() -> int:
@@ -64,6 +69,12 @@ class SandboxAdmin:
 
     def reset_stats(self) -> None:
         self._call("POST", "/_sandbox/stats/reset")
+
+    def writes(self, route: str | None = None) -> list[dict[str, Any]]:
+        """The write requests the sandbox received (raw bodies), oldest first; ``route`` filters by substring."""
+        query = f"?{urlencode({'route': route})}" if route else ""
+        result: list[dict[str, Any]] = self._call("GET", "/_sandbox/writes" + query)
+        return result
 
     def expire_tokens(self) -> int:
         expired: int = self._call("POST", "/_sandbox/expire-tokens")["expired"]

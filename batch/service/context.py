@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_reads import LedgerReader
 from batch.settings import Settings
 
 
@@ -31,3 +32,6 @@ class Services(Protocol):
 
     @property
     def journal_engine(self) -> Engine: ...
+
+    @property
+    def ledger_reader(self) -> LedgerReader: ...

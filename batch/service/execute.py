@@ -20,7 +20,6 @@ are claimed from the journal with ``FOR UPDATE SKIP LOCKED`` and a lease, so sev
 
 from __future__ import annotations
 
-import copy
 import random
 import threading
 import time
@@ -37,15 +36,21 @@ from typing import Any
 import structlog
 
 from batch.adapters.investsuite import InvestSuiteClient
-from batch.adapters.investsuite_models import RemoteTransaction
+from batch.adapters.investsuite_models import RemotePortfolio, RemoteTransaction
 from batch.adapters.journal import Journal, PayoutRecord
 from batch.adapters.ledger import Ledger, mask_account
-from batch.domain.money import format_amount, parse_amount, quantize_down
+from batch.domain import writes
+from batch.domain.model import Decision, Reason
+from batch.domain.money import parse_amount
 from batch.domain.payout import EXECUTABLE_STATES, PayoutState, Step
+from batch.domain.policy import Policy
+from batch.domain.recheck import recheck
 from batch.errors import (
     BatchError,
+    ConfigError,
     InsufficientFundsError,
     InvalidAmountError,
+    InvalidRemoteDataError,
     InvalidTransitionError,
     NotFoundError,
     RemotePermanentError,
@@ -86,14 +91,16 @@ class Executor:
     run_id: uuid.UUID
     actor: str
     worker: str
+    policy: Policy = field(default_factory=Policy)
     concurrency: int = 8
     max_step_attempts: int = 8
     lease_seconds: int = 300
     sleep: Callable[[float], None] = time.sleep
     on_done: Callable[[PayoutRecord], None] | None = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
-    #: attempts per (payout, step): (all so far, since the last operator retry); loaded per claimed
-    #: batch and counted up locally
+    #: attempts per (payout, step): (all so far, failed ones in this run); loaded per claimed batch and
+    #: counted up locally. An attempt cut off by a crash (intent without outcome) is not a failure: it
+    #: makes the next attempt read back first but never counts against ``max_step_attempts``.
     _attempts: dict[tuple[uuid.UUID, str], tuple[int, int]] = field(default_factory=dict, repr=False)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -118,9 +125,10 @@ class Executor:
                         states=states,
                         portfolio_ids=portfolio_ids,
                         run_id=run_scope,
+                        not_stalled_in=self.run_id,
                     )
                     exhausted = not claimed
-                    self._attempts.update(self.journal.attempts_by_step([p.id for p in claimed]))
+                    self._attempts.update(self.journal.attempts_by_step([p.id for p in claimed], self.run_id))
                     for payout in claimed:
                         in_flight.add(pool.submit(self._timed_drive, payout))
                 if not in_flight:
@@ -179,19 +187,24 @@ class Executor:
     def _with_retries(
         self, payout: PayoutRecord, step: Step, action: Callable[[PayoutRecord, int], PayoutRecord]
     ) -> PayoutRecord:
-        """Run one step; transient failures are retried (reading back first) up to the attempt cap."""
+        """Run one step; transient failures are retried (reading back first) up to the attempt cap.
+
+        A step that only ever failed transiently (5xx, timeouts, a ledger outage) is not parked for a
+        person when the cap is reached: it is *stalled* for this run — left in its state, alerted, and
+        resumed by the next run. Permanent refusals stop it for a person (NEEDS_ATTENTION).
+        """
         local = 0
+        last_error = ""
         while True:
-            prior, spent = self._attempts.get((payout.id, step.value), (0, 0))
+            prior, failed = self._attempts.get((payout.id, step.value), (0, 0))
             # ``local`` also bounds transient failures of reads that record no attempt (the fresh GET)
-            if max(spent, local) >= self.max_step_attempts:
-                raise _Stop(
-                    self._attention(payout, step, f"{step} failed {max(spent, local)} times; giving up for a human")
-                )
+            if max(failed, local) >= self.max_step_attempts:
+                raise _Stop(self._stall(payout, step, max(failed, local), last_error))
             try:
                 return action(payout, prior)
             except TransientError as exc:
                 local += 1
+                last_error = str(exc)[:500]
                 delay = min(0.2 * 2 ** (local - 1), 5.0) * (0.5 + random.random())
                 if exc.retry_after:
                     delay = max(delay, exc.retry_after)
@@ -201,13 +214,20 @@ class Executor:
                 # the read-back must compare against that, not against the record we claimed
                 payout = self.journal.get_payout(payout.id) or payout
 
+    def _stall(self, payout: PayoutRecord, step: Step, failures: int, error: str) -> PayoutRecord:
+        """Leave a payout that only failed transiently for the next run (alerted, never parked)."""
+        log.warning("payout.stalled", step=step.value, failures=failures, error=error, state=payout.state.value)
+        return self.journal.stall(
+            payout, run_id=self.run_id, step=step, actor=self.actor, worker=self.worker, failures=failures, error=error
+        )
+
     # -- helpers -------------------------------------------------------------------------------------
     def _begin(
         self, payout: PayoutRecord, step: Step, intent: Mapping[str, Any], updates: Mapping[str, Any] | None = None
     ) -> int:
         key = (payout.id, step.value)
-        total, spent = self._attempts.get(key, (0, 0))
-        self._attempts[key] = (total + 1, spent + 1)
+        total, failed = self._attempts.get(key, (0, 0))
+        self._attempts[key] = (total + 1, failed)
         return self.journal.begin_step(
             payout,
             run_id=self.run_id,
@@ -244,6 +264,9 @@ class Executor:
         )
 
     def _transient(self, payout: PayoutRecord, attempt_id: int, step: Step, exc: BatchError) -> None:
+        key = (payout.id, step.value)
+        total, failed = self._attempts.get(key, (0, 0))
+        self._attempts[key] = (total, failed + 1)
         self._finish(payout, attempt_id, step, "TRANSIENT_ERROR", {"error": str(exc)[:500], "type": type(exc).__name__})
 
     def _attention(
@@ -270,6 +293,22 @@ class Executor:
     def _ledger_post(self, payout: PayoutRecord, prior: int) -> PayoutRecord:
         key = str(payout.id)
         step = Step.LEDGER_POST
+        if prior > 0:
+            # an earlier attempt may have posted (its outcome is unknown): the ledger is the truth, and
+            # money that moved is never "re-checked" away
+            posted = self.ledger.get_transfer(key)
+            if posted is not None:
+                attempt = self._begin(payout, step, {"idempotency_key": key, "read_back": True})
+                return self._finish(
+                    payout,
+                    attempt,
+                    step,
+                    "ADOPTED",
+                    {"ledger_reference": posted.reference},
+                    through=[S.LEDGER_POSTED],
+                    updates={"ledger_reference": posted.reference},
+                )
+        checked = self._recheck_and_prepare(payout)
         attempt = self._begin(
             payout,
             step,
@@ -280,6 +319,7 @@ class Executor:
                 "currency": payout.currency,
                 "value_date": payout.business_date,
                 "prior_attempts": prior,
+                "checked": checked,
             },
         )
         try:
@@ -311,6 +351,8 @@ class Executor:
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"ledger refused: {exc}", attempt_id=attempt)) from exc
         crash_point("LEDGER_POST.after")
@@ -324,21 +366,73 @@ class Executor:
             updates={"ledger_reference": transfer.reference},
         )
 
+    def _recheck_and_prepare(self, payout: PayoutRecord) -> dict[str, Any]:
+        """The fresh read right before money moves (DESIGN §9.2-3); stops the payout if it must not be paid.
+
+        Returns what was checked (for the intent). Raises _Stop with the payout CANCELLED when the
+        portfolio changed since planning (decided afresh by the next planning) or when one of its writes
+        would be refused (HOLD INVALID_REMOTE_DATA: a person must look; no money moved).
+        """
+        try:
+            remote: RemotePortfolio | None = self.client.get_portfolio(payout.portfolio_id)
+        except NotFoundError:
+            remote = None
+        except TransientError:
+            raise
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
+        except BatchError as exc:  # a body that is not a portfolio: nothing can be written from it
+            raise _Stop(
+                self._cancel(payout, Decision.HOLD, Reason.INVALID_REMOTE_DATA, str(exc), {"read": "GET"})
+            ) from exc
+        view = None if remote is None else remote.to_view(payout.counter_account)
+        change = recheck(payout, view, self.policy)
+        if change is not None:
+            log.info("payout.changed_since_planning", what=change.what)
+            raise _Stop(self._cancel(payout, change.decision, change.reason, change.what, change.evidence))
+        assert remote is not None and view is not None
+        try:
+            prepared = writes.prepare_withdrawal(
+                portfolio_id=payout.portfolio_id,
+                currency=payout.currency,
+                amount=payout.amount,
+                full_withdrawal=payout.full_withdrawal,
+                divest_planned=payout.divest_snapshot,
+                divest_now=view.divest_raw,
+                config=remote.config,
+                holdings=remote.portfolio,
+                when=datetime.now(UTC),
+            )
+        except InvalidRemoteDataError as exc:
+            log.warning("payout.invalid_remote_data", field=exc.field, problem=exc.problem)
+            evidence = {"field": exc.field, "problem": exc.problem, "version": remote.version}
+            raise _Stop(self._cancel(payout, Decision.HOLD, Reason.INVALID_REMOTE_DATA, str(exc), evidence)) from exc
+        return {
+            "version": remote.version,
+            "divest_now": str(view.divest_raw),
+            "investsuite_cash": prepared.base_cash,
+            "writes_valid": True,
+        }
+
+    def _cancel(
+        self, payout: PayoutRecord, decision: Decision, reason: Reason, what: str, evidence: Mapping[str, Any]
+    ) -> PayoutRecord:
+        return self.journal.cancel_before_ledger(
+            payout,
+            run_id=self.run_id,
+            actor=self.actor,
+            worker=self.worker,
+            reason=reason.value,
+            revise=(decision.value, reason.value),
+            detail={"what": what, **evidence},
+            note=f"not paid: {what}",
+        )
+
     # -- step 2: InvestSuite transaction -------------------------------------------------------------------
     def _transaction_body(self, payout: PayoutRecord) -> dict[str, Any]:
+        assert payout.ledger_reference is not None
         posted = payout.ledger_posted_at or datetime.combine(payout.business_date, dtime(0), UTC)
-        return {
-            "external_id": payout.ledger_reference,
-            "movements": [
-                {
-                    "type": "CASH_WITHDRAWAL",
-                    "status": "SETTLED",
-                    "datetime": posted.astimezone(UTC).isoformat(),
-                    "instrument_id": f"${payout.currency}",
-                    "quantity": -payout.amount,
-                }
-            ],
-        }
+        return writes.transaction_body(payout.ledger_reference, payout.currency, payout.amount, posted)
 
     def _check_adopted(self, payout: PayoutRecord, tx: RemoteTransaction) -> str | None:
         """Why an existing transaction with our external_id is not the one we meant (None if it is)."""
@@ -385,6 +479,8 @@ class Executor:
                         updates={"transaction_id": found[0].id},
                     )
             tx = self.client.create_transaction(payout.portfolio_id, self._transaction_body(payout))
+        except InvalidRemoteDataError as exc:
+            raise _Stop(self._attention(payout, step, f"transaction not writable: {exc}", attempt_id=attempt)) from exc
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
@@ -394,6 +490,8 @@ class Executor:
                     payout, step, "portfolio disappeared after the ledger payout", {"status": exc.status}, attempt
                 )
             ) from exc
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(
                 self._attention(payout, step, f"InvestSuite refused the transaction: {exc}", attempt_id=attempt)
@@ -418,6 +516,8 @@ class Executor:
             raise _Stop(
                 self._attention(payout, step, "portfolio disappeared after the ledger payout", {"status": exc.status})
             ) from exc
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             if isinstance(exc, TransientError):
                 raise
@@ -429,23 +529,17 @@ class Executor:
         cash_now = view.holdings.get(cash_key, Decimal(0))
         divest_now = view.divest_raw
         evidence: dict[str, Any] = {"cash_now": cash_now, "divest_now": str(divest_now), "version": remote.version}
+        through = (
+            [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED] if payout.state is S.TRANSACTION_RECORDED else [S.HOLDINGS_UPDATED]
+        )
 
         if prior > 0 and payout.holdings_target_cash is not None and payout.holdings_base_cash is not None:
+            # an earlier attempt recorded its absolute target: reuse it, never recompute it (DESIGN §9.1)
             base, target = payout.holdings_base_cash, payout.holdings_target_cash
-            divest_target = Decimal(payout.divest_target or "0")
             evidence |= {"base_cash": base, "target_cash": target}
             if cash_now == target:
                 attempt = self._begin(payout, step, {"read_back": True, **evidence})
-                return self._finish(
-                    payout,
-                    attempt,
-                    step,
-                    "ADOPTED",
-                    evidence,
-                    through=[S.DIVEST_CLEARED, S.HOLDINGS_UPDATED]
-                    if payout.state is S.TRANSACTION_RECORDED
-                    else [S.HOLDINGS_UPDATED],
-                )
+                return self._finish(payout, attempt, step, "ADOPTED", evidence, through=through)
             if cash_now != base:
                 # the read-back is an attempt too: its evidence goes into step_attempts, not only the audit log
                 attempt = self._begin(payout, step, {"read_back": True, **evidence})
@@ -465,23 +559,17 @@ class Executor:
                 evidence["cash_moved_since_planning"] = {"snapshot": payout.cash_snapshot, "now": base}
             if target < 0:
                 raise _Stop(self._attention(payout, step, "holdings cash is below the amount paid", evidence))
-            if (
-                payout.full_withdrawal
-                or not isinstance(divest_now, Decimal)
-                or divest_now == _dec(payout.divest_snapshot)
-            ):
-                divest_target = Decimal(0)
-            else:
-                # the customer changed the request after we planned: keep what we did not pay
-                divest_target = max(quantize_down(divest_now - payout.amount, payout.currency), Decimal(0))
-                evidence["divest_changed_since_planning"] = {"snapshot": payout.divest_snapshot, "now": str(divest_now)}
-
-        config = copy.deepcopy(remote.config)
-        settings = config.get("manager_settings")
-        config["manager_settings"] = dict(settings) if isinstance(settings, dict) else {}
-        config["manager_settings"]["divest_amount"] = divest_target if divest_target else 0
-        holdings = dict(remote.portfolio)
-        holdings[cash_key] = target
+        divest_target = writes.divest_after_payout(
+            divest_now, payout.divest_snapshot, payout.amount, payout.full_withdrawal, payout.currency
+        )
+        if divest_target:
+            evidence["divest_changed_since_planning"] = {"snapshot": payout.divest_snapshot, "now": str(divest_now)}
+        try:
+            # built afresh from this read, every attempt: a refused body is never sent again as it was
+            body = writes.patch_body(remote.config, remote.portfolio, payout.currency, target, divest_target)
+        except InvalidRemoteDataError as exc:
+            evidence |= {"field": exc.field, "problem": exc.problem}
+            raise _Stop(self._attention(payout, step, f"portfolio update not writable: {exc}", evidence)) from exc
         attempt = self._begin(
             payout,
             step,
@@ -500,43 +588,45 @@ class Executor:
         )
         try:
             crash_point("UPDATE_PORTFOLIO.before")
-            self.client.patch_portfolio(payout.portfolio_id, {"config": config, "portfolio": holdings})
+            patched = self.client.patch_portfolio(payout.portfolio_id, body)
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(
                 self._attention(payout, step, f"InvestSuite refused the portfolio update: {exc}", evidence, attempt)
             ) from exc
         crash_point("UPDATE_PORTFOLIO.after")
-        through = (
-            [S.DIVEST_CLEARED, S.HOLDINGS_UPDATED] if payout.state is S.TRANSACTION_RECORDED else [S.HOLDINGS_UPDATED]
-        )
+        if remote.version is not None and patched.version is not None and patched.version != remote.version + 1:
+            # no precondition exists in the API: say so when someone else wrote between our read and our PATCH
+            evidence["concurrent_write"] = {"read_version": remote.version, "patched_version": patched.version}
         return self._finish(payout, attempt, step, "OK", evidence, through=through, note=_execution_note(evidence))
 
     # -- step 4: withdraw event --------------------------------------------------------------------------------
     def _send_event(self, payout: PayoutRecord, prior: int) -> PayoutRecord:
         step = Step.SEND_EVENT
-        amount = format_amount(payout.amount, payout.currency)
+        try:
+            body = writes.event_body(payout.portfolio_id, payout.currency, payout.amount)
+        except InvalidRemoteDataError as exc:
+            raise _Stop(self._attention(payout, step, f"event not writable: {exc}")) from exc
         attempt = self._begin(
             payout,
             step,
-            {"idempotency_key": str(payout.id), "amount": amount, "currency": payout.currency, "replay": prior > 0},
+            {"idempotency_key": str(payout.id), **body["data"], "replay": prior > 0},
         )
         try:
             crash_point("SEND_EVENT.before")
-            receipt = self.client.post_withdraw_event(
-                idempotency_key=str(payout.id),
-                amount=quantize_down(payout.amount, payout.currency),
-                currency=payout.currency,
-                portfolio_id=payout.portfolio_id,
-            )
+            receipt = self.client.post_event("withdraw", idempotency_key=str(payout.id), body=body)
         except TransientError as exc:
             self._transient(payout, attempt, step, exc)
             raise
         except RemotePermanentError as exc:
             why = "event key reused with a different body" if exc.status == 409 else f"event refused: {exc}"
             raise _Stop(self._attention(payout, step, why, {"status": exc.status}, attempt)) from exc
+        except ConfigError:
+            raise  # refused credentials, a missing clearing account: the whole run stops (exit 2)
         except BatchError as exc:
             raise _Stop(self._attention(payout, step, f"event failed: {exc}", attempt_id=attempt)) from exc
         crash_point("SEND_EVENT.after")
@@ -546,7 +636,7 @@ class Executor:
             attempt,
             step,
             "OK",
-            {"status": receipt.status_code},
+            {"status": receipt.status_code, "event_id": receipt.event_id},
             through=through,
             updates={"event_status": receipt.status_code},
         )
@@ -561,14 +651,13 @@ def _execution_note(evidence: Mapping[str, Any]) -> str | None:
     if "cash_moved_since_planning" in evidence:
         moved = evidence["cash_moved_since_planning"]
         notes.append(f"holdings cash moved since planning ({moved['snapshot']} -> {moved['now']})")
+    if "concurrent_write" in evidence:
+        seen = evidence["concurrent_write"]
+        notes.append(
+            f"portfolio written by someone else between our read and our PATCH "
+            f"(version {seen['read_version']} -> {seen['patched_version']})"
+        )
     return "; ".join(notes) or None
-
-
-def _dec(text: str) -> Decimal | None:
-    try:
-        return Decimal(text)
-    except ArithmeticError:
-        return None
 
 
 _STEP_OF: dict[PayoutState, Step] = {

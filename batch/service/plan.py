@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import cast
 
@@ -27,10 +27,11 @@ from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.investsuite_models import MalformedPortfolio, PortfolioPage, RemotePortfolio, RemoteUser
 from batch.adapters.journal import DecisionRow, Journal, NewPayout
 from batch.adapters.ledger import Ledger
+from batch.domain import writes
 from batch.domain.model import AccountMap, Decision, LedgerView, PortfolioView, Reason
 from batch.domain.payout import PayoutState
 from batch.domain.policy import Policy, Verdict, decide
-from batch.errors import BatchError, NotFoundError, TransientError
+from batch.errors import BatchError, InvalidRemoteDataError, NotFoundError, TransientError
 
 log = structlog.get_logger("batch.plan")
 
@@ -64,6 +65,33 @@ def _open_payout_verdict(verdict: Verdict, payout_id: uuid.UUID, state: PayoutSt
         held_payout=False,
         note=f"open payout {payout_id} ({state})",
     )
+
+
+def _writable(verdict: Verdict, remote: RemotePortfolio, view: PortfolioView) -> Verdict:
+    """A payout whose InvestSuite writes would be refused is held before it is planned (DESIGN §9.2)."""
+    assert verdict.pay_amount is not None
+    try:
+        writes.prepare_withdrawal(
+            portfolio_id=view.portfolio_id,
+            currency=view.base_currency,
+            amount=verdict.pay_amount,
+            full_withdrawal=verdict.full_withdrawal,
+            divest_planned=str(view.divest_raw),
+            divest_now=view.divest_raw,
+            config=remote.config,
+            holdings=remote.portfolio,
+            when=datetime.now(UTC),
+        )
+    except InvalidRemoteDataError as exc:
+        return replace(
+            verdict,
+            decision=Decision.HOLD,
+            reason=Reason.INVALID_REMOTE_DATA,
+            pay_amount=None,
+            held_payout=False,
+            note=f"{exc.field}: {exc.problem}",
+        )
+    return verdict
 
 
 def _counter_account(user: RemoteUser | None) -> str | None:
@@ -183,6 +211,9 @@ class Planner:
             )
             if candidate.portfolio_id in open_payouts:
                 verdict = _open_payout_verdict(verdict, *open_payouts[candidate.portfolio_id])
+            elif verdict.pay_amount is not None:
+                assert isinstance(item, RemotePortfolio)
+                verdict = _writable(verdict, item, candidate)
             rows.append(self._row(candidate, ref, verdict))
             self.stats.by_decision[verdict.decision] += 1
         inserted = self.journal.record_decisions(

@@ -2,7 +2,9 @@
 
 Exit codes (for cron and Kubernetes podFailurePolicy):
     0   done
-    3   done, but some payouts are held or need attention
+    3   done, but something needs a person: a new hold, a payout that needs attention (of any run), a
+        payout still in progress, a reconciliation break; a hold unchanged since the previous run
+        ("still held") only with ``[run] alert_on_unchanged_holds = true``
     1   technical failure (the run is recorded as FAILED)
     2   usage or configuration error
     75  another run holds the lock (nothing was done)
@@ -31,7 +33,9 @@ from batch.service.context import Services
 from batch.service.execute import ExecutionStats, Executor
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
+from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
+from batch.service.report_model import checks
 
 log = structlog.get_logger("batch.run")
 
@@ -72,6 +76,10 @@ class RunResult:
     error: str | None = None
     plan: PlanStats | None = None
     execution: list[ExecutionStats] = field(default_factory=list)
+    #: payouts this run stalled after transient failures only; the next run resumes them
+    stalled: int = 0
+    reconciliation: Reconciliation | None = None
+    reconcile_error: str | None = None
 
 
 def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
@@ -154,6 +162,7 @@ def _locked_run(
             _check_audit_chain(app, actor)  # no money moves on a broken chain
             journal.record_approval_policy(settings.policy.four_eyes_threshold, run_id=run_id, display_name=actor)
             only = list(request.portfolio_ids) or None
+            app.client.authenticate()  # refused credentials stop the run before any payout is touched
             if not request.dry_run:
                 executor = _executor(app, run_id, actor, stop, progress)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
@@ -210,21 +219,28 @@ def _locked_run(
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             progress.close()
+        if result.status == "RUNNING" and not request.dry_run and not (stop and stop.is_set()):
+            _reconcile(app, result, actor)
         # one report (one streaming pass over the journal): exit code, run summary and the files
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
+        if result.reconcile_error:
+            report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
+            report.checks = checks(report.totals, report.reconcile, report.dry_run)
         if result.status == "RUNNING":
-            waiting = journal.count_open()
-            # exceptions of this run, or payouts of any earlier run still waiting for a human
-            attention = report.exceptions_count > 0 or any(
-                waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION)
-            )
+            result.stalled = journal.count_stalled_in_run(run_id)
+            if result.stalled:
+                # an alert: money may have moved without InvestSuite being told yet; the next run resumes them
+                log.warning("run.payouts_stalled", stalled=result.stalled)
+            attention = _needs_attention(report, journal.count_open(), settings.run.alert_on_unchanged_holds)
+            attention = attention or result.stalled > 0 or bool(result.reconcile_error)
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
-            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
+            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if result.exit_code else "SUCCEEDED"
+        summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
         journal.finish_run(
             run_id,
             status=result.status,
             exit_code=int(result.exit_code),
-            summary=report.summary(),
+            summary=summary,
             error=result.error,
             actor=actor,
         )
@@ -232,9 +248,9 @@ def _locked_run(
         if finished is not None:  # the header as recorded: final status, exit code, end time
             report.runs[0] = run_header(finished)
             report.as_of = finished["finished_at"]
-        report.audit = audit_summary(app.journal_engine)  # after run.finished: the head includes it
+        report.audit = audit_summary(app.journal_engine, finished)  # the head stored with run.finished
         result.report = report
-        result.report_paths = write_reports(result.report, settings.run.report_dir)
+        result.report_paths = write_reports(result.report, settings.run.report_dir, settings.report.template_dir)
         log.info(
             "run.finished",
             status=result.status,
@@ -254,6 +270,30 @@ def _check_audit_chain(app: Services, actor: str) -> None:
             f"audit chain broken at seq {verified.first_broken_seq}: {verified.problem};"
             " nothing resumed or planned (see README: Verifying the audit trail)"
         )
+
+
+def _reconcile(app: Services, result: RunResult, actor: str) -> None:
+    """Read the ledger and InvestSuite back for the payouts this run created or drove (read-only)."""
+    assert result.run_id is not None
+    try:
+        result.reconciliation = reconcile_payouts(app, actor=actor, run_id=result.run_id)
+    except BatchError as exc:  # the payouts are done; the run says it could not check them
+        log.warning("run.reconcile_failed", error=str(exc))
+        result.reconcile_error = f"{type(exc).__name__}: {exc}"
+
+
+def _needs_attention(report: Report, waiting: Mapping[str, int], alert_on_unchanged_holds: bool) -> bool:
+    """Whether the run ends with exit code 3: anything new needing a person, or a reconciliation break.
+
+    Exceptions of this run (new holds, needs attention, in progress), payouts of any run that need
+    attention, reconciliation breaks; holds unchanged since the previous run (and HELD payouts of
+    earlier runs) only when ``alert_on_unchanged_holds``.
+    """
+    exceptions = report.exceptions_count - (0 if alert_on_unchanged_holds else report.still_held_count)
+    waiting_states = (
+        (PayoutState.HELD, PayoutState.NEEDS_ATTENTION) if alert_on_unchanged_holds else (PayoutState.NEEDS_ATTENTION,)
+    )
+    return exceptions > 0 or report.reconcile_breaks > 0 or any(waiting.get(s, 0) for s in waiting_states)
 
 
 def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
@@ -277,6 +317,7 @@ def _executor(
         run_id=run_id,
         actor=actor,
         worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}",
+        policy=app.settings.policy.to_policy(),
         concurrency=settings.concurrency,
         max_step_attempts=settings.max_step_attempts,
         lease_seconds=settings.lease_seconds,
@@ -299,6 +340,7 @@ def run_worker(
         run_id=run_id,
         actor=actor,
         worker=worker_name,
+        policy=app.settings.policy.to_policy(),
         concurrency=settings.concurrency,
         max_step_attempts=settings.max_step_attempts,
         lease_seconds=settings.lease_seconds,

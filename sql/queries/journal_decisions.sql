@@ -19,13 +19,34 @@ VALUES (:id, :run_id, :business_date, :portfolio_id, :decision, :reason, :curren
         :requested_amount, :full_withdrawal, :ledger_account, :ledger_available, :investsuite_cash,
         :pay_amount, :reconciliation_break, :payout_id, :dry_run, CAST(:details AS jsonb))
 
--- name: insert_payout
+-- name: insert_payouts
+-- a page of payouts in one statement; a portfolio that meanwhile got an open payout from another planner
+-- (the listener, a concurrent run) keeps that one: the conflicting row is skipped, not an error
 INSERT INTO batch.payouts (id, portfolio_id, business_date, run_id, decision_id, state, currency, amount,
                            full_withdrawal, ledger_account, counter_account, cash_snapshot, divest_snapshot,
                            hold_reason)
-VALUES (:id, :portfolio_id, :business_date, :run_id, :decision_id, :state, :currency, :amount,
-        :full_withdrawal, :ledger_account, :counter_account, :cash_snapshot, :divest_snapshot, :hold_reason)
+SELECT id, portfolio_id, business_date, run_id, decision_id, state, currency, amount, full_withdrawal,
+       ledger_account, counter_account, cash_snapshot, divest_snapshot, hold_reason
+  FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+       id uuid, portfolio_id text, business_date date, run_id uuid, decision_id bigint, state text,
+       currency text, amount numeric, full_withdrawal boolean, ledger_account text, counter_account text,
+       cash_snapshot numeric, divest_snapshot text, hold_reason text)
+ON CONFLICT (portfolio_id) WHERE state NOT IN ('COMPLETED', 'CANCELLED') DO NOTHING
+RETURNING id
+
+-- name: lost_to_an_open_payout
+-- decisions whose payout another planner beat: they wait for that payout instead
+UPDATE batch.decisions
+   SET decision = 'DEFER', reason = 'PAYOUT_IN_PROGRESS', pay_amount = NULL, payout_id = NULL,
+       details = details || jsonb_build_object('note', 'another planner opened a payout for it first')
+ WHERE payout_id = ANY(:payout_ids)
+RETURNING payout_id
 
 -- name: revise
--- execution revised the planner's decision (e.g. a PAY whose balance moved becomes DEFER)
-UPDATE batch.decisions SET final_decision = :decision, final_reason = :reason WHERE payout_id = :payout_id
+-- execution revised the planner's decision (e.g. a PAY whose balance moved becomes DEFER); the note and
+-- the evidence go into the decision's details for the report
+UPDATE batch.decisions
+   SET final_decision = :decision, final_reason = :reason,
+       details = details || jsonb_strip_nulls(jsonb_build_object('execution_note', CAST(:note AS text),
+                                                                  'revised_because', CAST(:evidence AS jsonb)))
+ WHERE payout_id = :payout_id

@@ -10,6 +10,7 @@ UPDATE batch.payouts
                  AND (lease_expires_at IS NULL OR lease_expires_at < now())
                  AND (CAST(:portfolio_ids AS text[]) IS NULL OR portfolio_id = ANY(CAST(:portfolio_ids AS text[])))
                  AND (CAST(:run_id AS uuid) IS NULL OR run_id = CAST(:run_id AS uuid))
+                 AND stalled_run_id IS DISTINCT FROM CAST(:not_stalled_in AS uuid)
                ORDER BY created_at, id
                LIMIT :n
                FOR UPDATE SKIP LOCKED)
@@ -22,12 +23,13 @@ UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL WHERE id = 
 SELECT * FROM batch.payouts WHERE id = :id
 
 -- name: attempts_by_step
--- all attempts decide whether to read back first; those since an operator's retry count against the cap
-SELECT a.payout_id, a.step, count(*) AS n,
-       count(*) FILTER (WHERE p.retried_at IS NULL OR a.intent_at > p.retried_at) AS budget
-  FROM batch.step_attempts a JOIN batch.payouts p ON p.id = a.payout_id
- WHERE a.payout_id = ANY(:ids)
- GROUP BY a.payout_id, a.step
+-- all attempts decide whether to read back first; only this run's failed ones (a recorded transient or
+-- permanent error) count against the cap: an intent a crash cut off is not a failure
+SELECT payout_id, step, count(*) AS n,
+       count(*) FILTER (WHERE run_id = :run_id AND outcome IN ('TRANSIENT_ERROR', 'PERMANENT_ERROR')) AS failed
+  FROM batch.step_attempts
+ WHERE payout_id = ANY(:ids)
+ GROUP BY payout_id, step
 
 -- name: step_begin
 SELECT batch.step_begin(:payout_id, :state, :worker, :lease, :run_id, :step, CAST(:intent AS jsonb),
@@ -59,6 +61,17 @@ UPDATE batch.payouts p
        stopped_at       = CASE WHEN :to_state IN ('NEEDS_ATTENTION', 'CANCELLED') THEN now() ELSE p.stopped_at END
  WHERE p.id = :id AND p.state = :from_state AND (CAST(:worker AS text) IS NULL OR p.lease_owner = :worker)
 RETURNING p.*
+
+-- name: stall
+-- the payout keeps its state; this run stops claiming it, the next run resumes it
+UPDATE batch.payouts
+   SET stalled_run_id = :run_id, stalled_at = now(), last_error = :error, failing_step = :step,
+       lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+ WHERE id = :id AND state = :state AND lease_owner = :worker
+RETURNING *
+
+-- name: count_stalled_in_run
+SELECT count(*) FROM batch.payouts WHERE stalled_run_id = :run_id AND state = ANY(:states)
 
 -- name: list_in_states
 SELECT * FROM batch.payouts WHERE state = ANY(:states) ORDER BY created_at, id LIMIT :n

@@ -66,9 +66,9 @@ class Cli:
     report_dir: Path
     dsns: Dsns
 
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_")}
-        env |= {"BATCH_LOG_LEVEL": "WARNING", "BATCH_OPERATOR": "e2e-tests"}
+        env |= {"BATCH_LOG_LEVEL": "WARNING", "BATCH_OPERATOR": "e2e-tests"} | (env_extra or {})
         return subprocess.run(
             [sys.executable, "-m", "batch", "--config", str(self.config), *args],
             capture_output=True,

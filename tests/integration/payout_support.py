@@ -205,6 +205,7 @@ class OneRun:
             run_id=self.run_id,
             actor=ACTOR,
             worker=f"itest:{self.run_id.hex[:8]}",
+            policy=self.app.settings.policy.to_policy(),
             concurrency=1,
             max_step_attempts=max_step_attempts,
             sleep=self.sleep or (lambda _seconds: None),

@@ -28,7 +28,6 @@ from batch.domain.payout import PayoutState
 from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, RunResult, run_job
 from tests.fixtures.pg import fresh_dsns
-from tests.fixtures.roles import journal_as
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     ACTOR,
@@ -183,15 +182,42 @@ def test_non_numeric_holding_quantity_is_held(
 # -- things that break in the middle of a run ----------------------------------------------------------------
 
 
-def test_portfolio_deleted_after_planning_needs_attention_after_the_ledger_post(
+def test_portfolio_deleted_after_planning_is_cancelled_before_any_money_moves(
     app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
-    """A portfolio gone (404) after planning stops at RECORD_TRANSACTION; the ledger payout stands, never cancelled."""
+    """A portfolio gone (404) between planning and the ledger post: CANCELLED, SKIP CHANGED_SINCE_PLANNING, no money."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
     run = OneRun(app)
     run.plan([doc["id"]])
     delete_portfolio(store, doc["id"])
     run.execute()
+
+    payout = the_payout(app, doc["id"])
+    assert payout.state is PayoutState.CANCELLED and payout.ledger_reference is None
+    decision = _decision(app, run.run_id, doc["id"])
+    assert (decision["final_decision"], decision["final_reason"]) == ("SKIP", "CHANGED_SINCE_PLANNING")
+    assert "no longer exists" in decision["details"]["execution_note"]
+    assert ledger_payouts(module_dsns, doc["external_id"]) == []
+    assert route_count(shared, POST_TX_ROUTE) == 0
+
+
+def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_payout_stands(
+    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+) -> None:
+    """A portfolio gone (404) after the ledger post stops at RECORD_TRANSACTION; the ledger payout stands."""
+    doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
+    run = OneRun(app)
+    run.plan([doc["id"]])
+    executor = run.executor()
+    post = executor.ledger.post_payout
+
+    def post_then_vanish(**kwargs: Any) -> Any:
+        transfer = post(**kwargs)
+        delete_portfolio(store, doc["id"])
+        return transfer
+
+    executor.ledger.post_payout = post_then_vanish  # type: ignore[method-assign]
+    executor.execute()
 
     payout = the_payout(app, doc["id"])
     assert payout.state is PayoutState.NEEDS_ATTENTION
@@ -273,7 +299,8 @@ def test_ledger_unreachable_for_a_while_then_pays_exactly_once(
     payout = the_payout(app, doc["id"])
     assert payout.state is PayoutState.COMPLETED
     outcomes = [a["outcome"] for a in step_attempts(app, payout.id, "LEDGER_POST")]
-    assert outcomes == ["TRANSIENT_ERROR", "TRANSIENT_ERROR", "OK"]
+    # the second try reads the ledger back by key first (its outcome was unknown) and fails there, unrecorded
+    assert outcomes == ["TRANSIENT_ERROR", "OK"]
     assert len(ledger_payouts(module_dsns, doc["external_id"])) == 1
     assert len(store.transactions(doc["id"])) == 1
 
@@ -293,44 +320,37 @@ def _ledger_down_through_every_attempt(app: App, store: SandboxState, dsns: Dsns
     return doc, run
 
 
-def test_ledger_down_for_the_whole_execution_stops_without_losing_the_decision(
+def test_ledger_down_for_the_whole_execution_stalls_the_payout_for_the_next_run(
     app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
-    """Ledger down through every attempt: NEEDS_ATTENTION at LEDGER_POST (never CANCELLED), decision kept, no money."""
+    """Ledger down through every attempt: the payout stays PLANNED, stalled for this run, decision kept, no money."""
     doc, run = _ledger_down_through_every_attempt(app, store, module_dsns)
 
     payout = the_payout(app, doc["id"])
-    assert payout.state is PayoutState.NEEDS_ATTENTION
-    assert (payout.failing_step, payout.stopped_in_state) == ("LEDGER_POST", "PLANNED")
-    assert payout.last_error is not None and "giving up" in payout.last_error
+    assert payout.state is PayoutState.PLANNED  # never parked for a person, never cancelled
+    assert payout.failing_step == "LEDGER_POST"
+    assert payout.last_error is not None and "failed transiently" in payout.last_error
     outcomes = [a["outcome"] for a in step_attempts(app, payout.id, "LEDGER_POST")]
-    assert outcomes == ["TRANSIENT_ERROR"] * app.settings.run.max_step_attempts
+    # the first post failed; every later try failed reading the ledger back by key, before any post
+    assert outcomes == ["TRANSIENT_ERROR"]
     decision = _decision(app, run.run_id, doc["id"])
     assert (decision["decision"], decision["final_decision"]) == ("PAY", None)  # the decision is kept
     assert ledger_payouts(module_dsns, doc["external_id"]) == []
     assert route_count(shared, POST_TX_ROUTE) == 0
-    # the next run neither forgets it nor plans a second payout beside it
-    result = _run(app)
-    again = _decision(app, result.run_id, doc["id"])
-    assert (again["decision"], again["reason"]) == ("HOLD", "PAYOUT_NEEDS_ATTENTION")
-    assert again["payout_id"] is None
-    assert the_payout(app, doc["id"]).state is PayoutState.NEEDS_ATTENTION
-    assert ledger_payouts(module_dsns, doc["external_id"]) == []
+    assert app.journal.count_stalled_in_run(run.run_id) == 1
 
 
-def test_ledger_back_after_an_operator_retry_pays_exactly_once(
+def test_ledger_back_the_next_run_resumes_the_stalled_payout_and_pays_it_exactly_once(
     app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
-    """After the ledger outage and an operator retry, the next run pays the payout exactly once."""
+    """After the ledger outage the next run resumes the stalled payout by itself and pays it exactly once."""
     doc, _run_before = _ledger_down_through_every_attempt(app, store, module_dsns)
-    payout = the_payout(app, doc["id"])
-    with journal_as(module_dsns.journal, "operator") as operator:
-        operator.operator_action("retry", payout.id, reason="ledger is back", display_name=None)
-    _run(app)
+    result = _run(app)
     assert the_payout(app, doc["id"]).state is PayoutState.COMPLETED
     assert len(ledger_payouts(module_dsns, doc["external_id"])) == 1
     assert len(store.transactions(doc["id"])) == 1
     assert len(withdraw_events(store, doc["id"])) == 1
+    assert result.stalled == 0
 
 
 def test_ledger_down_for_the_whole_run_fails_the_run_and_the_next_run_pays_once(
@@ -352,7 +372,8 @@ def test_ledger_down_for_the_whole_run_fails_the_run_and_the_next_run_pays_once(
             broken.close()
         assert failed.exit_code is ExitCode.TECHNICAL_FAILURE
         assert failed.status == "FAILED"
-        assert failed.error is not None and "ledger unavailable" in failed.error
+        assert failed.error is not None
+        assert "core banking ledger at /nonexistent/batch-dead-socket:5432/nowhere unavailable" in failed.error
         run_row = good.journal.get_run(failed.run_id) if failed.run_id else None
         assert run_row is not None and run_row["status"] == "FAILED" and run_row["error"] == failed.error
         assert payouts_of(good, doc["id"]) == []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -15,6 +17,10 @@ from batch.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
+#: every Kubernetes manifest under deploy/, whatever the folder
+ALL_MANIFESTS = sorted([*(ROOT / "deploy").rglob("*.yaml"), *(ROOT / "deploy").rglob("*.yml")])
+#: the oldest Kubernetes we support, and the newest the installed kubernetes-validate ships schemas for
+K8S_VERSIONS = ("1.30", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
 SECRET_NAMES = ("SECRET", "PASSWORD", "TOKEN", "DSN", "ACCESS_KEY")
 PLACEHOLDER = "REPLACE_ME"
 
@@ -46,7 +52,9 @@ def _rules(job_spec: dict[str, Any]) -> dict[int, str]:
 
 def _disruption_rule_first(job_spec: dict[str, Any]) -> bool:
     first = job_spec["podFailurePolicy"]["rules"][0]
-    return first["action"] == "Ignore" and first.get("onPodConditions") == [{"type": "DisruptionTarget"}]
+    return first["action"] == "Ignore" and first.get("onPodConditions") == [
+        {"type": "DisruptionTarget", "status": "True"}
+    ]
 
 
 def test_manifests_exist() -> None:
@@ -61,6 +69,33 @@ def test_every_manifest_parses(path: Path) -> None:
     assert docs
     for doc in docs:
         assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", ALL_MANIFESTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_manifest_validates_strictly(path: Path, version: str) -> None:
+    """Every document under deploy/ passes kubernetes-validate's strict schema (no unknown or missing field)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    assert docs
+    for doc in docs:
+        try:
+            validated = kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} against {version}: {where}: {exc.message}")
+        assert validated == version  # the schemas of that very version were used, not an older fallback
+
+
+def test_strict_validation_refuses_a_pod_condition_without_status() -> None:
+    """The validator used above is strict: a podFailurePolicy condition without status and an unknown key fail."""
+    cron = _one("cronjob.yaml", "CronJob")
+    rules = cron["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    del rules[0]["onPodConditions"][0]["status"]
+    with pytest.raises(kubernetes_validate.ValidationError, match="'status' is a required property"):
+        kubernetes_validate.validate(cron, K8S_VERSIONS[0], strict=True)
+    typo = _one("configmap.yaml", "ConfigMap") | {"dta": {}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="dta"):
+        kubernetes_validate.validate(typo, K8S_VERSIONS[-1], strict=True)
 
 
 def _check_cronjob_spec(cron: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +290,12 @@ def test_example_config_documents_every_setting() -> None:
             assert lines[index - 1].startswith("#"), f"{section_name}.{key} has no comment"
 
 
-def test_example_config_loads_and_equals_the_defaults() -> None:
-    """Loading the example config gives exactly the default settings (it documents, it does not change)."""
+def test_example_config_loads_and_equals_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the example config gives exactly what no config gives (it documents, it does not change)."""
+    for name in [n for n in os.environ if n.upper().startswith("BATCH_")]:
+        monkeypatch.delenv(name)
     settings = load_settings(ROOT / "config" / "batch.example.toml")
-    assert settings.digest() == Settings().digest()
-    assert settings == Settings()
+    defaults = load_settings(None)
+    assert settings.digest() == defaults.digest()
+    assert settings == defaults
+    assert settings.model_dump(exclude={"database", "run"}) == Settings().model_dump(exclude={"database", "run"})

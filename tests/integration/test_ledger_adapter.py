@@ -282,13 +282,14 @@ def test_get_transfers_reads_many_in_one_query(ledger: Ledger, statements: list[
 
 
 def test_unreachable_ledger_raises_ledger_unavailable() -> None:
-    """Every ledger call against an unreachable server raises LedgerUnavailableError (transient)."""
-    engine = make_engine("postgresql://nobody@127.0.0.1:1/core_ledger", pool_size=1)
+    """Every ledger call against an unreachable server raises LedgerUnavailableError naming host, port and cause."""
+    engine = make_engine("postgresql://nobody:pw-Ledger-77@127.0.0.1:1/core_ledger", pool_size=1)
     ledger = Ledger(engine, LedgerSettings())
     try:
         with pytest.raises(LedgerUnavailableError) as caught:
             ledger.available_balances([ACCOUNT])
         assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+        assert str(caught.value) == "core banking ledger at 127.0.0.1:1/core_ledger unavailable: connection refused"
         with pytest.raises(LedgerUnavailableError):
             _pay(ledger, "payout-1", "10")
         with pytest.raises(LedgerUnavailableError):

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from batch.adapters.postgres import Dsns
 from batch.bootstrap import build_app
-from batch.logs import configure_logging
+from batch.logs import configure_logging, reset_logging
 from batch.sandbox.seed import libpq_dsn, seed_scenario
 from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, run_job
@@ -36,9 +36,9 @@ IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{12,30}\b")
 def log_stream() -> Iterator[io.StringIO]:
     """configure_logging in JSON mode into a StringIO (restored to the CLI's default afterwards)."""
     stream = io.StringIO()
-    configure_logging("INFO", stream=stream, json_output=True)
+    configure_logging("INFO", "json", stream=stream)
     yield stream
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def _events(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -196,7 +196,7 @@ def test_redaction_masks_secret_keys_dsn_passwords_and_ibans(log_stream: io.Stri
 _WRITER = """
 import structlog
 from batch.logs import configure_logging
-configure_logging("INFO", json_output=True)
+configure_logging("INFO", "json")
 log = structlog.get_logger("t")
 for i in range(3000):
     log.info("test.line", writer={writer}, i=i, padding="x" * 300)

@@ -214,10 +214,13 @@ def test_get_portfolio_keeps_number_precision_and_404(client: httpx.Client, stor
 def test_patch_replaces_nested_objects_whole_and_bumps_version(client: httpx.Client, store: SandboxState) -> None:
     """PATCH replaces a nested object whole (holdings, config), keeps Decimal digits and increments version."""
     made = store.add_portfolio(positions={"IE00B4L5Y983": Decimal(3)}, divest_amount=Decimal(100))
-    response = client.patch(f"/portfolios/{made['id']}/", content=b'{"portfolio": {"$EUR": 899.995}}')
+    response = client.patch(
+        f"/portfolios/{made['id']}/", content=b'{"portfolio": {"$EUR": 899.90, "IE00B4L5Y983": 3.14159}}'
+    )
     assert response.status_code == 200, response.text
     doc = parse(response)
-    assert doc["portfolio"] == {"$EUR": Decimal("899.995")} and doc["version"] == 2
+    assert doc["portfolio"] == {"$EUR": Decimal("899.90"), "IE00B4L5Y983": Decimal("3.14159")} and doc["version"] == 2
+    assert str(doc["portfolio"]["$EUR"]) == "899.90"
     config = {"manager": "ROBO_ADVISOR_DISCRETIONARY", "manager_settings": {"divest_amount": 0}}
     doc = parse(client.patch(f"/portfolios/{made['id']}", json={"config": config}))
     assert doc["config"] == config and doc["version"] == 3

@@ -47,6 +47,7 @@ def test_faults_are_off_by_default_and_settable(shared: RunningSandbox) -> None:
     assert shared.admin.faults() == {
         "latency_ms": 0,
         "error_rate": 0.0,
+        "error_statuses": None,
         "lose_response_rate": 0.0,
         "rate_limit_per_second": None,
         "methods": None,

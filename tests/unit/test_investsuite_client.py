@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ from batch.adapters.investsuite import (
     loads_json,
     parse_retry_after,
 )
-from batch.errors import NotFoundError, PayloadError, RemotePermanentError, RemoteTransientError
+from batch.errors import (
+    ConfigError,
+    CredentialsError,
+    NotFoundError,
+    PayloadError,
+    RemotePermanentError,
+    RemoteTransientError,
+)
 from batch.settings import InvestSuiteSettings
 
 BASE = "https://api.test"
@@ -376,16 +384,84 @@ def test_second_401_is_permanent() -> None:
     assert client.calls["GET /portfolios/{id}"] == 2
 
 
-def test_login_refused_is_permanent_and_not_retried() -> None:
-    """Credentials refused at login (401) raise RemotePermanentError after a single login attempt."""
+@pytest.mark.parametrize("status", [401, 403])
+def test_login_refused_is_a_credentials_error_and_not_retried(status: int) -> None:
+    """Credentials refused at login (401 or 403) raise CredentialsError (exit 2) after a single login attempt."""
 
     def transport(request: httpx.Request) -> httpx.Response:
-        return json_response(401, '{"title": "Unauthorized"}')
+        return json_response(status, '{"title": "Unauthorized"}')
 
     client = InvestSuiteClient(make_settings(), transport=httpx.MockTransport(transport), sleep=FakeClock().sleep)
-    with client, pytest.raises(RemotePermanentError, match="credentials refused"):
+    with client, pytest.raises(CredentialsError) as refused:
         client.get_portfolio(PID)
+    assert str(refused.value) == (
+        f"InvestSuite at {BASE} refused the login (HTTP {status} on POST /auth/login/): "
+        "check investsuite.access_key_id and investsuite.secret_access_key"
+    )
+    assert isinstance(refused.value, ConfigError)
+    assert SECRET not in str(refused.value)
     assert client.calls == {"POST /auth/login/": 1}
+
+
+@pytest.mark.parametrize(
+    ("configured", "missing"),
+    [
+        (
+            {"access_key_id": None, "secret_access_key": None},
+            "investsuite.access_key_id (BATCH_INVESTSUITE__ACCESS_KEY_ID), "
+            "investsuite.secret_access_key (BATCH_INVESTSUITE__SECRET_ACCESS_KEY) are not set",
+        ),
+        (
+            {"secret_access_key": None},
+            "investsuite.secret_access_key (BATCH_INVESTSUITE__SECRET_ACCESS_KEY) is not set",
+        ),
+    ],
+    ids=["none", "no-secret"],
+)
+def test_401_without_credentials_is_a_credentials_error_naming_what_is_missing(
+    configured: dict[str, Any], missing: str
+) -> None:
+    """A 401 while no (complete) credentials are configured raises CredentialsError naming the unset settings."""
+    api = FakeApi(lambda r: json_response(401, '{"title": "Unauthorized"}'))
+    with make_client(api, **configured) as client, pytest.raises(CredentialsError) as caught:
+        client.get_portfolio(PID)
+    assert str(caught.value) == f"InvestSuite at {BASE} answered HTTP 401 and no credentials are configured: {missing}"
+    assert api.logins == 0
+
+
+def test_authenticate_logs_in_before_any_call() -> None:
+    """authenticate() logs in once (and refuses early); without credentials it sends nothing."""
+    api = FakeApi(lambda r: json_response(200, json.dumps(user_doc())))
+    with make_client(api) as client:
+        client.authenticate()
+        client.authenticate()
+        client.get_user(UID)
+    assert api.logins == 1
+    anonymous = FakeApi(lambda r: json_response(200, "{}"))
+    with make_client(anonymous, access_key_id=None, secret_access_key=None) as client:
+        client.authenticate()
+    assert anonymous.requests == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("transport", ["thread-local", "httpx"])
+def test_unreachable_server_names_the_base_url_and_the_cause(transport: str) -> None:
+    """Nothing listening: NotProcessedError "InvestSuite at <base url> unreachable: connection refused (<route>)"."""
+    port = _closed_port()
+    settings = make_settings(base_url=f"http://user:pw-in-url@127.0.0.1:{port}/api/", max_attempts=1)
+    own = httpx.HTTPTransport() if transport == "httpx" else None
+    client = InvestSuiteClient(settings, transport=own, sleep=FakeClock().sleep)
+    with client, pytest.raises(NotProcessedError) as caught:
+        client.get_portfolio(PID)
+    assert str(caught.value) == (
+        f"InvestSuite at http://127.0.0.1:{port}/api unreachable: connection refused (POST /auth/login/)"
+    )
+    assert "pw-in-url" not in str(caught.value)
 
 
 def test_token_refreshed_after_80_percent_of_its_life() -> None:

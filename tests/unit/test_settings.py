@@ -232,3 +232,82 @@ def test_workers_auto_is_the_usable_cpus_capped_at_four(monkeypatch: pytest.Monk
     assert Settings().run.worker_processes() == 4
     monkeypatch.setenv("BATCH_RUN__WORKERS", "1")
     assert Settings().run.worker_processes() == 1
+
+
+def _paths(settings: Settings) -> dict[str, Path]:
+    """Every ``Path`` value of the settings, by dotted name."""
+    found: dict[str, Path] = {}
+    for section_name in Settings.model_fields:
+        section = getattr(settings, section_name)
+        for name in type(section).model_fields:
+            if isinstance(value := getattr(section, name), Path):
+                found[f"{section_name}.{name}"] = value
+    return found
+
+
+def test_file_paths_resolve_against_the_file_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths written in the TOML file are read against the file's folder, whatever the working directory."""
+    isolate(monkeypatch)
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = '[database]\ndata_dir = "pg"\n[run]\nreport_dir = "../reports"\n[metrics]\ntextfile_path = "m/payout.prom"\n'
+    settings = load_settings(write(conf, text))
+    assert settings.database.data_dir == conf / "pg"
+    assert settings.run.report_dir == tmp_path / "reports"
+    assert settings.metrics.textfile_path == conf / "m" / "payout.prom"
+
+
+def test_relative_config_path_is_read_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative --config (or $BATCH_CONFIG) names a file under the working directory; its paths follow the file."""
+    isolate(monkeypatch)
+    (tmp_path / "conf").mkdir()
+    write(tmp_path / "conf", '[run]\nreport_dir = "out"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BATCH_CONFIG", "conf/batch.toml")
+    assert load_settings().run.report_dir == tmp_path / "conf" / "out"
+
+
+def test_env_and_default_paths_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path from BATCH_* and a default path are read against the working directory, even with a config file."""
+    isolate(monkeypatch)
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("BATCH_RUN__REPORT_DIR", "env-reports")
+    settings = load_settings(write(conf, '[run]\nreport_dir = "file-reports"\n'))
+    assert settings.run.report_dir == cwd / "env-reports"
+    assert settings.database.data_dir == cwd / ".data" / "pg"  # default
+    assert settings.metrics.textfile_path is None
+
+
+def test_no_config_file_paths_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a config file every path setting is absolute under the working directory; absolute ones stay."""
+    isolate(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BATCH_METRICS__TEXTFILE_PATH", "/var/lib/node_exporter/payout.prom")
+    settings = load_settings()
+    paths = _paths(settings)
+    assert set(paths) == {"database.data_dir", "run.report_dir", "metrics.textfile_path"}
+    assert paths["database.data_dir"] == tmp_path / ".data" / "pg"
+    assert paths["run.report_dir"] == tmp_path / "reports"
+    assert paths["metrics.textfile_path"] == Path("/var/lib/node_exporter/payout.prom")
+
+
+def test_embedded_server_is_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[database] embedded defaults to false and is read from the file and from BATCH_DATABASE__EMBEDDED."""
+    isolate(monkeypatch)
+    assert load_settings().database.embedded is False
+    assert load_settings(write(tmp_path, "[database]\nembedded = true\n")).database.embedded is True
+    monkeypatch.setenv("BATCH_DATABASE__EMBEDDED", "false")
+    assert load_settings(write(tmp_path, "[database]\nembedded = true\n")).database.embedded is False

@@ -7,6 +7,7 @@ Split by concern, each store with its SQL in ``sql/queries/journal_<concern>.sql
     payouts.py     claims with a lease, step intents and outcomes, stops
     oversight.py   who acts (as the database says), operators' approve / retry / cancel, four-eyes policy
     audit.py       the hash chain's verification (incremental from checkpoints, anchors), its head
+    reconciliations.py  the payouts a reconciliation checks, and its recorded result
     base.py        transactions, one-statement calls, audit rows
 
 ``Journal`` is all of them on one engine: what the service layer is given.
@@ -19,6 +20,7 @@ from batch.adapters.journal.base import LOST_RACE
 from batch.adapters.journal.decisions import DecisionStore
 from batch.adapters.journal.oversight import OversightStore
 from batch.adapters.journal.payouts import PayoutStore
+from batch.adapters.journal.reconciliations import ReconciliationStore
 from batch.adapters.journal.runs import RUN_LOCK_KEY, RunStore
 from batch.codec import canonical as canonical_json
 from batch.domain.audit import GENESIS_HASH, Anchor, AuditVerification
@@ -41,5 +43,5 @@ __all__ = [
 ]
 
 
-class Journal(RunStore, DecisionStore, PayoutStore, OversightStore, AuditStore):
-    """All reads and writes of the journal go through here."""
+class Journal(RunStore, DecisionStore, PayoutStore, OversightStore, AuditStore, ReconciliationStore):
+    """All reads and writes of the job's journal go through here."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from batch.adapters.journal.base import AUDIT, JournalBase, audit_row
 from batch.adapters.sqlfiles import load_queries
-from batch.codec import canonical
+from batch.codec import canonical, canonical_rows
 from batch.domain.payout import PayoutState
 from batch.domain.records import DecisionRow, NewPayout
 
@@ -98,8 +100,18 @@ class DecisionStore(JournalBase):
                 for decision_id, (_, payout) in zip(decision_ids, fresh, strict=True)
                 if payout is not None
             ]
+            lost: set[uuid.UUID] = set()
             if payouts:
-                conn.execute(Q.insert_payout.text, payouts)
+                made = set(conn.execute(Q.insert_payouts.text, {"rows": canonical_rows(payouts)}).scalars())
+                beaten = [row["id"] for row in payouts if row["id"] not in made]
+                if beaten:
+                    lost = set(conn.execute(Q.lost_to_an_open_payout.text, {"payout_ids": beaten}).scalars())
+            fresh = [
+                (replace(row, decision="DEFER", reason="PAYOUT_IN_PROGRESS", pay_amount=None), None)
+                if payout is not None and payout.id in lost
+                else (row, payout)
+                for row, payout in fresh
+            ]
             conn.execute(
                 AUDIT.append.text,
                 [
@@ -124,5 +136,21 @@ class DecisionStore(JournalBase):
         return len(fresh)
 
     @staticmethod
-    def revise_decision(conn: Connection, payout_id: uuid.UUID, decision: str, reason: str) -> None:
-        conn.execute(Q.revise.text, {"decision": decision, "reason": reason, "payout_id": payout_id})
+    def revise_decision(
+        conn: Connection,
+        payout_id: uuid.UUID,
+        decision: str,
+        reason: str,
+        note: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            Q.revise.text,
+            {
+                "decision": decision,
+                "reason": reason,
+                "payout_id": payout_id,
+                "note": note,
+                "evidence": None if evidence is None else canonical(evidence),
+            },
+        )

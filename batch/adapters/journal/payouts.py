@@ -36,8 +36,12 @@ class PayoutStore(JournalBase):
         states: Sequence[PayoutState],
         portfolio_ids: Sequence[str] | None = None,
         run_id: uuid.UUID | None = None,
+        not_stalled_in: uuid.UUID | None = None,
     ) -> list[PayoutRecord]:
-        """Lease up to ``limit`` executable payouts nobody else holds (FOR UPDATE SKIP LOCKED)."""
+        """Lease up to ``limit`` executable payouts nobody else holds (FOR UPDATE SKIP LOCKED).
+
+        ``run_id`` keeps to payouts planned by that run; ``not_stalled_in`` skips those stalled in that run.
+        """
         with self._tx() as conn:
             rows = conn.execute(
                 Q.claim.text,
@@ -48,6 +52,7 @@ class PayoutStore(JournalBase):
                     "states": [s.value for s in states],
                     "portfolio_ids": None if portfolio_ids is None else list(portfolio_ids),
                     "run_id": run_id,
+                    "not_stalled_in": not_stalled_in,
                 },
             ).all()
         return [PayoutRecord.from_mapping(r._mapping) for r in rows]
@@ -61,17 +66,19 @@ class PayoutStore(JournalBase):
             row = conn.execute(Q.get.text, {"id": payout_id}).first()
         return None if row is None else PayoutRecord.from_mapping(row._mapping)
 
-    def attempts_by_step(self, payout_ids: Sequence[uuid.UUID]) -> dict[tuple[uuid.UUID, str], tuple[int, int]]:
-        """Attempts per (payout, step) for a claimed batch, in one query: (all of them, since the last retry).
+    def attempts_by_step(
+        self, payout_ids: Sequence[uuid.UUID], run_id: uuid.UUID
+    ) -> dict[tuple[uuid.UUID, str], tuple[int, int]]:
+        """Attempts per (payout, step) for a claimed batch, in one query: (all of them, failed in ``run_id``).
 
-        All attempts decide whether to read back first; those since an operator's retry count against
-        the attempt cap.
+        All attempts decide whether to read back first; only the run's failed ones (a recorded error,
+        not an intent a crash cut off) count against the attempt cap.
         """
         if not payout_ids:
             return {}
         with self._read() as conn:
-            rows = conn.execute(Q.attempts_by_step.text, {"ids": list(payout_ids)})
-            return {(r.payout_id, r.step): (int(r.n), int(r.budget)) for r in rows}
+            rows = conn.execute(Q.attempts_by_step.text, {"ids": list(payout_ids), "run_id": run_id})
+            return {(r.payout_id, r.step): (int(r.n), int(r.failed)) for r in rows}
 
     # -- a step's intent and outcome -------------------------------------------------------------------
     def begin_step(
@@ -245,15 +252,20 @@ class PayoutStore(JournalBase):
         revise: tuple[str, str] | None,
         attempt_id: int | None = None,
         detail: Mapping[str, Any] | None = None,
+        note: str | None = None,
     ) -> PayoutRecord:
-        """CANCEL a payout that has not reached the ledger (the only kind that may be cancelled)."""
+        """CANCEL a payout that has not reached the ledger (the only kind that may be cancelled).
+
+        ``revise`` (decision, reason) replaces the planner's decision; ``note`` and ``detail`` go with it
+        into the decision's details, so the report says why and on what evidence.
+        """
         with self._tx() as conn:
             self._close_attempt(conn, attempt_id, "REFUSED", detail or {})
             if payout.ledger_reference is not None:
                 raise InvalidTransitionError(f"payout {payout.id} reached the ledger; it cannot be cancelled")
             updated = self._transition(conn, payout, PayoutState.CANCELLED, worker=worker, last_error=reason)
             if revise is not None:
-                DecisionStore.revise_decision(conn, payout.id, *revise)
+                DecisionStore.revise_decision(conn, payout.id, *revise, note=note, evidence=detail)
             self._audit(
                 conn,
                 actor=actor,
@@ -264,6 +276,52 @@ class PayoutStore(JournalBase):
                 details={"reason": reason, **(detail or {})},
             )
         return updated
+
+    def stall(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID,
+        step: Step,
+        actor: str,
+        worker: str,
+        failures: int,
+        error: str,
+    ) -> PayoutRecord:
+        """Leave a payout in its state for the next run: this run spent its attempts on transient failures."""
+        with self._tx() as conn:
+            row = conn.execute(
+                Q.stall.text,
+                {
+                    "run_id": run_id,
+                    "error": f"{step.value} failed transiently {failures} times in this run: {error}"[:2000],
+                    "step": step.value,
+                    "id": payout.id,
+                    "state": payout.state.value,
+                    "worker": worker,
+                },
+            ).first()
+            if row is None:
+                raise InvalidTransitionError(f"payout {payout.id}: stalling in {payout.state} lost a race")
+            self._audit(
+                conn,
+                actor=actor,
+                action="payout.stalled",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details={"state": payout.state, "step": step, "failures": failures, "error": error},
+            )
+        return PayoutRecord.from_mapping(row._mapping)
+
+    def count_stalled_in_run(self, run_id: uuid.UUID) -> int:
+        """Payouts this run stalled and left open for the next run (an alert, not a stop)."""
+        with self._read() as conn:
+            value = conn.execute(
+                Q.count_stalled_in_run.text,
+                {"run_id": run_id, "states": sorted(s.value for s in EXECUTABLE_STATES)},
+            ).scalar_one()
+        return int(value)
 
     # -- listings -----------------------------------------------------------------------------------------
     def list_payouts(self, states: Sequence[PayoutState], limit: int = 1000) -> list[PayoutRecord]:
