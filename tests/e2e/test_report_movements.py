@@ -120,7 +120,7 @@ def test_date_run_three_times_counts_each_portfolio_once(cli: Cli) -> None:
     first = cli("run", "--date", BUSINESS_DATE)
     assert first.returncode == 3, explain(first)
     (held,) = fetch(cli.dsns.journal, "SELECT id FROM batch.payouts WHERE state = 'HELD'")
-    approved = cli("payout", "approve", str(held["id"]), "--reason", "customer confirmed")
+    approved = cli.as_operator("alice")("payout", "approve", str(held["id"]), "--reason", "customer confirmed")
     assert approved.returncode == 0, explain(approved)
     for _ in range(2):
         again = cli("run", "--date", BUSINESS_DATE)
