@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
@@ -12,6 +14,10 @@ from batch.adapters.ledger import Ledger
 from batch.adapters.ledger_reads import LedgerReader
 from batch.adapters.migrations import migrate, pending
 from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
+from batch.domain.flow import Flow
+from batch.domain.payout import FlowKind
+from batch.domain.ports import Ports
+from batch.domain.withdrawal import withdrawal_flow
 from batch.errors import BatchError, ConfigError
 from batch.settings import Settings
 
@@ -47,6 +53,16 @@ class App:
         if self._client is None:
             self._client = InvestSuiteClient(self.settings.investsuite)
         return self._client
+
+    @property
+    def ports(self) -> Ports:
+        """What the flows' steps call: this process's InvestSuite client and the ledger."""
+        return Ports(investsuite=self.client, ledger=self.ledger, clock=lambda: datetime.now(UTC))
+
+    @property
+    def flows(self) -> Mapping[FlowKind, Flow]:
+        """Every flow the engine drives, built from the settings."""
+        return {FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy())}
 
     def close(self) -> None:
         if self._client is not None:

@@ -34,7 +34,7 @@ import structlog
 from sqlalchemy.engine import URL, Connection, Engine
 
 from batch.adapters.postgres import dsn_location, unavailable_as
-from batch.domain.model import LedgerView
+from batch.domain.model import LedgerView, mask_account
 from batch.errors import (
     ConfigError,
     InsufficientFundsError,
@@ -62,14 +62,6 @@ _LEDGER = "core banking ledger"  # how messages name it
 
 class LedgerAccountError(PermanentError):
     """The customer's ledger account is missing, of the wrong kind, or in another currency."""
-
-
-def mask_account(value: str) -> str:
-    """An account number or IBAN safe for logs: only its last 4 characters (``****1234``)."""
-    compact = "".join(value.split())
-    if len(compact) <= 4:
-        return "****"
-    return "****" + compact[-4:]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 from batch import __version__
 from batch.domain.money import MINOR_UNITS
-from batch.domain.payout import STAMP_COLUMN, PayoutState
+from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
 
 SCHEMA_VERSION = "2.0"
 ZERO = Decimal(0)
@@ -37,7 +37,8 @@ GROUP_TITLES = {
     "retried": "retried by an operator",
 }
 #: payout timestamp columns in flow order, and the state each one stamps (from the domain's one vocabulary)
-STAMPS = tuple(STAMP_COLUMN.values())
+#: the withdrawal's step timestamps, in flow order (ledger_posted_at ... completed_at)
+STAMPS = tuple(STAMP_COLUMN[state] for state in FLOW_STATES[FlowKind.WITHDRAWAL][1:])
 STATE_OF_STAMP = {column: state.value for state, column in STAMP_COLUMN.items()}
 EXCEPTION_STATES = {PayoutState.NEEDS_ATTENTION.value, PayoutState.HELD.value}
 

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import IntEnum
@@ -27,10 +27,11 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from batch import __version__
-from batch.domain.payout import PayoutState
+from batch.domain.payout import FlowKind, PayoutState
+from batch.domain.records import PayoutRecord
 from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
 from batch.service.context import Services
-from batch.service.execute import ExecutionStats, Executor
+from batch.service.engine import Engine, ExecutionStats
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
@@ -164,7 +165,7 @@ def _locked_run(
             only = list(request.portfolio_ids) or None
             app.client.authenticate()  # refused credentials stop the run before any payout is touched
             if not request.dry_run:
-                executor = _executor(app, run_id, actor, stop, progress)
+                executor = _planner_engine(app, run_id, actor, stop, progress)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
                 result.execution.append(executor.execute(portfolio_ids=only))
             planner = Planner(
@@ -198,7 +199,7 @@ def _locked_run(
                 workers = None
                 if spawn_workers is not None and processes > 1:
                     workers = spawn_workers(run_id, processes - 1, _share_rate_limit(app, processes))
-                executor = _executor(app, run_id, actor, stop, progress)
+                executor = _planner_engine(app, run_id, actor, stop, progress)
                 try:
                     result.execution.append(executor.execute(portfolio_ids=only))
                 finally:
@@ -306,48 +307,48 @@ def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
     return {"BATCH_INVESTSUITE__RATE_LIMIT_PER_SECOND": repr(share)}
 
 
-def _executor(
-    app: Services, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress
-) -> Executor:
+def engine_for(
+    app: Services,
+    run_id: uuid.UUID,
+    *,
+    actor: str,
+    worker: str,
+    flows: Sequence[FlowKind] | None = None,
+    stop: threading.Event | None = None,
+    on_done: Callable[[PayoutRecord], None] | None = None,
+) -> Engine:
+    """The step engine for one run (or one worker of it), over the flows asked for (default: all)."""
     settings = app.settings.run
-    executor = Executor(
+    wanted = {kind: flow for kind, flow in app.flows.items() if flows is None or kind in flows}
+    engine = Engine(
         journal=app.journal,
-        ledger=app.ledger,
-        client=app.client,
+        ports=app.ports,
+        flows=wanted,
         run_id=run_id,
         actor=actor,
-        worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}",
-        policy=app.settings.policy.to_policy(),
+        worker=worker,
         concurrency=settings.concurrency,
         max_step_attempts=settings.max_step_attempts,
         lease_seconds=settings.lease_seconds,
-        on_done=progress.done,
+        on_done=on_done,
     )
     if stop is not None:
-        executor.stop_requested = stop
-    return executor
+        engine.stop_requested = stop
+    return engine
+
+
+def _planner_engine(
+    app: Services, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress
+) -> Engine:
+    worker = f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
+    return engine_for(app, run_id, actor=actor, worker=worker, stop=stop, on_done=progress.done)
 
 
 def run_worker(
     app: Services, run_id: uuid.UUID, *, actor: str, worker_name: str, stop: threading.Event | None = None
 ) -> ExecutionStats:
-    """One scale-out worker: claim and drive payouts of ``run_id`` until none is left."""
-    settings = app.settings.run
-    executor = Executor(
-        journal=app.journal,
-        ledger=app.ledger,
-        client=app.client,
-        run_id=run_id,
-        actor=actor,
-        worker=worker_name,
-        policy=app.settings.policy.to_policy(),
-        concurrency=settings.concurrency,
-        max_step_attempts=settings.max_step_attempts,
-        lease_seconds=settings.lease_seconds,
-    )
-    if stop is not None:
-        executor.stop_requested = stop
-    return executor.execute()
+    """One scale-out worker: claim and drive operations of ``run_id`` until none is left."""
+    return engine_for(app, run_id, actor=actor, worker=worker_name, stop=stop).execute()
 
 
 __all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "run_job", "run_worker"]

@@ -7,6 +7,7 @@ UPDATE batch.payouts
    SET lease_owner = :worker, lease_expires_at = now() + make_interval(secs => :lease)
  WHERE id IN (SELECT id FROM batch.payouts
                WHERE state = ANY(:states)
+                 AND flow = ANY(:flows)
                  AND (lease_expires_at IS NULL OR lease_expires_at < now())
                  AND (CAST(:portfolio_ids AS text[]) IS NULL OR portfolio_id = ANY(CAST(:portfolio_ids AS text[])))
                  AND (CAST(:run_id AS uuid) IS NULL OR run_id = CAST(:run_id AS uuid))

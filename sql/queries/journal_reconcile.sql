@@ -4,7 +4,7 @@
 -- every payout of the business date (its ledger value date), with the event id InvestSuite answered
 SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.ledger_reference, p.transaction_id,
        p.divest_snapshot, p.divest_target, p.holdings_target_cash,
-       p.ledger_posted_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
        p.event_sent_at, p.completed_at, p.event_status,
        (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
          WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome = 'OK'
@@ -19,7 +19,7 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
 -- the run posted it on the ledger itself
 SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.ledger_reference, p.transaction_id,
        p.divest_snapshot, p.divest_target, p.holdings_target_cash,
-       p.ledger_posted_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
        p.event_sent_at, p.completed_at, p.event_status,
        (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
          WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome = 'OK'

@@ -14,7 +14,7 @@ SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.fi
        d.reconciliation_break, d.details, d.dry_run,
        p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
        p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
-       p.ledger_posted_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
        p.event_sent_at, p.completed_at,
        batch.still_held(d) AS still_held, NULL::jsonb AS earlier, false AS movement,
        EXISTS (SELECT 1 FROM batch.step_attempts a
@@ -41,7 +41,7 @@ SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.fi
        d.reconciliation_break, d.details, d.dry_run,
        p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
        p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
-       p.ledger_posted_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
        p.event_sent_at, p.completed_at,
        batch.still_held(d) AS still_held, e.list AS earlier, false AS movement,
        EXISTS (SELECT 1 FROM batch.step_attempts a
@@ -61,7 +61,7 @@ SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.fi
        d.pay_amount, d.reconciliation_break, d.details, d.dry_run,
        p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
        p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
-       p.ledger_posted_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
        p.event_sent_at, p.completed_at,
        false AS still_held, NULL::jsonb AS earlier, true AS movement,
        EXISTS (SELECT 1 FROM batch.step_attempts a

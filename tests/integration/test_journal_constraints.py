@@ -143,7 +143,7 @@ def test_unknown_payout_state_is_rejected(journal_engine: Engine, run_id: uuid.U
 def test_two_open_payouts_for_one_portfolio_are_rejected(journal_engine: Engine, run_id: uuid.UUID) -> None:
     """At most one open payout per portfolio: a second open one is rejected."""
     _payout(journal_engine, run_id, "P1", state="PLANNED")
-    with pytest.raises(IntegrityError, match="payouts_one_open_per_portfolio"):
+    with pytest.raises(IntegrityError, match="payouts_one_open_withdrawal_per_portfolio"):
         _payout(journal_engine, run_id, "P1", state="NEEDS_ATTENTION")
 
 

@@ -18,7 +18,7 @@ from batch.adapters.journal.base import JournalBase
 from batch.adapters.journal.decisions import DecisionStore
 from batch.adapters.sqlfiles import load_queries
 from batch.codec import canonical
-from batch.domain.payout import EXECUTABLE_STATES, OPEN_STATES, PayoutState, Step, check_transition
+from batch.domain.payout import EXECUTABLE_STATES, OPEN_STATES, FlowKind, PayoutState, Step, check_transition
 from batch.domain.records import PayoutRecord
 from batch.errors import InvalidTransitionError
 
@@ -34,6 +34,7 @@ class PayoutStore(JournalBase):
         limit: int,
         lease_seconds: int,
         states: Sequence[PayoutState],
+        flows: Sequence[FlowKind] | None = None,
         portfolio_ids: Sequence[str] | None = None,
         run_id: uuid.UUID | None = None,
         not_stalled_in: uuid.UUID | None = None,
@@ -50,6 +51,7 @@ class PayoutStore(JournalBase):
                     "n": limit,
                     "lease": lease_seconds,
                     "states": [s.value for s in states],
+                    "flows": [f.value for f in (flows or list(FlowKind))],
                     "portfolio_ids": None if portfolio_ids is None else list(portfolio_ids),
                     "run_id": run_id,
                     "not_stalled_in": not_stalled_in,
@@ -144,7 +146,7 @@ class PayoutStore(JournalBase):
                 intent = conn.execute(Q.intent_of.text, {"id": attempt_id}).scalar() or {}
         current = payout
         for target in through:
-            check_transition(current.state, target)
+            check_transition(current.state, target, payout.flow)
             current = replace(current, state=target)
         # one audit row per outcome; it names the state transitions it made
         states: dict[str, Any] = {"from": payout.state, "through": list(through)} if through else {}
@@ -185,7 +187,7 @@ class PayoutStore(JournalBase):
         failing_step: str | None = None,
         last_error: str | None = None,
     ) -> PayoutRecord:
-        check_transition(payout.state, target)
+        check_transition(payout.state, target, payout.flow)
         row = conn.execute(
             Q.transition.text,
             {
