@@ -119,6 +119,8 @@ class PolicySettings(_Section):
 class LedgerSettings(_Section):
     #: Account the payouts are credited to (cash on its way to the customer's counter account).
     clearing_account_template: str = "CLEARING-{currency}"
+    #: House account per currency into which the bank's payment system books customers' incoming payments.
+    incoming_account_template: str = "INCOMING-{currency}"
 
 
 class RunSettings(_Section):
