@@ -249,6 +249,10 @@ def compile_sql(expression: Expression, column: str = "search_doc") -> tuple[str
             glue = " AND " if node.operator == "and" else " OR "
             return "(" + glue.join(visit(operand) for operand in node.operands) + ")"
         if isinstance(node, Membership):
+            if all(isinstance(value, str) and "*" not in value for value in node.values):
+                # plain strings: one array parameter (an id lookup sends up to 100 of them)
+                params.append(list(node.values))
+                return f"coalesce(({column} #>> {_path_literal(node.field)}) = ANY(%s), false)"
             parts = [visit(Comparison(node.field, "eq", value)) for value in node.values]
             return "(" + " OR ".join(parts) + ")"
         return _compare_sql(node, column, params)
