@@ -24,6 +24,22 @@ ALTER TABLE ledger.transfers ADD COLUMN beneficiary_reference text
 CREATE INDEX transfers_by_credit ON ledger.transfers (credit_account_id, id);
 CREATE INDEX accounts_incoming_funds ON ledger.accounts (id) WHERE kind = 'INCOMING_FUNDS';
 
+-- Credits into incoming accounts become visible in id order, so a reader paging by id (id > the last seen)
+-- never skips one: a bigserial id is drawn when the row is formed, not when it commits, and a credit with a
+-- lower id could otherwise commit after a higher one was read. Each such credit takes one transaction-level
+-- lock (held to its commit) and draws its id under it; other transfers are untouched.
+CREATE FUNCTION ledger.order_incoming_credit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ledger.accounts WHERE id = NEW.credit_account_id AND kind = 'INCOMING_FUNDS') THEN
+        PERFORM pg_advisory_xact_lock(hashtext('ledger.incoming_credits'));
+        NEW.id := nextval('ledger.transfers_id_seq');
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER transfers_order_incoming BEFORE INSERT ON ledger.transfers
+    FOR EACH ROW EXECUTE FUNCTION ledger.order_incoming_credit();
+
 -- 0001's posting trigger with two additions: an INCOMING_FUNDS account is debited only within its
 -- available cash (balance - active holds), like a customer account; a beneficiary only on a credit into an
 -- INCOMING_FUNDS account. Everything else (locks in id order, currencies, the balance moves) is unchanged.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -150,3 +152,43 @@ def test_credits_into_incoming_accounts_are_found_by_index(
         conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
         plan = conn.execute(sa.text("EXPLAIN " + Q.incoming_credits.sql), params).scalars().all()
     assert "transfers_by_credit" in " ".join(plan)
+
+
+def test_incoming_credits_become_visible_in_id_order(ledger_engine: Engine, incoming: tuple[int, int, int]) -> None:
+    """A credit (even in another currency) booked while an earlier one is uncommitted waits: none shows above a gap."""
+    nostro, account, _ = incoming
+    nostro_usd = _account(ledger_engine, "NOSTRO-USD", currency="USD", kind="BANK_HOUSE")
+    incoming_usd = _account(ledger_engine, "INCOMING-USD", currency="USD", kind="INCOMING_FUNDS")
+    with ledger_engine.connect() as first:
+        first.execute(
+            sa.text(
+                """INSERT INTO ledger.transfers (idempotency_key, debit_account_id, credit_account_id, amount,
+                                                 currency, value_date, counterparty)
+                   VALUES ('early', :d, :c, 1, 'EUR', current_date, 'x')"""
+            ),
+            {"d": nostro, "c": account},
+        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            later = pool.submit(_credit, ledger_engine, "late", nostro_usd, incoming_usd, "2", None, "USD")
+            waiting = _wait_for_lock(ledger_engine)
+            visible = _exec(ledger_engine, "SELECT idempotency_key FROM ledger.transfers WHERE amount < 3")
+            first.commit()
+            later.result(timeout=30)
+    assert waiting == ("Lock", "advisory")
+    assert visible == []
+    ids = dict(_exec(ledger_engine, "SELECT idempotency_key, id FROM ledger.transfers WHERE amount < 3"))
+    assert ids["late"] > ids["early"]
+
+
+def _wait_for_lock(engine: Engine) -> tuple[str, str] | None:
+    """The wait event of another session blocked on a lock, polled until one shows (or None after 30 s)."""
+    for _ in range(300):
+        rows = _exec(
+            engine,
+            """SELECT wait_event_type, wait_event FROM pg_stat_activity
+                WHERE datname = current_database() AND wait_event_type = 'Lock'""",
+        )
+        if rows:
+            return (rows[0][0], rows[0][1])
+        time.sleep(0.1)
+    return None
