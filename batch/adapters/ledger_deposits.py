@@ -11,7 +11,7 @@ from the incoming account to the customer's account, one transfer per credit key
 ``DepositLedger`` is the job's port (it reads and posts; the ``batch_ledger`` role's grants suffice and
 cannot set a beneficiary); ``IncomingFundsAdmin`` books incoming credits for the demo, the tests and the
 benchmarks. Errors follow ``batch.adapters.ledger``: ``LedgerUnavailableError`` (transient, the outcome of a
-move may be unknown: read back with ``Ledger.get_transfer(key)``), ``InsufficientFundsError`` (the incoming
+move may be unknown: read back with ``get_transfer(key)``), ``InsufficientFundsError`` (the incoming
 account does not hold the amount), ``LedgerConflictError`` (the key was used for another move),
 ``LedgerAccountError`` (the customer account is missing, of another kind or in another currency),
 ``IncomingCreditError`` (the credit named is not an incoming credit of that amount and currency) and
@@ -40,10 +40,10 @@ from batch.adapters.ledger import (
     _check_amount,
     _check_currency,
     _transfer,
-    _translated,
-    mask_account,
+    translated,
 )
 from batch.adapters.sqlfiles import load_queries
+from batch.domain.model import mask_account
 from batch.errors import (
     ConfigError,
     InsufficientFundsError,
@@ -132,7 +132,7 @@ class DepositLedger:
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        with _translated(self._engine.url), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(Q.incoming_credits.text, {"after_id": after_id, "limit": limit}).all()
         return [_credit(row) for row in rows]
 
@@ -141,9 +141,15 @@ class DepositLedger:
         wanted = sorted(set(references))
         if not wanted:
             return {}
-        with _translated(self._engine.url), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(Q.credits_by_reference.text, {"references": wanted}).all()
         return {row.reference: _credit(row) for row in rows}
+
+    def get_transfer(self, idempotency_key: str) -> Transfer | None:
+        """The transfer posted under ``idempotency_key`` (a move's read-back), or None: ``Ledger.get_transfer``."""
+        with translated(self._engine.url), self._engine.connect() as conn:
+            row = conn.execute(_SELECT_TRANSFER_BY_KEY, {"key": idempotency_key}).first()
+        return _transfer(row) if row is not None else None
 
     def move_deposit(
         self,
@@ -165,14 +171,14 @@ class DepositLedger:
         with another account, amount or currency is a ``LedgerConflictError``. The ledger's trigger refuses
         a debit beyond the incoming account's available cash (``InsufficientFundsError``).
 
-        ``LedgerUnavailableError`` may leave the outcome unknown: read back with ``Ledger.get_transfer(key)``
-        or move again with the same key.
+        ``LedgerUnavailableError`` may leave the outcome unknown: read back with ``get_transfer(key)`` or move
+        again with the same key.
         """
         _check_amount(amount)
         _check_currency(currency)
         incoming = self.incoming_account_reference(currency)
         try:
-            with _translated(self._engine.url), self._autocommit.connect() as conn:
+            with translated(self._engine.url), self._autocommit.connect() as conn:
                 accounts = {
                     row.reference: row
                     for row in conn.execute(
@@ -294,7 +300,7 @@ class DepositLedger:
         return transfer
 
     def _available(self, reference: str) -> Decimal | None:
-        with _translated(self._engine.url), self._autocommit.connect() as conn:
+        with translated(self._engine.url), self._autocommit.connect() as conn:
             value = conn.execute(Q.available.text, {"reference": reference}).scalar()
         return None if value is None else Decimal(value)
 
@@ -305,7 +311,7 @@ class IncomingFundsAdmin(LedgerAdmin):
     def ensure_incoming_account(self, currency: str) -> str:
         """Open the incoming funds account of ``currency`` if missing; return its reference."""
         _check_currency(currency)
-        with _translated(self._engine.url), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             return self._incoming(conn, currency)[0]
 
     def _incoming(self, conn: Connection, currency: str) -> tuple[str, int]:
@@ -328,7 +334,7 @@ class IncomingFundsAdmin(LedgerAdmin):
         """
         _check_amount(amount)
         _check_currency(currency)
-        with _translated(self._engine.url), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             incoming, incoming_id = self._incoming(conn, currency)
             nostro = NOSTRO_TEMPLATE.format(currency=currency)
             nostro_id = self._open(conn, nostro, currency, "bank", HOUSE_KIND)

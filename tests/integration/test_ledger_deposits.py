@@ -186,6 +186,7 @@ def test_move_deposit_moves_the_credit_to_the_customer(
     assert (moved.value_date, moved.counterparty) == (VALUE_DATE, PAYER)
     assert _balance(ledger_engine, ALICE) == Decimal("1500.00")
     assert _balance(ledger_engine, "INCOMING-EUR") == Decimal(0)
+    assert deposits.get_transfer(f"deposit:{credit}") == moved
     assert Ledger(ledger_engine, LedgerSettings()).get_transfer(f"deposit:{credit}") == moved
 
 
@@ -236,7 +237,7 @@ def test_move_beyond_the_incoming_funds_is_refused(
     with pytest.raises(InsufficientFundsError) as caught:
         _move(deposits, credit, "100.00")
     assert (caught.value.available, caught.value.requested) == (Decimal(70), Decimal("100.00"))
-    assert Ledger(ledger_engine, LedgerSettings()).get_transfer(f"deposit:{credit}") is None
+    assert deposits.get_transfer(f"deposit:{credit}") is None
     assert _balance(ledger_engine, ALICE) == Decimal(0)
 
 
