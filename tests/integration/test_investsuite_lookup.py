@@ -12,8 +12,10 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from batch.adapters.investsuite import InvestSuiteClient
+from batch.adapters.postgres import Dsns
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
-from batch.sandbox.seed import portfolio_document, user_document
+from batch.sandbox.query import compile_sql, parse_query
+from batch.sandbox.seed import libpq_dsn, portfolio_document, user_document
 from batch.sandbox.store import dumps, new_id
 from batch.settings import InvestSuiteSettings
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
@@ -116,3 +118,13 @@ def test_sandbox_in_query_matches_exactly_the_listed_strings(
         mixed = http.get("/portfolios/", params={"query": "external_id in ['IN-C', 'IN-A*']"}).json()
     assert sorted(d["id"] for d in body["results"]) == sorted(ids[:2])
     assert sorted(d["id"] for d in mixed["results"]) == sorted([ids[0], ids[2], ids[3]])
+
+
+@pytest.mark.parametrize("query", ["external_id in ['IN-A', 'IN-B']", "external_id eq 'IN-A'"])
+def test_external_id_queries_read_the_external_id_index(dsns: Dsns, query: str) -> None:
+    """The compiled external-id lookups match the index portfolios_by_external_id (a 100-id lookup stays cheap)."""
+    where, params = compile_sql(parse_query(query))
+    with psycopg.connect(libpq_dsn(dsns.sandbox)) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = conn.execute(f"EXPLAIN SELECT id FROM sandbox.portfolios WHERE {where} ORDER BY id", params).fetchall()
+    assert "portfolios_by_external_id" in " ".join(str(row[0]) for row in plan)
