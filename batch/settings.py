@@ -16,6 +16,7 @@ import json
 import os
 import tomllib
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -123,6 +124,19 @@ class LedgerSettings(_Section):
     incoming_account_template: str = "INCOMING-{currency}"
 
 
+class BrokerIntegration(StrEnum):
+    """Who moves a deposit's money at the broker (the seeds' two set-ups)."""
+
+    CLIENT = "client"  # the bank: move house -> customer account in the ledger, then announce it
+    INVESTSUITE = "investsuite"  # InvestSuite: only announce it
+
+
+class DepositSettings(_Section):
+    #: run the deposit flow in ``batch run`` (``--flow`` chooses per run)
+    enabled: bool = True
+    broker_integration: BrokerIntegration = BrokerIntegration.CLIENT
+
+
 class RunSettings(_Section):
     timezone: str = "Europe/Brussels"
     concurrency: int = Field(default=48, ge=1, le=512)
@@ -184,6 +198,7 @@ class Settings(BaseSettings):
     investsuite: InvestSuiteSettings = InvestSuiteSettings()
     policy: PolicySettings = PolicySettings()
     ledger: LedgerSettings = LedgerSettings()
+    deposits: DepositSettings = DepositSettings()
     run: RunSettings = RunSettings()
     report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()
