@@ -77,10 +77,14 @@ def security(settings: BusSettings) -> BaseSecurity | None:
 class Bus:
     """A FastStream broker for one kind of bus, with the listener's subscription and the dead-letter target."""
 
-    def __init__(self, settings: BusSettings, kind: BusKind | None = None, *, client_id: str | None = None) -> None:
+    def __init__(
+        self, settings: BusSettings, kind: BusKind | None = None, *, client_id: str | None = None, consumer: bool = True
+    ) -> None:
         self.settings = settings
         self.kind: BusKind = kind or settings.kind
         self.client_id = client_id or settings.client_id
+        #: a publisher only (the sandbox) keeps no MQTT session on the broker
+        self.consumer = consumer
         self.broker: BrokerUsecase[Any, Any] = self._broker()
         self._consuming = False
 
@@ -99,8 +103,8 @@ class Bus:
             return MQTTBroker(
                 url,
                 client_id=self.client_id,
-                clean_session=False,
-                session_expiry_interval=s.mqtt_session_expiry_seconds,
+                clean_session=not self.consumer,
+                session_expiry_interval=s.mqtt_session_expiry_seconds if self.consumer else 0,
                 version="5.0",
                 **common,
             )
@@ -187,8 +191,12 @@ class Bus:
             from faststream.rabbit import RabbitBroker, RabbitQueue  # noqa: PLC0415
 
             assert isinstance(self.broker, RabbitBroker)
-            await self.broker.declare_exchange(self._rabbit_exchange())
+            exchange = await self.broker.declare_exchange(self._rabbit_exchange())
             await self.broker.declare_queue(RabbitQueue(self.settings.dead_letter, durable=True))
+            # the listener's queue and its binding exist before anything is published (declaring is idempotent):
+            # an event published to an exchange with no queue bound would be dropped
+            queue = await self.broker.declare_queue(self._rabbit_queue())
+            await queue.bind(exchange, routing_key="#")
 
     async def stop(self) -> None:
         """Close the connection: whatever was delivered and not acknowledged goes back to the bus."""

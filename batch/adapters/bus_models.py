@@ -59,7 +59,9 @@ class StatusUpdate(_PortfolioEvent):
     value: str = Field(min_length=1, max_length=64)
 
 
-def _amount(raw: object) -> Decimal:
+def _amount(raw: object) -> Decimal | None:
+    if raw is None:  # null, like 0, means nothing is requested
+        return None
     try:
         return parse_amount(raw)
     except InvalidAmountError as exc:
@@ -68,7 +70,7 @@ def _amount(raw: object) -> Decimal:
 
 class Withdrawal(_PortfolioEvent):
     #: the TOTAL requested (not an increment); >= 1e100 is a full withdrawal
-    divest_amount: Annotated[Decimal, BeforeValidator(_amount)]
+    divest_amount: Annotated[Decimal | None, BeforeValidator(_amount)]
     currency: str | None = Field(default=None, max_length=10)
 
 

@@ -232,7 +232,7 @@ class BusEventHandler:
             )
             return self._portfolio_gone(data.id, Reason.PORTFOLIO_REMOVED, envelope.id)
         if isinstance(data, Withdrawal):
-            if data.divest_amount == 0:
+            if not data.divest_amount:
                 return "divest_amount 0: nothing requested (an open payout is re-checked before its ledger post)"
             return self.withdrawals.trigger(data.id, envelope.id)
         return self.deposits.trigger(data.id, envelope.id)
@@ -255,6 +255,7 @@ class BusEventHandler:
                 lease_seconds=self.lease_seconds,
                 states=[PayoutState.PLANNED],
                 portfolio_ids=[portfolio_id],
+                not_stalled_in=uuid.uuid4(),  # a payout stalled by a run may still be cancelled
             )
             if not claimed:
                 return (
