@@ -1,8 +1,9 @@
 """The sandbox publishes InvestSuite's outbound events to a bus, so tests and the demo use the real path.
 
 Off by default; ``--bus KIND --bus-url URL`` (or ``INVESTSUITE_SANDBOX_BUS`` / ``INVESTSUITE_SANDBOX_BUS_URL``)
-turns it on. Whenever a portfolio changes in the sandbox — a PATCH, or the admin endpoints below that
-act "as the app does" — the documented envelopes go to the configured topic:
+turns it on; ``--bus`` also takes a JSON object of ``[bus]`` settings (``{"kind": "mqtt", "topic": ...}``)
+for a bus whose names differ from the defaults. Whenever a portfolio changes in the sandbox — a PATCH,
+or the admin endpoints below that act "as the app does" — the documented envelopes go to the topic:
 
     portfolios.creation              a portfolio was created           {id, external_id, owned_by_user_id}
     portfolios.status-update         its status changed                {id, external_id, value}
@@ -94,23 +95,31 @@ def _withdrawal(ref: Document, doc: Document) -> Document:
 class EventPublisher:
     """Queues the events of committed changes and publishes them from a background task."""
 
-    kind: BusKind | None = None
-    url: str | None = None
+    settings: BusSettings | None = None
     _queue: asyncio.Queue[Document] = field(default_factory=asyncio.Queue, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     published: int = 0
     failures: int = 0
 
     @classmethod
-    def from_options(cls, kind: str | None, url: str | None) -> EventPublisher:
-        kind = kind or os.environ.get(BUS_ENV) or None
-        if kind not in (None, "rabbitmq", "mqtt", "kafka", "nats"):
-            raise ValueError(f"unknown bus {kind!r}")
-        return cls(kind, url or os.environ.get(BUS_URL_ENV) or None)  # type: ignore[arg-type]
+    def from_options(cls, bus: str | None, url: str | None) -> EventPublisher:
+        """``bus``: a kind (rabbitmq|mqtt|kafka|nats) or a JSON object of ``[bus]`` settings; None: off."""
+        bus = bus or os.environ.get(BUS_ENV) or None
+        url = url or os.environ.get(BUS_URL_ENV) or None
+        if bus is None:
+            return cls()
+        options: dict[str, Any] = loads(bus) if bus.lstrip().startswith("{") else {"kind": bus}
+        if url:
+            options[f"{options.get('kind', 'rabbitmq')}_url"] = url
+        return cls(BusSettings.model_validate(options))
 
     @property
     def enabled(self) -> bool:
-        return self.kind is not None
+        return self.settings is not None
+
+    @property
+    def kind(self) -> BusKind | None:
+        return None if self.settings is None else self.settings.kind
 
     def changed(self, old: Document | None, new: Document) -> None:
         """Queue the events of a committed change (never blocks, never fails the request)."""
@@ -135,9 +144,8 @@ class EventPublisher:
             await self._task
 
     def _bus(self) -> Bus:
-        assert self.kind is not None
-        settings = BusSettings(kind=self.kind, **({f"{self.kind}_url": self.url} if self.url else {}))
-        return Bus(settings, client_id=f"investsuite-sandbox-{os.getpid()}", consumer=False)
+        assert self.settings is not None
+        return Bus(self.settings, client_id=f"investsuite-sandbox-{os.getpid()}", consumer=False)
 
     async def _pump(self) -> None:
         bus: Bus | None = None

@@ -1,0 +1,189 @@
+"""``batch listen`` end to end over real RabbitMQ and real Mosquitto (127.0.0.1): the sandbox publishes
+InvestSuite's events when a divest amount changes, the listener pays, and the databases show it.
+
+Skipped with a one-line reason when a broker does not answer (``.ci/run`` starts them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from batch.adapters.postgres import Dsns
+from tests.e2e.chaos_support import batch_command, batch_env
+from tests.e2e.helpers import fetch
+from tests.e2e.listener_support import (
+    ListenerProcess,
+    ListenerWorld,
+    broker_missing,
+    completed,
+    inbox,
+    listener_world,
+    paid_counts,
+    read_dead_letters,
+    wait_until,
+)
+from tests.fixtures.sandbox import SandboxState
+from tests.integration.bus_support import event, minutes_ago, withdrawal
+from tests.integration.payout_support import add_customer
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def _world(dsns: Dsns, kind: str, tmp_path: Path, **kw: object) -> Iterator[ListenerWorld]:
+    reason = broker_missing(kind)
+    if reason:
+        pytest.skip(reason)
+    with listener_world(dsns, kind, tmp_path / kind, **kw) as world:  # type: ignore[arg-type]
+        yield world
+
+
+@pytest.fixture
+def listening(
+    request: pytest.FixtureRequest, dsns: Dsns, tmp_path: Path
+) -> Iterator[tuple[ListenerWorld, ListenerProcess]]:
+    """A sandbox publishing to the bus named by the test's parameter, and a ready listener on it."""
+    with _world(dsns, request.param, tmp_path) as world:
+        listener = world.listener().start()
+        try:
+            listener.wait_ready()
+            yield world, listener
+        finally:
+            listener.stop()
+
+
+@pytest.mark.parametrize("listening", ["rabbitmq", "mqtt"], indirect=True)
+def test_divest_change_in_the_sandbox_is_paid_through_the_bus(
+    listening: tuple[ListenerWorld, ListenerProcess], dsns: Dsns, sandbox_store: SandboxState
+) -> None:
+    """A divest amount set as the app does -> event on the bus -> paid, with the nightly run's evidence."""
+    world, listener = listening
+    doc = add_customer(sandbox_store, dsns, divest=None, cash=Decimal("800.00"))
+    world.set_divest(doc["id"], "300.00")
+    wait_until(lambda: completed(dsns, [doc["id"]]) == 1, 60, "the payout")
+    counts = paid_counts(dsns, {doc["id"]: doc["external_id"]})
+    assert (counts.journal[doc["id"]], counts.ledger[doc["id"]]) == (1, 1)
+    assert (counts.transactions[doc["id"]], counts.events[doc["id"]]) == (1, 1)
+    [payout] = fetch(dsns.journal, "SELECT * FROM batch.payouts WHERE portfolio_id = %s", [doc["id"]])
+    assert payout["amount"] == Decimal("300.00")
+    after = sandbox_store.portfolio(doc["id"])
+    assert after is not None
+    assert after["portfolio"]["$EUR"] == Decimal("500.00")
+    assert after["config"]["manager_settings"]["divest_amount"] == 0
+    # the withdrawal event, and the one the job's own PATCH caused (divest back to 0), both handled
+    wait_until(lambda: len([r for r in inbox(dsns) if r["status"] == "HANDLED"]) == 2, 30, "the echo event")
+    handled = [r for r in inbox(dsns) if r["kind"] == "withdrawal"]
+    assert [r["bus"] for r in handled] == [world.names.kind] * 2
+    assert "COMPLETED" in handled[0]["outcome"] and "nothing requested" in handled[1]["outcome"]
+    metric = f'batch_bus_events_handled_total{{bus="{world.names.kind}",kind="withdrawal",status="HANDLED"}} 2.0'
+    assert metric in listener.metrics()
+
+
+@pytest.mark.parametrize("listening", ["rabbitmq"], indirect=True)
+def test_duplicates_out_of_order_and_poison_over_the_bus(
+    listening: tuple[ListenerWorld, ListenerProcess], dsns: Dsns, sandbox_store: SandboxState
+) -> None:
+    """A duplicate id pays once, an older event is stale, poison is dead-lettered with its reason."""
+    world, _ = listening
+    doc = add_customer(sandbox_store, dsns, divest=Decimal("120.00"))
+    other = add_customer(sandbox_store, dsns, divest=None)
+    newer = event("status-update", {"id": other["id"], "value": "ACTIVE"}, event_id="s-new", created=minutes_ago(1))
+    older = event("status-update", {"id": other["id"], "value": "INACTIVE"}, event_id="s-old", created=minutes_ago(9))
+    pay = withdrawal(doc, "120.00", event_id="w-1")
+    world.publish([pay, pay, b"{not json", newer])
+    wait_until(lambda: completed(dsns, [doc["id"]]) == 1, 60, "the payout")
+    world.publish([pay, older])
+    wait_until(lambda: any(r["event_id"] == "s-old" for r in inbox(dsns)), 30, "the stale event")
+    wait_until(lambda: next(r for r in inbox(dsns) if r["event_id"] == "w-1")["duplicates"] == 2, 30, "duplicates")
+    rows = {r["event_id"]: r for r in inbox(dsns)}
+    assert rows["w-1"]["status"] == "HANDLED" and rows["s-new"]["status"] == "HANDLED"
+    assert rows["s-old"]["status"] == "STALE"
+    assert paid_counts(dsns, {doc["id"]: doc["external_id"]}).ledger[doc["id"]] == 1
+    [(body, reason)] = read_dead_letters(world.names, 1)
+    assert body == b"{not json" and reason.startswith("invalid JSON")
+    assert [r["status"] for r in rows.values() if r["event_id"].startswith("sha256:")] == ["DEAD_LETTERED"]
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq"])
+def test_listener_and_nightly_run_at_once_pay_every_payout_once(
+    kind: str, dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """The listener and ``batch run`` over the same book at the same time: every payout exactly once."""
+    with _world(dsns, kind, tmp_path, latency_ms=30) as world:
+        docs = [add_customer(sandbox_store, dsns, divest=Decimal("50.00")) for _ in range(30)]
+        listener = world.listener().start()
+        try:
+            listener.wait_ready()
+            nightly = subprocess.Popen(
+                batch_command(world.config, "run", "--trigger", "test"),
+                env=batch_env(),
+                cwd=world.folder,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            world.publish([withdrawal(d, "50.00") for d in docs])
+            out, _ = nightly.communicate(timeout=240)
+            assert nightly.returncode in (0, 3), out.decode()[-3000:]
+            ids = [d["id"] for d in docs]
+            wait_until(lambda: completed(dsns, ids) == len(ids), 120, "every payout")
+            wait_until(lambda: len([r for r in inbox(dsns) if r["status"] == "RECEIVED"]) == 0, 60, "the inbox")
+        finally:
+            listener.stop()
+        counts = paid_counts(dsns, {d["id"]: d["external_id"] for d in docs})
+        for d in docs:
+            assert (counts.journal[d["id"]], counts.ledger[d["id"]]) == (1, 1), d["id"]
+            assert (counts.transactions[d["id"]], counts.events[d["id"]]) == (1, 1), d["id"]
+        planners = {
+            r["trigger"]
+            for r in fetch(dsns.journal, "SELECT r.trigger FROM batch.payouts p JOIN batch.runs r ON r.id = p.run_id")
+        }
+        assert planners <= {"test", "listener"}
+
+
+@pytest.mark.parametrize(("kind", "size"), [("rabbitmq", 100), ("mqtt", 40)])
+def test_sigkill_mid_burst_then_restart_handles_every_event_once(
+    kind: str, size: int, dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """A burst of withdrawal events at 100 ms API latency, SIGKILL in the middle, a restart: every event
+    handled, every portfolio paid exactly once (journal, ledger, InvestSuite), the dead run abandoned;
+    then SIGTERM exits 0 and finishes the listener's runs."""
+    with _world(dsns, kind, tmp_path, latency_ms=100) as world:
+        docs = [add_customer(sandbox_store, dsns, divest=None, cash=Decimal("900.00")) for _ in range(size)]
+        ids = [d["id"] for d in docs]
+        first = world.listener().start()
+        first.wait_ready()
+        for d in docs:
+            world.set_divest(d["id"], "75.50")
+        wait_until(lambda: completed(dsns, ids) >= size // 4, 120, "a quarter of the burst")
+        first.kill()
+        second = world.listener().start()
+        try:
+            second.wait_ready()
+            wait_until(lambda: completed(dsns, ids) == size, 240, "the whole burst")
+            wait_until(
+                lambda: (
+                    len([r for r in inbox(dsns) if r["kind"] == "withdrawal" and r["status"] == "HANDLED"]) >= 2 * size
+                ),
+                120,
+                "every withdrawal event and its echo",
+            )
+            assert second.terminate() == 0
+        finally:
+            second.stop()
+        counts = paid_counts(dsns, {d["id"]: d["external_id"] for d in docs})
+        for d in docs:
+            assert (counts.journal[d["id"]], counts.ledger[d["id"]]) == (1, 1), d["id"]
+            assert (counts.transactions[d["id"]], counts.events[d["id"]]) == (1, 1), d["id"]
+        rows = inbox(dsns)
+        assert all(r["status"] == "HANDLED" for r in rows), [r for r in rows if r["status"] != "HANDLED"][:3]
+        runs = fetch(dsns.journal, "SELECT status, trigger FROM batch.runs")
+        assert {r["trigger"] for r in runs} == {"listener"}
+        assert "ABANDONED" in {r["status"] for r in runs}
+        assert "RUNNING" not in {r["status"] for r in runs}
+        assert sorted({r["status"] for r in runs}) == ["ABANDONED", "SUCCEEDED"]
