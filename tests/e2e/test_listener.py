@@ -182,8 +182,40 @@ def test_sigkill_mid_burst_then_restart_handles_every_event_once(
             assert (counts.transactions[d["id"]], counts.events[d["id"]]) == (1, 1), d["id"]
         rows = inbox(dsns)
         assert all(r["status"] == "HANDLED" for r in rows), [r for r in rows if r["status"] != "HANDLED"][:3]
+        assert any(r["attempts"] > 1 for r in rows), "the kill cut no handling off: no event was redelivered"
         runs = fetch(dsns.journal, "SELECT status, trigger FROM batch.runs")
         assert {r["trigger"] for r in runs} == {"listener"}
         assert "ABANDONED" in {r["status"] for r in runs}
         assert "RUNNING" not in {r["status"] for r in runs}
         assert sorted({r["status"] for r in runs}) == ["ABANDONED", "SUCCEEDED"]
+
+
+def test_sigterm_finishes_in_flight_events_and_leaves_the_rest_to_the_bus(
+    dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """SIGTERM mid-burst: exit 0, every event started is finished (no payout left half-way, no inbox row
+    still RECEIVED), the others stay on the queue and the next listener handles them."""
+    with _world(dsns, "rabbitmq", tmp_path, latency_ms=100, concurrency=4) as world:
+        docs = [add_customer(sandbox_store, dsns, divest=None) for _ in range(40)]
+        ids = [d["id"] for d in docs]
+        for d in docs:  # queued on the listener's queue (declared by the sandbox) before the listener starts
+            world.set_divest(d["id"], "20.00")
+        first = world.listener().start()
+        first.wait_ready()
+        wait_until(lambda: completed(dsns, ids) >= 5, 120, "the first payouts")
+        assert first.terminate() == 0, first.output()
+        done = completed(dsns, ids)
+        assert done < len(ids), "the burst ended before SIGTERM: nothing was left to the bus"
+        states = {r["state"] for r in fetch(dsns.journal, "SELECT state FROM batch.payouts")}
+        assert states == {"COMPLETED"}, states
+        assert not [r for r in inbox(dsns) if r["status"] == "RECEIVED"]
+        runs = fetch(dsns.journal, "SELECT status FROM batch.runs")
+        assert {r["status"] for r in runs} == {"SUCCEEDED"}
+        second = world.listener().start()
+        try:
+            second.wait_ready()
+            wait_until(lambda: completed(dsns, ids) == len(ids), 120, "the rest of the burst")
+        finally:
+            second.stop()
+        counts = paid_counts(dsns, {d["id"]: d["external_id"] for d in docs})
+        assert set(counts.ledger.values()) == {1} and len(counts.ledger) == len(ids)
