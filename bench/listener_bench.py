@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 from batch.adapters.migrations import migrate  # noqa: E402
 from batch.adapters.postgres import Dsns, make_engine  # noqa: E402
+from batch.sandbox.server import free_port  # noqa: E402
 from bench.bench import Env, log  # noqa: E402
 from tests.e2e.helpers import fetch  # noqa: E402
 from tests.e2e.listener_support import (  # noqa: E402
@@ -97,10 +98,13 @@ def measure(dsns: Dsns, docs: list[dict[str, Any]], started: float) -> dict[str,
     }
 
 
-def burst(world: ListenerWorld, docs: list[dict[str, Any]], kill_at: float) -> dict[str, Any]:
+def burst(world: ListenerWorld, docs: list[dict[str, Any]], kill_at: float, listeners: int) -> dict[str, Any]:
     ids = [d["id"] for d in docs]
     first = world.listener().start()
     first.wait_ready()
+    others = [world.listener(free_port()).start() for _ in range(listeners - 1)]  # competing consumers
+    for other in others:
+        other.wait_ready()
     started = time.monotonic()
     killed: dict[str, Any] = {}
 
@@ -121,7 +125,7 @@ def burst(world: ListenerWorld, docs: list[dict[str, Any]], kill_at: float) -> d
     log(f"burst published in {time.monotonic() - started:.1f} s")
     thread.join()
     wait_until(lambda: completed(world.dsns, ids) == len(ids), 1800, "the whole burst", 0.5)
-    for process in (first, killed.get("second")):
+    for process in (first, killed.get("second"), *others):
         if process is not None:
             process.stop()
     result = measure(world.dsns, docs, started)
@@ -152,6 +156,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--kill-at", type=float, default=0.4, help="fraction paid when the listener is killed")
     parser.add_argument("--paced-rate", type=float, default=0.0, help="events/s of the paced run (0: skip)")
+    parser.add_argument("--no-burst", action="store_true", help="only the paced run")
+    parser.add_argument("--listeners", type=int, default=1, help="listener processes in the burst (RabbitMQ)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     missing = broker_missing(args.bus)
@@ -166,7 +172,9 @@ def main() -> int:
         "concurrency": args.concurrency,
     }
     try:
-        phases = [("burst", None)] + ([("paced", args.paced_rate)] if args.paced_rate else [])
+        phases = ([] if args.no_burst else [("burst", None)]) + (
+            [("paced", args.paced_rate)] if args.paced_rate else []
+        )
         for name, rate in phases:
             fresh = env.fresh(name)
             dsns = Dsns(journal=fresh["journal"], ledger=fresh["ledger"], sandbox=fresh["sandbox"])
@@ -175,7 +183,9 @@ def main() -> int:
                 log(f"{name}: seeding {args.events} customers")
                 docs = customers(dsns, args.events)
                 world.sandbox.admin.set_faults(latency_ms=args.latency_ms)
-                results[name] = burst(world, docs, args.kill_at) if rate is None else paced(world, docs, rate)
+                results[name] = (
+                    burst(world, docs, args.kill_at, args.listeners) if rate is None else paced(world, docs, rate)
+                )
                 log(f"{name}: {json.dumps(results[name])}")
     finally:
         env.close()

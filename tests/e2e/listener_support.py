@@ -87,7 +87,7 @@ class ListenerProcess:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 batch_command(self.config, "listen", "--bus", self.kind),
-                env=batch_env() | {"BATCH_LOG_LEVEL": "INFO"},
+                env=batch_env() | {"BATCH_LOG_LEVEL": "INFO", "BATCH_BUS__HEALTH_PORT": str(self.health_port)},
                 cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -143,8 +143,9 @@ class ListenerWorld:
     health_port: int
     http: httpx.Client
 
-    def listener(self) -> ListenerProcess:
-        return ListenerProcess(self.config, self.names.kind, self.health_port, self.folder)
+    def listener(self, health_port: int | None = None) -> ListenerProcess:
+        """A listener process (another ``health_port`` to run several beside each other)."""
+        return ListenerProcess(self.config, self.names.kind, health_port or self.health_port, self.folder)
 
     def set_divest(self, portfolio_id: str, amount: Any) -> None:
         """As the app does: the customer asks for cash (the sandbox publishes the withdrawal event)."""

@@ -1,5 +1,6 @@
-"""``batch listen`` end to end over real RabbitMQ and real Mosquitto (127.0.0.1): the sandbox publishes
-InvestSuite's events when a divest amount changes, the listener pays, and the databases show it.
+"""``batch listen`` end to end over real RabbitMQ and real Mosquitto (127.0.0.1; NATS too where cheap): the
+sandbox publishes InvestSuite's events when a divest amount changes, the listener pays, and the databases
+show it.
 
 Skipped with a one-line reason when a broker does not answer (``.ci/run`` starts them).
 """
@@ -58,7 +59,7 @@ def listening(
             listener.stop()
 
 
-@pytest.mark.parametrize("listening", ["rabbitmq", "mqtt"], indirect=True)
+@pytest.mark.parametrize("listening", ["rabbitmq", "mqtt", "nats"], indirect=True)
 def test_divest_change_in_the_sandbox_is_paid_through_the_bus(
     listening: tuple[ListenerWorld, ListenerProcess], dsns: Dsns, sandbox_store: SandboxState
 ) -> None:
