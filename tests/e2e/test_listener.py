@@ -99,6 +99,7 @@ def test_duplicates_out_of_order_and_poison_over_the_bus(
     pay = withdrawal(doc, "120.00", event_id="w-1")
     world.publish([pay, pay, b"{not json", newer])
     wait_until(lambda: completed(dsns, [doc["id"]]) == 1, 60, "the payout")
+    wait_until(lambda: any(r["event_id"] == "s-new" and r["status"] == "HANDLED" for r in inbox(dsns)), 30, "s-new")
     world.publish([pay, older])
     wait_until(lambda: any(r["event_id"] == "s-old" for r in inbox(dsns)), 30, "the stale event")
     wait_until(lambda: next(r for r in inbox(dsns) if r["event_id"] == "w-1")["duplicates"] == 2, 30, "duplicates")
@@ -220,3 +221,34 @@ def test_sigterm_finishes_in_flight_events_and_leaves_the_rest_to_the_bus(
             second.stop()
         counts = paid_counts(dsns, {d["id"]: d["external_id"] for d in docs})
         assert set(counts.ledger.values()) == {1} and len(counts.ledger) == len(ids)
+
+
+def test_lowered_amount_before_the_listener_reads_it_pays_the_lower_total(
+    dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """The customer asks 100 then lowers to 60 while the listener is away: both events are triggers, the
+    fresh read pays 60 once, the later event finds nothing left to pay."""
+    with _world(dsns, "rabbitmq", tmp_path) as world:
+        doc = add_customer(sandbox_store, dsns, divest=None)
+        world.set_divest(doc["id"], "100.00")  # queued: the listener is not running yet
+        world.set_divest(doc["id"], "60.00")
+        listener = world.listener().start()
+        try:
+            listener.wait_ready()
+            wait_until(lambda: completed(dsns, [doc["id"]]) == 1, 60, "the payout")
+            wait_until(lambda: len([r for r in inbox(dsns) if r["status"] != "RECEIVED"]) == 3, 30, "all three events")
+        finally:
+            listener.stop()
+        [payout] = fetch(dsns.journal, "SELECT amount, state FROM batch.payouts WHERE portfolio_id = %s", [doc["id"]])
+        assert (payout["amount"], payout["state"]) == (Decimal("60.00"), "COMPLETED")
+        assert paid_counts(dsns, {doc["id"]: doc["external_id"]}).ledger[doc["id"]] == 1
+        # whichever of the two requests is handled first pays the total asked now (60); the other finds nothing
+        # left (or, handled after the newer one, is stale); the job's own PATCH back to 0 asks for nothing
+        rows = inbox(dsns)
+        paying = [r for r in rows if r["outcome"].startswith("PAY PARTIAL")]
+        assert len(paying) == 1 and "60.00" in paying[0]["outcome"]
+        others = [r for r in rows if r is not paying[0]]
+        assert all(
+            r["status"] == "STALE" or r["outcome"].startswith(("SKIP NO_DIVEST_AMOUNT", "divest_amount 0"))
+            for r in others
+        ), others
