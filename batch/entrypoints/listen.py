@@ -27,7 +27,7 @@ from batch.adapters.bus import Bus
 from batch.adapters.journal.bus import BusStore
 from batch.bootstrap import App, build_app
 from batch.service.bus_events import BusEventHandler, NoDepositFlow
-from batch.service.bus_withdrawal import ListenerRuns, PlanAndExecute
+from batch.service.bus_withdrawal import AbandonedRuns, ListenerRuns, PlanAndExecute
 from batch.service.listener import Health, Listener, ListenerMetrics
 from batch.service.run import ExitCode
 from batch.settings import BusKind, Settings
@@ -93,11 +93,10 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
     store = BusStore(app.journal_engine, lease_seconds=settings.run.lease_seconds)
     app.client.authenticate()  # refused credentials: exit 2 before anything is consumed
     with store.instance_lock(instance):
-        abandoned = store.abandon_dead_listeners("listener")
-        if abandoned:
-            log.warning("listener.abandoned_marked", runs=[str(r) for r in abandoned])
         stopping = threading.Event()
         runs = ListenerRuns(app, bus=kind, instance=instance, worker=worker)
+        abandoned = AbandonedRuns(app, store, runs)
+        abandoned.sweep()  # before consuming: what a dead listener left is released and driven on first
         handler = BusEventHandler(
             store=store,
             journal=app.journal,
@@ -119,6 +118,7 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             journal_ok=store.ping,
             concurrency=settings.bus.concurrency,
             stopping=stopping,
+            housekeeping=abandoned.sweep,
         )
         server = serve_health(settings, listener.health, metrics)
         try:

@@ -117,6 +117,23 @@ class ListenerRuns:
                 if run_id in self._retired and not self._users[run_id]:
                     self._retire(run_id)
 
+    @contextmanager
+    def using(self) -> Iterator[uuid.UUID]:
+        """The current run (one is started if there is none), held for work on no particular portfolio."""
+        today = business_today(self.app.settings.run.timezone)
+        with self._lock:
+            if self._current is None:
+                self._current, self._date, self._decided = self._start(today), today, set()
+            run_id = self._current
+            self._users[run_id] += 1
+        try:
+            yield run_id
+        finally:
+            with self._lock:
+                self._users[run_id] -= 1
+                if run_id in self._retired and not self._users[run_id]:
+                    self._retire(run_id)
+
     def _retire(self, run_id: uuid.UUID) -> None:
         self._retired.discard(run_id)
         self._users.pop(run_id, None)
@@ -191,6 +208,51 @@ class PlanAndExecute:
             )
             executor.execute(portfolio_ids=[portfolio_id])
             return self.store.decision_in_run(run_id, portfolio_id), self.store.latest_payout(portfolio_id), run_id
+
+
+@dataclass
+class AbandonedRuns:
+    """Finishes what dead listeners left: their runs are marked ABANDONED, their payouts driven on here.
+
+    A listener killed mid-payout leaves the payout leased (released here at once) and its message
+    unacknowledged; when another listener (a competing consumer on the same queue) took the redelivered
+    message before the leases were released, the message was settled as DEFER PAYOUT_IN_PROGRESS and
+    nothing would drive the payout until the nightly run. Every listener runs this at start and then
+    every few seconds (``batch listen``), so such payouts complete within seconds.
+    """
+
+    app: Services
+    store: BusStore
+    runs: ListenerRuns
+    actor: str = "listener"
+
+    def sweep(self) -> int:
+        """Abandon dead listeners' runs and drive their open payouts; returns how many payouts were driven."""
+        abandoned, released = self.store.abandon_dead_listeners(self.actor)
+        if not abandoned:
+            return 0
+        log.warning("listener.abandoned_marked", runs=[str(r) for r in abandoned])
+        settings = self.app.settings
+        driven = 0
+        with self.runs.using() as run_id:
+            executor = Executor(
+                journal=self.app.journal,
+                ledger=self.app.ledger,
+                client=self.app.client,
+                run_id=run_id,
+                actor=self.actor,
+                worker=self.runs.worker,
+                policy=settings.policy.to_policy(),
+                concurrency=min(8, settings.bus.concurrency),
+                max_step_attempts=settings.run.max_step_attempts,
+                lease_seconds=settings.run.lease_seconds,
+            )
+            if released:  # the payouts it held, whoever planned them
+                driven += sum(executor.execute(portfolio_ids=released).by_state.values())
+            for dead in abandoned:  # and those it planned without getting to them
+                driven += sum(executor.execute(run_scope=dead).by_state.values())
+        log.info("listener.abandoned_resumed", payouts=driven)
+        return driven
 
 
 def describe(decision: DecisionSummary | None, latest: PayoutRecord | None) -> str:

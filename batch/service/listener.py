@@ -13,6 +13,7 @@ over but not started are left unacknowledged and go back to the bus when the con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -106,6 +107,9 @@ class Listener:
     concurrency: int
     stopping: threading.Event = field(default_factory=threading.Event)
     health: Health = field(default_factory=Health)
+    #: periodic work besides the messages (the dead listeners' payouts), run in a thread
+    housekeeping: Callable[[], object] | None = None
+    housekeeping_interval: float = 10.0
     retry_seconds: float = 2.0
     health_interval: float = 2.0
 
@@ -121,6 +125,7 @@ class Listener:
         self.bus.consume(self._on_message)
         await self._connect(stop)
         health = asyncio.create_task(self._watch_health(stop))
+        chores = asyncio.create_task(self._housekeep(stop))
         log.info("listener.started", bus=self.bus.kind, concurrency=self.concurrency)
         try:
             await stop.wait()
@@ -129,6 +134,7 @@ class Listener:
             log.info("listener.stopping", in_flight=self._in_flight)
             await self._idle.wait()
             health.cancel()
+            await chores
             self.health.ready = False
             await self.bus.stop()
             self._pool.shutdown(wait=True)
@@ -154,6 +160,18 @@ class Listener:
             self.health.heartbeat = time.monotonic()
             self.metrics.ready.labels(self.bus.kind).set(1 if self.health.ready else 0)
             await asyncio.sleep(self.health_interval)
+
+    async def _housekeep(self, stop: asyncio.Event) -> None:
+        if self.housekeeping is None:
+            return
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                await loop.run_in_executor(None, self.housekeeping)
+            except Exception as exc:  # the next round tries again
+                log.warning("listener.housekeeping_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.housekeeping_interval)
 
     async def _on_message(self, delivery: Delivery) -> None:
         if self.stopping.is_set():

@@ -95,6 +95,7 @@ RETURNING id
 -- name: release_worker_leases
 -- a dead listener's leases: released at once instead of after lease_seconds
 UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = :worker
+RETURNING portfolio_id
 
 -- name: ping
 SELECT 1

@@ -208,9 +208,13 @@ class BusStore(JournalBase):
         finally:
             conn.close()
 
-    def abandon_dead_listeners(self, actor: str) -> list[uuid.UUID]:
-        """Mark RUNNING listener runs whose process died ABANDONED and release their payout leases at once."""
+    def abandon_dead_listeners(self, actor: str) -> tuple[list[uuid.UUID], list[str]]:
+        """Mark RUNNING listener runs whose process died ABANDONED and release their payout leases at once.
+
+        Returns the runs, and the portfolios whose payouts were released (whatever run planned them).
+        """
         abandoned: list[uuid.UUID] = []
+        portfolios: list[str] = []
         with self.engine.connect() as probe:
             for run in probe.execute(Q.listener_runs.text).all():
                 key = {"key": f"batch.listener.{run.instance}"}
@@ -223,9 +227,14 @@ class BusStore(JournalBase):
                 with self._tx() as conn:
                     if conn.execute(Q.abandon_listener_run.text, {"id": run.id}).first() is None:
                         continue
-                    released = conn.execute(Q.release_worker_leases.text, {"worker": run.worker}).rowcount
+                    released = list(conn.execute(Q.release_worker_leases.text, {"worker": run.worker}).scalars())
                     self._audit(
-                        conn, actor=actor, action="run.abandoned", run_id=run.id, details={"leases_released": released}
+                        conn,
+                        actor=actor,
+                        action="run.abandoned",
+                        run_id=run.id,
+                        details={"leases_released": len(released)},
                     )
                 abandoned.append(run.id)
-        return abandoned
+                portfolios.extend(released)
+        return abandoned, portfolios
