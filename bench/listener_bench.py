@@ -11,7 +11,9 @@ Mosquitto on 127.0.0.1), and ``batch listen`` as a child process.
    takes them (the sandbox publishes one withdrawal event each); once ``--kill-at`` of them are paid the
    listener is SIGKILLed and started again; the run ends when every portfolio is paid. Checked: each
    portfolio paid exactly once in the journal, the ledger, InvestSuite's transactions and its events.
-2. **paced** (``--paced-rate`` events/s, 0 = skip): the same number of events spread over time, no kill:
+2. **backlog** (``--backlog``): every event queued before the listener(s) start: how fast they drain it
+   (the listener's capacity here; latency is then mostly the wait in the queue).
+3. **paced** (``--paced-rate`` events/s, 0 = skip): the same number of events spread over time, no kill:
    the latency a customer sees when the listener keeps up.
 
 Latency is the event's ``created`` (set by the sandbox when the divest changed) to the end of its
@@ -133,6 +135,21 @@ def burst(world: ListenerWorld, docs: list[dict[str, Any]], kill_at: float, list
     return result
 
 
+def backlog(world: ListenerWorld, docs: list[dict[str, Any]], listeners: int) -> dict[str, Any]:
+    """Capacity: every event is queued before the listeners start; how fast do they drain the queue?"""
+    ids = [d["id"] for d in docs]
+    for d in docs:
+        world.set_divest(d["id"], "25.00")
+    started = time.monotonic()
+    processes = [world.listener(None if i == 0 else free_port()).start() for i in range(listeners)]
+    wait_until(lambda: completed(world.dsns, ids) == len(ids), 1800, "the backlog", 0.5)
+    drained = time.monotonic() - started
+    for process in processes:
+        process.stop()
+    result = measure(world.dsns, docs, started)
+    return result | {"drain_seconds": round(drained, 1), "drain_per_s": round(len(ids) / drained, 1)}
+
+
 def paced(world: ListenerWorld, docs: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     ids = [d["id"] for d in docs]
     listener = world.listener().start()
@@ -156,7 +173,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--kill-at", type=float, default=0.4, help="fraction paid when the listener is killed")
     parser.add_argument("--paced-rate", type=float, default=0.0, help="events/s of the paced run (0: skip)")
-    parser.add_argument("--no-burst", action="store_true", help="only the paced run")
+    parser.add_argument("--no-burst", action="store_true", help="no burst run")
+    parser.add_argument("--backlog", action="store_true", help="also drain a queued backlog (capacity)")
     parser.add_argument("--listeners", type=int, default=1, help="listener processes in the burst (RabbitMQ)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
