@@ -175,7 +175,7 @@ def main() -> int:
     parser.add_argument("--paced-rate", type=float, default=0.0, help="events/s of the paced run (0: skip)")
     parser.add_argument("--no-burst", action="store_true", help="no burst run")
     parser.add_argument("--backlog", action="store_true", help="also drain a queued backlog (capacity)")
-    parser.add_argument("--listeners", type=int, default=1, help="listener processes in the burst (RabbitMQ)")
+    parser.add_argument("--listeners", type=int, default=1, help="listener processes (RabbitMQ: competing consumers)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     missing = broker_missing(args.bus)
@@ -188,11 +188,15 @@ def main() -> int:
         "latency_ms": args.latency_ms,
         "bus": args.bus,
         "concurrency": args.concurrency,
+        "kill_at": args.kill_at,
+        "listeners": args.listeners,
     }
     try:
-        phases = ([] if args.no_burst else [("burst", None)]) + (
-            [("paced", args.paced_rate)] if args.paced_rate else []
-        )
+        phases: list[tuple[str, float | None]] = [
+            *([] if args.no_burst else [("burst", None)]),
+            *([("backlog", -1.0)] if args.backlog else []),
+            *([("paced", args.paced_rate)] if args.paced_rate else []),
+        ]
         for name, rate in phases:
             fresh = env.fresh(name)
             dsns = Dsns(journal=fresh["journal"], ledger=fresh["ledger"], sandbox=fresh["sandbox"])
@@ -201,9 +205,12 @@ def main() -> int:
                 log(f"{name}: seeding {args.events} customers")
                 docs = customers(dsns, args.events)
                 world.sandbox.admin.set_faults(latency_ms=args.latency_ms)
-                results[name] = (
-                    burst(world, docs, args.kill_at, args.listeners) if rate is None else paced(world, docs, rate)
-                )
+                if rate is None:
+                    results[name] = burst(world, docs, args.kill_at, args.listeners)
+                elif rate < 0:
+                    results[name] = backlog(world, docs, args.listeners)
+                else:
+                    results[name] = paced(world, docs, rate)
                 log(f"{name}: {json.dumps(results[name])}")
     finally:
         env.close()
