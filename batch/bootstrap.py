@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_reads import LedgerReader
 from batch.adapters.migrations import migrate, pending
 from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
+from batch.domain.flow import Flow
+from batch.domain.payout import FlowKind
+from batch.domain.ports import Ports
+from batch.domain.withdrawal import withdrawal_flow
 from batch.errors import BatchError, ConfigError
 from batch.settings import Settings
 
@@ -24,6 +31,7 @@ class App:
     journal_engine: Engine
     ledger_engine: Engine
     _client: InvestSuiteClient | None = field(default=None, repr=False)
+    _ledger_reader: LedgerReader | None = field(default=None, repr=False)
 
     @property
     def journal(self) -> Journal:
@@ -34,10 +42,27 @@ class App:
         return Ledger(self.ledger_engine, self.settings.ledger)
 
     @property
+    def ledger_reader(self) -> LedgerReader:
+        """Read-only ledger queries (reconciliation); one per process, it counts its queries."""
+        if self._ledger_reader is None:
+            self._ledger_reader = LedgerReader(self.ledger_engine)
+        return self._ledger_reader
+
+    @property
     def client(self) -> InvestSuiteClient:
         if self._client is None:
             self._client = InvestSuiteClient(self.settings.investsuite)
         return self._client
+
+    @property
+    def ports(self) -> Ports:
+        """What the flows' steps call: this process's InvestSuite client and the ledger."""
+        return Ports(investsuite=self.client, ledger=self.ledger, clock=lambda: datetime.now(UTC))
+
+    @property
+    def flows(self) -> Mapping[FlowKind, Flow]:
+        """Every flow the engine drives, built from the settings."""
+        return {FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy())}
 
     def close(self) -> None:
         if self._client is not None:

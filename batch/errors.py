@@ -4,6 +4,7 @@
     ├── ConfigError                 broken or missing configuration (exit code 2)
     │   └── CredentialsError        InvestSuite refused the login, or wants one and none is configured
     ├── RunLockedError              another run holds the run lock (exit code 75)
+    ├── AuditChainBrokenError       the audit hash chain does not verify: no money moves (exit code 1)
     ├── TransientError              worth retrying: the same call may succeed later
     │   ├── RemoteTransientError    InvestSuite: connect error, timeout, 429, 5xx
     │   └── DatabaseUnavailableError  a PostgreSQL database unreachable (named by host:port/dbname)
@@ -18,7 +19,8 @@
         ├── InvalidAmountError      negative, NaN, non-numeric or absurd amount
         ├── UnknownCurrencyError    not an ISO 4217 code we know the minor unit of
         ├── InvalidRemoteDataError  InvestSuite data a write would have to carry is not writable as it is
-        └── InvalidTransitionError  a payout state change lost a race or is not allowed
+        ├── InvalidTransitionError  a payout state change lost a race or is not allowed
+        └── OperatorRefusedError    an operator's action refused: who acts, the reason, the four-eyes rule
 
 Adapters translate driver and HTTP errors into this tree with ``raise ... from exc``;
 the service layer only ever catches these.
@@ -43,6 +45,10 @@ class CredentialsError(ConfigError):
 
 class RunLockedError(BatchError):
     """Another run holds the run lock."""
+
+
+class AuditChainBrokenError(BatchError):
+    """The audit hash chain does not verify (a run stops before it resumes or plans anything)."""
 
 
 class TransientError(BatchError):
@@ -128,3 +134,7 @@ class InvalidRemoteDataError(DomainError):
 
 class InvalidTransitionError(DomainError):
     """A payout state transition is not allowed or lost a race against another writer."""
+
+
+class OperatorRefusedError(DomainError):
+    """An operator's action was refused: not an operator's login role, a blank reason, or the same role twice."""

@@ -87,6 +87,9 @@ class PolicySettings(_Section):
     max_payout: dict[str, Decimal] = Field(default_factory=dict)
     #: HOLD payouts once a run's total for the currency would exceed this (absent = no cap).
     max_run_total: dict[str, Decimal] = Field(default_factory=dict)
+    #: A HELD payout above this amount needs approvals from two different operators, per currency
+    #: (absent = one approval). The job records it in the journal at every run; the database enforces it.
+    four_eyes_threshold: dict[str, Decimal] = Field(default_factory=dict)
     account_mapping: AccountMapping = AccountMapping.EXTERNAL_ID
     #: With account_mapping = "template": e.g. "CASH-{external_id}" or "{portfolio_id}".
     account_template: str = "{external_id}"
@@ -104,7 +107,7 @@ class PolicySettings(_Section):
     def account_map(self) -> AccountMap:
         return AccountMap(self.account_mapping, self.account_template)
 
-    @field_validator("max_payout", "max_run_total")
+    @field_validator("max_payout", "max_run_total", "four_eyes_threshold")
     @classmethod
     def _positive_caps(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
         for currency, cap in value.items():
@@ -128,6 +131,8 @@ class RunSettings(_Section):
     max_step_attempts: int = Field(default=8, ge=1, le=100)
     lease_seconds: int = Field(default=300, ge=5)
     progress_interval_seconds: float = Field(default=10.0, gt=0)
+    #: a HOLD unchanged since the previous run ("still held") gives exit code 3 by itself only when true
+    alert_on_unchanged_holds: bool = False
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -150,6 +155,11 @@ class RunSettings(_Section):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+
+class ReportSettings(_Section):
+    #: a bank's folder of report templates (report.html.j2, report.txt.j2) taking precedence over the shipped ones
+    template_dir: Path | None = None
 
 
 class ScheduleSettings(_Section):
@@ -221,6 +231,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     ledger: LedgerSettings = LedgerSettings()
     run: RunSettings = RunSettings()
+    report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
     bus: BusSettings = BusSettings()

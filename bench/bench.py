@@ -814,7 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--baseline", type=int, default=300, help="portfolios of the concurrency-1 baseline")
     parser.add_argument(
-        "--scenario", default="all", help="comma list of throughput, capacity, ratelimit, dryrun, memory, or all"
+        "--scenario",
+        default="all",
+        help="comma list of throughput, capacity, ratelimit, dryrun, memory, book (bench/book.py), or all",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes to validate the harness")
     parser.add_argument("--throughput-max", type=int, default=20000, help="largest N run with injected latency")
@@ -876,6 +878,11 @@ def main(argv: list[str] | None = None) -> int:
                     found[name] = scenario_memory(env, args, results)
             except Exception as exc:  # report what we have
                 log(f"scenario {name} failed: {type(exc).__name__}: {exc}")
+        if "book" in chosen:  # the full-book cash reconciliation (issue 13), one N per --sizes
+            from bench.book import scenario_book  # noqa: PLC0415
+
+            found["book"] = {f"n{size}": scenario_book(env, size, args.latency_ms) for size in args.sizes}
+            print("== book\n" + json.dumps(found["book"], indent=1))
     finally:
         baseline = found.get("throughput", {}).get("baseline")
         print()

@@ -285,8 +285,14 @@ class InvestSuiteClient:
 
     def iter_pending_pages(self, *, page_size: int | None = None, embed_owner: bool = True) -> Iterator[PortfolioPage]:
         """Stream pages of portfolios with a pending divest amount, following ``next`` as returned."""
+        return self.iter_portfolio_pages(PENDING_QUERY, page_size=page_size, embed_owner=embed_owner)
+
+    def iter_portfolio_pages(
+        self, query: str, *, page_size: int | None = None, embed_owner: bool = False
+    ) -> Iterator[PortfolioPage]:
+        """Stream pages of the portfolios matching ``query`` (the documented query syntax), following ``next``."""
         limit = page_size if page_size is not None else self._settings.page_size
-        params: dict[str, str] = {"query": PENDING_QUERY, "limit": str(limit)}
+        params: dict[str, str] = {"query": query, "limit": str(limit)}
         if embed_owner:
             params["embed"] = "owned_by_user_id"
         url: str | httpx.URL = self._url("portfolios/")

@@ -124,6 +124,12 @@ class EventReceipt:
     status_code: int
     body: Any = None
 
+    @property
+    def event_id(self) -> str | None:
+        """The id InvestSuite gave the event (kept by the journal: the reconcile's evidence it was accepted)."""
+        value = self.body.get("id") if isinstance(self.body, dict) else None
+        return value if isinstance(value, str) and value else None
+
 
 @dataclass(frozen=True)
 class PortfolioPage:

@@ -34,7 +34,7 @@ import structlog
 from sqlalchemy.engine import URL, Connection, Engine
 
 from batch.adapters.postgres import dsn_location, unavailable_as
-from batch.domain.model import LedgerView
+from batch.domain.model import LedgerView, mask_account
 from batch.errors import (
     ConfigError,
     InsufficientFundsError,
@@ -62,14 +62,6 @@ _LEDGER = "core banking ledger"  # how messages name it
 
 class LedgerAccountError(PermanentError):
     """The customer's ledger account is missing, of the wrong kind, or in another currency."""
-
-
-def mask_account(value: str) -> str:
-    """An account number or IBAN safe for logs: only its last 4 characters (``****1234``)."""
-    compact = "".join(value.split())
-    if len(compact) <= 4:
-        return "****"
-    return "****" + compact[-4:]
 
 
 @dataclass(frozen=True)
@@ -133,7 +125,7 @@ def _check_currency(currency: str) -> None:
 
 
 @contextmanager
-def _translated(where: URL) -> Iterator[None]:
+def translated(where: URL) -> Iterator[None]:
     """Turn driver errors into the job's error tree; messages name host:port/dbname and the cause."""
     try:
         with unavailable_as(_LEDGER, where, LedgerUnavailableError):
@@ -163,7 +155,7 @@ class Ledger:
 
     def _available(self, account_reference: str) -> Decimal | None:
         """Balance minus active holds now (for the refusal's evidence; the trigger decided)."""
-        with _translated(self._engine.url), self._autocommit.connect() as conn:
+        with translated(self._engine.url), self._autocommit.connect() as conn:
             value = conn.execute(
                 sa.text(
                     """SELECT a.balance - coalesce((SELECT sum(h.amount) FROM ledger.holds h
@@ -186,7 +178,7 @@ class Ledger:
         refs = sorted(set(account_references))
         if not refs:
             return {}
-        with _translated(self._engine.url), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(
                 sa.text(
                     """SELECT reference, currency, available FROM ledger.available_balances
@@ -203,7 +195,7 @@ class Ledger:
 
     def get_transfer(self, idempotency_key: str) -> Transfer | None:
         """The transfer posted under ``idempotency_key``, or None."""
-        with _translated(self._engine.url), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             row = conn.execute(_SELECT_TRANSFER_BY_KEY, {"key": idempotency_key}).first()
         return _transfer(row) if row is not None else None
 
@@ -212,7 +204,7 @@ class Ledger:
         keys = sorted(set(idempotency_keys))
         if not keys:
             return {}
-        with _translated(self._engine.url), self._engine.connect() as conn:
+        with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(_SELECT_TRANSFERS_BY_KEYS, {"keys": keys}).all()
         return {row.idempotency_key: _transfer(row) for row in rows}
 
@@ -247,7 +239,7 @@ class Ledger:
             # locks both accounts, re-checks currency and available cash (balance - active holds) and
             # moves the balances, all committed before the call returns, so no lock is ever held while
             # this process does anything else (the clearing account is shared by every payout).
-            with _translated(self._engine.url), self._autocommit.connect() as conn:
+            with translated(self._engine.url), self._autocommit.connect() as conn:
                 account = conn.execute(
                     sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
                     {"ref": account_reference},
@@ -406,7 +398,7 @@ class LedgerAdmin:
         _check_currency(currency)
         if kind not in ACCOUNT_KINDS:
             raise ConfigError(f"unknown ledger account kind {kind!r}")
-        with _translated(self._engine.url), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             return self._open(conn, reference, currency, owner, kind)
 
     def _open(self, conn: Connection, reference: str, currency: str, owner: str, kind: str) -> int:
@@ -436,7 +428,7 @@ class LedgerAdmin:
     def fund(self, reference: str, amount: Decimal, value_date: date, key: str) -> Transfer:
         """Credit ``amount`` to an account from the house account ``HOUSE-{CCY}`` (idempotent by key)."""
         _check_amount(amount)
-        with _translated(self._engine.url), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             account = conn.execute(
                 sa.text("SELECT id, currency FROM ledger.accounts WHERE reference = :ref"), {"ref": reference}
             ).first()
@@ -472,7 +464,7 @@ class LedgerAdmin:
     def place_hold(self, reference: str, amount: Decimal, reason: str) -> int:
         """Block ``amount`` of an account's cash; return the hold id."""
         _check_amount(amount)
-        with _translated(self._engine.url), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             hold_id = conn.execute(
                 sa.text(
                     """INSERT INTO ledger.holds (account_id, amount, reason)
@@ -487,7 +479,7 @@ class LedgerAdmin:
 
     def release_hold(self, hold_id: int) -> None:
         """Release an active hold (a released hold cannot be released again)."""
-        with _translated(self._engine.url), self._engine.begin() as conn:
+        with translated(self._engine.url), self._engine.begin() as conn:
             released = conn.execute(
                 sa.text(
                     """UPDATE ledger.holds SET released_at = greatest(now(), created_at)

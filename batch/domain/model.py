@@ -129,3 +129,11 @@ class LedgerView:
     account_reference: str
     currency: str
     available: Decimal
+
+
+def mask_account(value: str) -> str:
+    """An account number or IBAN safe for logs and journals: only its last 4 characters (``****1234``)."""
+    compact = "".join(value.split())
+    if len(compact) <= 4:
+        return "****"
+    return "****" + compact[-4:]

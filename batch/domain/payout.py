@@ -1,17 +1,26 @@
-"""The payout state machine: one enum, one transition table, and which step moves each state on.
+"""The operations' state machine: one state vocabulary, each flow's states and steps declared once.
 
-The same transitions are guarded in SQL (``UPDATE ... WHERE state = :expected``) by the journal,
-so a concurrent writer loses loudly instead of silently.
+Every other table — which step moves a state on, which states a claim takes, which transitions are
+allowed, which timestamp column a state stamps — is derived here from ``FLOWS``. The same transitions
+are guarded in SQL (``UPDATE ... WHERE state = :expected``) by the journal, so a concurrent writer loses
+loudly instead of silently.
 
-    HELD --approve--> PLANNED --LEDGER_POST--> LEDGER_POSTED --RECORD_TRANSACTION--> TRANSACTION_RECORDED
-      --UPDATE_PORTFOLIO (divest and holdings in one PATCH)--> DIVEST_CLEARED --> HOLDINGS_UPDATED
-      --SEND_EVENT--> EVENT_SENT --> COMPLETED
-    PLANNED/HELD --cancel--> CANCELLED (never once the ledger was posted)
+    WITHDRAWAL        PLANNED -LEDGER_POST-> LEDGER_POSTED -RECORD_TRANSACTION-> TRANSACTION_RECORDED
+                      -UPDATE_PORTFOLIO-> (DIVEST_CLEARED) HOLDINGS_UPDATED -SEND_EVENT-> (EVENT_SENT) COMPLETED
+    DEPOSIT           PLANNED -LEDGER_MOVE-> LEDGER_MOVED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
+    DEPOSIT_ANNOUNCE  PLANNED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
+
+    HELD --approve--> PLANNED; PLANNED/HELD --cancel--> CANCELLED (never once money moved)
     any open state --> NEEDS_ATTENTION --retry--> the state it stopped in
+
+A step takes an operation from any state after the previous step's target up to its own target (the
+states in brackets are passed through in one step: divest and holdings go in one PATCH, the event's
+answer completes the operation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 from batch.errors import InvalidTransitionError
@@ -21,6 +30,7 @@ class PayoutState(StrEnum):
     PLANNED = "PLANNED"
     HELD = "HELD"
     LEDGER_POSTED = "LEDGER_POSTED"
+    LEDGER_MOVED = "LEDGER_MOVED"
     TRANSACTION_RECORDED = "TRANSACTION_RECORDED"
     DIVEST_CLEARED = "DIVEST_CLEARED"
     HOLDINGS_UPDATED = "HOLDINGS_UPDATED"
@@ -35,71 +45,121 @@ class Step(StrEnum):
     RECORD_TRANSACTION = "RECORD_TRANSACTION"
     UPDATE_PORTFOLIO = "UPDATE_PORTFOLIO"
     SEND_EVENT = "SEND_EVENT"
+    LEDGER_MOVE = "LEDGER_MOVE"
+    SEND_DEPOSIT_EVENT = "SEND_DEPOSIT_EVENT"
+
+
+class FlowKind(StrEnum):
+    WITHDRAWAL = "WITHDRAWAL"  # a customer's withdrawal paid out of the ledger (batch or bus triggered)
+    DEPOSIT = "DEPOSIT"  # broker integration by the client: move the money in the ledger, then announce it
+    DEPOSIT_ANNOUNCE = "DEPOSIT_ANNOUNCE"  # broker integration by InvestSuite: only announce it
 
 
 S = PayoutState
-_FLOW = (
-    S.PLANNED,
-    S.LEDGER_POSTED,
-    S.TRANSACTION_RECORDED,
-    S.DIVEST_CLEARED,
-    S.HOLDINGS_UPDATED,
-    S.EVENT_SENT,
-    S.COMPLETED,
-)
 
-TRANSITIONS: dict[PayoutState, frozenset[PayoutState]] = {
-    S.HELD: frozenset({S.PLANNED, S.CANCELLED}),
-    S.PLANNED: frozenset({S.LEDGER_POSTED, S.CANCELLED, S.NEEDS_ATTENTION}),
-    S.LEDGER_POSTED: frozenset({S.TRANSACTION_RECORDED, S.NEEDS_ATTENTION}),
-    S.TRANSACTION_RECORDED: frozenset({S.DIVEST_CLEARED, S.NEEDS_ATTENTION}),
-    S.DIVEST_CLEARED: frozenset({S.HOLDINGS_UPDATED, S.NEEDS_ATTENTION}),
-    S.HOLDINGS_UPDATED: frozenset({S.EVENT_SENT, S.NEEDS_ATTENTION}),
-    S.EVENT_SENT: frozenset({S.COMPLETED, S.NEEDS_ATTENTION}),
-    S.NEEDS_ATTENTION: frozenset(
-        {
-            S.PLANNED,
-            S.LEDGER_POSTED,
-            S.TRANSACTION_RECORDED,
-            S.DIVEST_CLEARED,
-            S.HOLDINGS_UPDATED,
-            S.EVENT_SENT,
-            S.CANCELLED,
-        }
+#: each flow's states in order, and its steps with the state each one reaches
+FLOW_STATES: dict[FlowKind, tuple[PayoutState, ...]] = {
+    FlowKind.WITHDRAWAL: (
+        S.PLANNED,
+        S.LEDGER_POSTED,
+        S.TRANSACTION_RECORDED,
+        S.DIVEST_CLEARED,
+        S.HOLDINGS_UPDATED,
+        S.EVENT_SENT,
+        S.COMPLETED,
     ),
-    S.COMPLETED: frozenset(),
-    S.CANCELLED: frozenset(),
+    FlowKind.DEPOSIT: (S.PLANNED, S.LEDGER_MOVED, S.EVENT_SENT, S.COMPLETED),
+    FlowKind.DEPOSIT_ANNOUNCE: (S.PLANNED, S.EVENT_SENT, S.COMPLETED),
+}
+FLOW_STEPS: dict[FlowKind, tuple[tuple[Step, PayoutState], ...]] = {
+    FlowKind.WITHDRAWAL: (
+        (Step.LEDGER_POST, S.LEDGER_POSTED),
+        (Step.RECORD_TRANSACTION, S.TRANSACTION_RECORDED),
+        (Step.UPDATE_PORTFOLIO, S.HOLDINGS_UPDATED),
+        (Step.SEND_EVENT, S.COMPLETED),
+    ),
+    FlowKind.DEPOSIT: ((Step.LEDGER_MOVE, S.LEDGER_MOVED), (Step.SEND_DEPOSIT_EVENT, S.COMPLETED)),
+    FlowKind.DEPOSIT_ANNOUNCE: ((Step.SEND_DEPOSIT_EVENT, S.COMPLETED),),
 }
 
-#: The external step that moves a payout out of each state, and the state it lands in.
-NEXT_STEP: dict[PayoutState, tuple[Step, PayoutState]] = {
-    S.PLANNED: (Step.LEDGER_POST, S.LEDGER_POSTED),
-    S.LEDGER_POSTED: (Step.RECORD_TRANSACTION, S.TRANSACTION_RECORDED),
-    S.TRANSACTION_RECORDED: (Step.UPDATE_PORTFOLIO, S.HOLDINGS_UPDATED),
-    S.DIVEST_CLEARED: (Step.UPDATE_PORTFOLIO, S.HOLDINGS_UPDATED),
-    S.HOLDINGS_UPDATED: (Step.SEND_EVENT, S.COMPLETED),
-    S.EVENT_SENT: (Step.SEND_EVENT, S.COMPLETED),
-}
 
-#: The journal column stamped when a payout first reaches each state of the flow (one vocabulary:
-#: the journal's SQL, the reports and the renderers all take it from here).
-STAMP_COLUMN: dict[PayoutState, str] = {state: f"{state.value.lower()}_at" for state in _FLOW[1:]}
+def _next_steps(flow: FlowKind) -> dict[PayoutState, tuple[Step, tuple[PayoutState, ...]]]:
+    """State -> (the step that moves it on, the states that step passes through to its target)."""
+    states = FLOW_STATES[flow]
+    table: dict[PayoutState, tuple[Step, tuple[PayoutState, ...]]] = {}
+    start = 0
+    for step, target in FLOW_STEPS[flow]:
+        end = states.index(target)
+        for i in range(start, end):
+            table[states[i]] = (step, states[i + 1 : end + 1])
+        start = end
+    return table
 
+
+#: flow -> state -> (step, states passed through): what moves an operation on
+NEXT: dict[FlowKind, dict[PayoutState, tuple[Step, tuple[PayoutState, ...]]]] = {f: _next_steps(f) for f in FlowKind}
+
+
+def next_step(flow: FlowKind, state: PayoutState) -> tuple[Step, tuple[PayoutState, ...]] | None:
+    """The step that moves an operation of ``flow`` on from ``state`` and the states it passes through."""
+    return NEXT[flow].get(state)
+
+
+#: states a run drives on by itself, per flow (HELD waits for approval, NEEDS_ATTENTION for an operator)
+EXECUTABLE: dict[FlowKind, frozenset[PayoutState]] = {f: frozenset(NEXT[f]) for f in FlowKind}
+EXECUTABLE_STATES = frozenset().union(*EXECUTABLE.values())
+#: states reached once money moved (the first step of a flow with a ledger step, or the event of an
+#: announce-only one): never cancelled, never rolled back
+PAST_MONEY: dict[FlowKind, frozenset[PayoutState]] = {f: frozenset(FLOW_STATES[f][1:]) for f in FlowKind}
+PAST_LEDGER = PAST_MONEY[FlowKind.WITHDRAWAL]
+_FORWARD = frozenset().union(*(set(states[1:]) for states in FLOW_STATES.values()))
 OPEN_STATES = frozenset(set(PayoutState) - {S.COMPLETED, S.CANCELLED})
-#: Open payouts a run drives on by itself (HELD waits for approval, NEEDS_ATTENTION for an operator).
-EXECUTABLE_STATES = frozenset(NEXT_STEP)
-#: States in which money has left the customer's ledger account: never cancelled, never rolled back.
-PAST_LEDGER = frozenset(_FLOW[1:])
+
+#: The journal column stamped when an operation first reaches each state of a flow (one vocabulary:
+#: the journal's SQL, the reports and the renderers all take it from here).
+STAMP_COLUMN: dict[PayoutState, str] = {
+    state: f"{state.value.lower()}_at" for flow in FlowKind for state in FLOW_STATES[flow][1:]
+}
+
+#: the withdrawal's step out of each state (kept for readers of the withdrawal alone)
+NEXT_STEP: dict[PayoutState, tuple[Step, PayoutState]] = {
+    state: (step, through[-1]) for state, (step, through) in NEXT[FlowKind.WITHDRAWAL].items()
+}
 
 
-def path(start: PayoutState, end: PayoutState) -> list[PayoutState]:
-    """The states passed through going forward from ``start`` to ``end`` along the normal flow."""
-    i, j = _FLOW.index(start), _FLOW.index(end)
+def _transitions(flow: FlowKind) -> dict[PayoutState, frozenset[PayoutState]]:
+    states = FLOW_STATES[flow]
+    allowed: dict[PayoutState, set[PayoutState]] = {state: set() for state in PayoutState}
+    for i, state in enumerate(states[:-1]):
+        allowed[state] |= {states[i + 1], S.NEEDS_ATTENTION}
+    allowed[S.HELD] |= {S.PLANNED, S.CANCELLED}
+    allowed[S.PLANNED].add(S.CANCELLED)
+    # an operator's retry puts it back in the state it stopped in (CANCELLED only before money moved:
+    # the journal checks that, the table cannot)
+    allowed[S.NEEDS_ATTENTION] |= set(states[:-1]) | {S.CANCELLED}
+    return {state: frozenset(targets) for state, targets in allowed.items()}
+
+
+TRANSITIONS_BY_FLOW: dict[FlowKind, Mapping[PayoutState, frozenset[PayoutState]]] = {
+    flow: _transitions(flow) for flow in FlowKind
+}
+#: every transition some flow allows
+TRANSITIONS: Mapping[PayoutState, frozenset[PayoutState]] = {
+    state: frozenset().union(*(table[state] for table in TRANSITIONS_BY_FLOW.values())) for state in PayoutState
+}
+
+
+def path(start: PayoutState, end: PayoutState, flow: FlowKind = FlowKind.WITHDRAWAL) -> list[PayoutState]:
+    """The states passed through going forward from ``start`` to ``end`` along the flow."""
+    states = FLOW_STATES[flow]
+    i, j = states.index(start), states.index(end)
     if j <= i:
         raise InvalidTransitionError(f"{start} -> {end} is not forward")
-    return list(_FLOW[i + 1 : j + 1])
+    return list(states[i + 1 : j + 1])
 
 
-def check_transition(current: PayoutState, target: PayoutState) -> None:
-    if target not in TRANSITIONS[current]:
-        raise InvalidTransitionError(f"payout cannot go from {current} to {target}")
+def check_transition(current: PayoutState, target: PayoutState, flow: FlowKind | None = None) -> None:
+    """Refuse a transition the flow (any flow when None) does not allow."""
+    table = TRANSITIONS if flow is None else TRANSITIONS_BY_FLOW[flow]
+    if target not in table[current]:
+        raise InvalidTransitionError(f"operation cannot go from {current} to {target}")

@@ -13,12 +13,16 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from batch.domain.payout import PayoutState
+from batch.domain.payout import FlowKind, PayoutState
 
 
 @dataclass(frozen=True)
 class PayoutRecord:
-    """One payout (a row of batch.payouts)."""
+    """One operation of a flow (a row of batch.payouts): a withdrawal's payout or a deposit.
+
+    Deposits carry ``credit_reference`` (the incoming credit's ledger reference) and no counter account
+    or divest snapshot; withdrawals the reverse.
+    """
 
     id: uuid.UUID
     portfolio_id: str
@@ -31,9 +35,9 @@ class PayoutRecord:
     amount: Decimal
     full_withdrawal: bool
     ledger_account: str
-    counter_account: str
+    counter_account: str | None
     cash_snapshot: Decimal
-    divest_snapshot: str
+    divest_snapshot: str | None
     hold_reason: str | None
     approved_by: str | None
     ledger_reference: str | None
@@ -48,20 +52,23 @@ class PayoutRecord:
     created_at: datetime
     updated_at: datetime
     ledger_posted_at: datetime | None
+    flow: FlowKind = FlowKind.WITHDRAWAL
+    credit_reference: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[Any, Any]) -> PayoutRecord:
         values = {f.name: data[f.name] for f in fields(cls)}
         values["state"] = PayoutState(values["state"])
+        values["flow"] = FlowKind(values["flow"])
         values["currency"] = values["currency"].strip()
         return cls(**values)
 
 
 @dataclass(frozen=True)
 class DecisionRow:
-    """One decision of a run about one candidate portfolio."""
+    """One decision of a run about one candidate: a portfolio's withdrawal, or an incoming credit."""
 
-    portfolio_id: str
+    portfolio_id: str | None
     decision: str
     reason: str
     currency: str | None
@@ -74,6 +81,15 @@ class DecisionRow:
     pay_amount: Decimal | None
     reconciliation_break: bool
     details: Mapping[str, Any]
+    flow: FlowKind = FlowKind.WITHDRAWAL
+    credit_reference: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What the run decides once: the portfolio (withdrawals) or the incoming credit (deposits)."""
+        key = self.credit_reference if self.flow is not FlowKind.WITHDRAWAL else self.portfolio_id
+        assert key is not None
+        return key
 
 
 @dataclass(frozen=True)
@@ -87,19 +103,9 @@ class NewPayout:
     amount: Decimal
     full_withdrawal: bool
     ledger_account: str
-    counter_account: str
+    counter_account: str | None
     cash_snapshot: Decimal
-    divest_snapshot: str
+    divest_snapshot: str | None
     hold_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class AuditVerification:
-    """The result of recomputing the audit hash chain."""
-
-    ok: bool
-    rows: int
-    head_seq: int
-    head_hash: str
-    first_broken_seq: int | None = None
-    problem: str | None = None
+    flow: FlowKind = FlowKind.WITHDRAWAL
+    credit_reference: str | None = None

@@ -21,7 +21,8 @@ import structlog
 from batch import __version__
 from batch.bootstrap import App, build_app
 from batch.domain.payout import OPEN_STATES, PayoutState
-from batch.errors import BatchError, ConfigError, InvalidTransitionError
+from batch.entrypoints import oversight
+from batch.errors import BatchError, ConfigError, InvalidTransitionError, OperatorRefusedError
 from batch.logs import configure_logging
 from batch.service.run import ExitCode, RunRequest, RunResult, run_job
 from batch.settings import Settings, load_settings
@@ -81,18 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     payouts.add_argument("--limit", type=int, default=200)
 
-    payout = sub.add_parser("payout", help="operator controls on one payout")
-    payout_sub = payout.add_subparsers(dest="action", required=True)
-    for name, text in (
-        ("retry", "send a NEEDS_ATTENTION payout back to the step it stopped in"),
-        ("cancel", "cancel a payout that has not reached the ledger"),
-        ("approve", "release a HELD payout to the next run"),
-    ):
-        p = payout_sub.add_parser(name, help=text)
-        p.add_argument("payout_id", type=_uuid)
-        p.add_argument("--operator", help="who does it (default: $BATCH_OPERATOR or $USER)")
-        p.add_argument("--reason", required=True, help="why (kept in the audit log)")
-
     report = sub.add_parser("report", help="render a run report")
     which = report.add_mutually_exclusive_group(required=True)
     which.add_argument("--date", type=_date)
@@ -104,10 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--date", type=_date)
     runs.add_argument("--limit", type=int, default=50)
 
-    audit = sub.add_parser("audit", help="audit trail")
-    audit_sub = audit.add_subparsers(dest="action", required=True)
-    audit_sub.add_parser("verify", help="recompute the hash chain; name the first broken row")
-    audit_sub.add_parser("head", help="print the chain head (to anchor outside the database)")
+    reconcile = sub.add_parser(
+        "reconcile", help="match the journal with the ledger and InvestSuite, read back (read-only); exit 3 on breaks"
+    )
+    reconcile.add_argument("--date", type=_date, help="the payouts of this business date")
+    reconcile.add_argument("--run", type=_uuid, help="only the payouts this run created or drove")
+    reconcile.add_argument("--book", action="store_true", help="every REAL_MONEY portfolio's cash against the ledger")
+    reconcile.add_argument("--format", choices=["text", "json"], default="text")
+    reconcile.add_argument("--operator", help="who runs it (default: $BATCH_OPERATOR or $USER)")
+
+    oversight.add_parsers(sub, _uuid)
 
     sandbox = sub.add_parser("sandbox", help="the local InvestSuite-compatible sandbox (never in production)")
     sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
@@ -149,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except InvalidTransitionError as exc:
+    except (InvalidTransitionError, OperatorRefusedError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except BatchError as exc:
@@ -169,11 +164,11 @@ def _with_app(settings: Settings, fn: Callable[[App], int], *, migrate_schemas: 
             app.dsns.started_server.stop()
 
 
-def print_run_result(result: RunResult) -> None:
+def print_run_result(result: RunResult, template_dir: Path | None = None) -> None:
     if result.report is not None:
         from batch.service.render import render_text  # noqa: PLC0415
 
-        print(render_text(result.report), end="")
+        print(render_text(result.report, template_dir), end="")
     if result.error:
         print(f"error: {result.error}")
     for fmt, path in sorted(result.report_paths.items()):
@@ -206,7 +201,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         from batch.service.metrics import publish_run_metrics  # noqa: PLC0415
 
         result = run_job(app, request, stop=stop, spawn_workers=spawn_local_workers(args.config))
-        print_run_result(result)
+        print_run_result(result, settings.report.template_dir)
         publish_run_metrics(settings.metrics, result)
         return int(result.exit_code)
 
@@ -263,38 +258,6 @@ def cmd_payouts(settings: Settings, args: argparse.Namespace) -> int:
     return _with_app(settings, go)
 
 
-def cmd_payout(settings: Settings, args: argparse.Namespace) -> int:
-    operator = _operator(args)
-
-    def go(app: App) -> int:
-        journal = app.journal
-        if args.action == "approve":
-            payout = journal.operator_transition(
-                args.payout_id,
-                target=PayoutState.PLANNED,
-                actor=operator,
-                action="payout.approved",
-                reason=args.reason,
-                approved=True,
-            )
-        elif args.action == "cancel":
-            payout = journal.operator_transition(
-                args.payout_id,
-                target=PayoutState.CANCELLED,
-                actor=operator,
-                action="payout.cancelled_by_operator",
-                reason=args.reason,
-            )
-        else:
-            payout = journal.operator_transition(
-                args.payout_id, target=None, actor=operator, action="payout.retry", reason=args.reason
-            )
-        print(f"payout {payout.id}: now {payout.state.value} (by {operator}: {args.reason})")
-        return ExitCode.OK
-
-    return _with_app(settings, go)
-
-
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     from batch.service import render  # noqa: PLC0415
     from batch.service.report import build_report  # noqa: PLC0415
@@ -305,13 +268,13 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(str(exc), file=sys.stderr)
             return ExitCode.USAGE
-        writer = render.WRITERS[args.format]
+        template_dir = settings.report.template_dir
         if args.output:
             with args.output.open("w", encoding="utf-8", newline="") as out:
-                writer(report, out)
+                render.write(report, args.format, out, template_dir=template_dir)
             print(f"wrote {args.output}")
         else:
-            writer(report, sys.stdout)
+            render.write(report, args.format, sys.stdout, template_dir=template_dir)
         return ExitCode.OK
 
     return _with_app(settings, go)
@@ -328,20 +291,39 @@ def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
     return _with_app(settings, go)
 
 
-def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from batch.service.reconcile_text import reconciliation_lines  # noqa: PLC0415
+    from batch.service.reconciling import reconcile_book, reconcile_payouts  # noqa: PLC0415
+
+    if args.book == bool(args.date or args.run):
+        print("reconcile: give --book, or --date and/or --run", file=sys.stderr)
+        return ExitCode.USAGE
+
     def go(app: App) -> int:
-        if args.action == "head":
-            seq, head = app.journal.audit_head()
-            print(f"{seq} {head}")
-            return ExitCode.OK
-        result = app.journal.verify_audit()
-        if result.ok:
-            print(f"audit chain verified: {result.rows} rows, head {result.head_seq} {result.head_hash}")
-            return ExitCode.OK
-        print(
-            f"audit chain BROKEN at seq {result.first_broken_seq}: {result.problem} (last good row {result.head_seq})"
-        )
-        return ExitCode.TECHNICAL_FAILURE
+        if args.book:
+            result = reconcile_book(app, actor=_operator(args))
+        else:
+            if args.run and args.date:
+                run = app.journal.get_run(args.run)
+                if run is not None and run["business_date"] != args.date:
+                    print(
+                        f"run {args.run} is of business date {run['business_date']}, not {args.date}", file=sys.stderr
+                    )
+                    return ExitCode.USAGE
+            try:
+                result = reconcile_payouts(app, actor=_operator(args), business_date=args.date, run_id=args.run)
+            except LookupError as exc:
+                print(str(exc), file=sys.stderr)
+                return ExitCode.USAGE
+        if args.format == "json":
+            document = {**result.figures(), "checked": result.checked, "breaks": [b.to_dict() for b in result.breaks]}
+            print(json.dumps({"kind": result.kind, "id": str(result.id), **document}, indent=2, default=str))
+        else:
+            for line in reconciliation_lines(result):
+                print(line)
+        return ExitCode.OK if result.clean else ExitCode.ATTENTION
 
     return _with_app(settings, go)
 
@@ -407,15 +389,15 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "migrate": cmd_migrate,
     "payouts": cmd_payouts,
-    "payout": cmd_payout,
     "report": cmd_report,
     "runs": cmd_runs,
-    "audit": cmd_audit,
+    "reconcile": cmd_reconcile,
     "sandbox": cmd_sandbox,
     "db": cmd_db,
     "demo": cmd_demo,
     "schedule": cmd_schedule,
     "listen": cmd_listen,
+    **oversight.commands(_with_app),
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -225,7 +225,10 @@ def _compare_sql(node: Comparison, column: str, params: list[object]) -> str:
     if node.operator in ("eq", "neq") and "*" in value:
         params.append(_like_pattern(value))
         test = f"coalesce(({text}) LIKE %s, false)"
-    elif node.operator in ("eq", "neq"):
+    elif node.operator == "eq":
+        params.append(value)
+        return f"({text}) = %s"  # NULL is not true either; bare, it can use an index (sql/sandbox/0002)
+    elif node.operator == "neq":
         params.append(value)
         test = f"coalesce(({text}) = %s, false)"
     else:

@@ -44,7 +44,7 @@ from batch.adapters.journal.bus import BusStore
 from batch.domain.events import INACTIVE, CancelAction, EventKind, OpenPayout, classify, is_stale, on_portfolio_gone
 from batch.domain.events import version_understood as understood
 from batch.domain.model import Reason
-from batch.domain.payout import PayoutState
+from batch.domain.payout import FlowKind, PayoutState
 from batch.errors import InvalidTransitionError, TransientError
 
 log = structlog.get_logger("batch.bus")
@@ -254,6 +254,7 @@ class BusEventHandler:
                 limit=1,
                 lease_seconds=self.lease_seconds,
                 states=[PayoutState.PLANNED],
+                flows=[FlowKind.WITHDRAWAL],
                 portfolio_ids=[portfolio_id],
                 not_stalled_in=uuid.uuid4(),  # a payout stalled by a run may still be cancelled
             )

@@ -1,16 +1,15 @@
 """The withdrawal trigger that works on today's code: plan this one portfolio, then execute its payout.
 
 A withdrawal event is only a trigger: the planner reads the portfolio afresh (``GET``), decides with the
-same policy as the nightly run and records the decision; the executor then drives the portfolio's open
-payout (this one, or one the nightly run planned and nobody holds) through the same steps, with the
-same journal, ledger and InvestSuite evidence. Insufficient cash is a DEFER as in the batch flow; a
+same policy as the nightly run and records the decision; the step engine then drives the portfolio's
+open payout (this one, or one the nightly run planned and nobody holds) through the withdrawal flow's
+steps, with the same journal, ledger and InvestSuite evidence. Insufficient cash is a DEFER as in the batch flow; a
 portfolio that already has an open payout gets DEFER ``PAYOUT_IN_PROGRESS`` (the one-open-payout index
 decides, whoever planned first). A payout cancelled because the portfolio changed since planning (a
 lowered amount) is planned again, up to three rounds.
 
 No nightly run lock is taken: the listener and a nightly run work side by side. The listener's decisions
-and payouts belong to long-lived ``listener`` run rows (``ListenerRuns``). The step engine of issue 16
-will replace this implementation behind the same ``WithdrawalTrigger`` protocol.
+and payouts belong to long-lived ``listener`` run rows (``ListenerRuns``).
 """
 
 from __future__ import annotations
@@ -29,12 +28,11 @@ import structlog
 
 from batch import __version__
 from batch.adapters.journal.bus import BusStore, DecisionSummary
-from batch.domain.payout import PayoutState
+from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.service.context import Services
-from batch.service.execute import Executor
 from batch.service.plan import Planner
-from batch.service.run import business_today
+from batch.service.run import business_today, engine_for
 
 log = structlog.get_logger("batch.bus")
 ROUNDS = 3
@@ -150,7 +148,7 @@ class ListenerRuns:
 
 @dataclass
 class PlanAndExecute:
-    """``WithdrawalTrigger`` on the current planner and executor (single portfolio, no run lock)."""
+    """``WithdrawalTrigger`` on the nightly planner and the step engine (single portfolio, no run lock)."""
 
     app: Services
     store: BusStore
@@ -194,19 +192,10 @@ class PlanAndExecute:
                 actor=self.actor,
             )
             planner.plan([portfolio_id])
-            executor = Executor(
-                journal=self.app.journal,
-                ledger=self.app.ledger,
-                client=self.app.client,
-                run_id=run_id,
-                actor=self.actor,
-                worker=self.runs.worker,
-                policy=settings.policy.to_policy(),
-                concurrency=1,
-                max_step_attempts=settings.run.max_step_attempts,
-                lease_seconds=settings.run.lease_seconds,
+            engine = engine_for(
+                self.app, run_id, actor=self.actor, worker=self.runs.worker, flows=[FlowKind.WITHDRAWAL]
             )
-            executor.execute(portfolio_ids=[portfolio_id])
+            engine.execute(portfolio_ids=[portfolio_id])
             return self.store.decision_in_run(run_id, portfolio_id), self.store.latest_payout(portfolio_id), run_id
 
 
@@ -232,20 +221,10 @@ class AbandonedRuns:
         if not abandoned:
             return 0
         log.warning("listener.abandoned_marked", runs=[str(r) for r in abandoned])
-        settings = self.app.settings
         driven = 0
         with self.runs.using() as run_id:
-            executor = Executor(
-                journal=self.app.journal,
-                ledger=self.app.ledger,
-                client=self.app.client,
-                run_id=run_id,
-                actor=self.actor,
-                worker=self.runs.worker,
-                policy=settings.policy.to_policy(),
-                concurrency=min(8, settings.bus.concurrency),
-                max_step_attempts=settings.run.max_step_attempts,
-                lease_seconds=settings.run.lease_seconds,
+            executor = engine_for(
+                self.app, run_id, actor=self.actor, worker=self.runs.worker, flows=[FlowKind.WITHDRAWAL]
             )
             if released:  # the payouts it held, whoever planned them
                 driven += sum(executor.execute(portfolio_ids=released).by_state.values())

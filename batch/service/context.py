@@ -6,6 +6,7 @@ anything with these attributes (a test's fakes included) can run a job.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
@@ -13,6 +14,10 @@ from sqlalchemy.engine import Engine
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_reads import LedgerReader
+from batch.domain.flow import Flow
+from batch.domain.payout import FlowKind
+from batch.domain.ports import Ports
 from batch.settings import Settings
 
 
@@ -31,3 +36,12 @@ class Services(Protocol):
 
     @property
     def journal_engine(self) -> Engine: ...
+
+    @property
+    def ports(self) -> Ports: ...
+
+    @property
+    def flows(self) -> Mapping[FlowKind, Flow]: ...
+
+    @property
+    def ledger_reader(self) -> LedgerReader: ...

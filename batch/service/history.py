@@ -24,11 +24,23 @@ def run_history(engine: Engine, *, business_date: date | None = None, limit: int
     for r in rows:
         seconds = f"{(r.finished_at - r.started_at).total_seconds():6.1f}" if r.finished_at else "     -"
         totals = []
-        for ccy, t in sorted((r.summary or {}).get("totals", {}).items()):
+        summary = r.summary or {}
+        for ccy, t in sorted(summary.get("totals", {}).items()):
+            groups = t.get("groups", {})
+            moved = "".join(
+                f" {name.replace('_', ' ')} {g['paid']} ({g['paid_count']})"
+                for name, g in sorted(groups.items())
+                if name != "planned" and g.get("count")
+            )
+            would = f" would pay {t['would_pay']} ({t['would_pay_count']})" if t.get("would_pay_count") else ""
             totals.append(
-                f"{ccy} paid {t.get('paid', '0')} ({t.get('paid_count', 0)})"
+                f"{ccy} paid {t.get('paid', '0')} ({t.get('paid_count', 0)}){moved}{would}"
                 f" deferred {t.get('deferred_count', 0)} held {t.get('held_count', 0)}"
             )
+        reconcile = summary.get("reconcile")
+        if reconcile:
+            breaks = "NOT COMPLETED" if reconcile.get("error") else f"{reconcile.get('breaks', 0)} breaks"
+            totals.append(f"reconcile {breaks}")
         status = r.status + (" (dry)" if r.dry_run else "")
         code = "-" if r.exit_code is None else str(r.exit_code)
         yield (

@@ -2,7 +2,9 @@
 
 Exit codes (for cron and Kubernetes podFailurePolicy):
     0   done
-    3   done, but some payouts are held or need attention
+    3   done, but something needs a person: a new hold, a payout that needs attention (of any run), a
+        payout still in progress, a reconciliation break; a hold unchanged since the previous run
+        ("still held") only with ``[run] alert_on_unchanged_holds = true``
     1   technical failure (the run is recorded as FAILED)
     2   usage or configuration error
     75  another run holds the lock (nothing was done)
@@ -14,7 +16,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import IntEnum
@@ -25,13 +27,16 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from batch import __version__
-from batch.domain.payout import PayoutState
-from batch.errors import BatchError, ConfigError, RunLockedError
+from batch.domain.payout import FlowKind, PayoutState
+from batch.domain.records import PayoutRecord
+from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
 from batch.service.context import Services
-from batch.service.execute import ExecutionStats, Executor
+from batch.service.engine import Engine, ExecutionStats
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
+from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
+from batch.service.report_model import checks
 
 log = structlog.get_logger("batch.run")
 
@@ -74,6 +79,8 @@ class RunResult:
     execution: list[ExecutionStats] = field(default_factory=list)
     #: payouts this run stalled after transient failures only; the next run resumes them
     stalled: int = 0
+    reconciliation: Reconciliation | None = None
+    reconcile_error: str | None = None
 
 
 def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
@@ -153,10 +160,12 @@ def _locked_run(
         log.info("run.started", dry_run=request.dry_run, trigger=request.trigger, operator=actor)
         progress = Progress(interval=settings.run.progress_interval_seconds)
         try:
+            _check_audit_chain(app, actor)  # no money moves on a broken chain
+            journal.record_approval_policy(settings.policy.four_eyes_threshold, run_id=run_id, display_name=actor)
             only = list(request.portfolio_ids) or None
             app.client.authenticate()  # refused credentials stop the run before any payout is touched
             if not request.dry_run:
-                executor = _executor(app, run_id, actor, stop, progress)
+                executor = _planner_engine(app, run_id, actor, stop, progress)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
                 result.execution.append(executor.execute(portfolio_ids=only))
             planner = Planner(
@@ -190,7 +199,7 @@ def _locked_run(
                 workers = None
                 if spawn_workers is not None and processes > 1:
                     workers = spawn_workers(run_id, processes - 1, _share_rate_limit(app, processes))
-                executor = _executor(app, run_id, actor, stop, progress)
+                executor = _planner_engine(app, run_id, actor, stop, progress)
                 try:
                     result.execution.append(executor.execute(portfolio_ids=only))
                 finally:
@@ -211,27 +220,28 @@ def _locked_run(
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             progress.close()
+        if result.status == "RUNNING" and not request.dry_run and not (stop and stop.is_set()):
+            _reconcile(app, result, actor)
         # one report (one streaming pass over the journal): exit code, run summary and the files
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
+        if result.reconcile_error:
+            report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
+            report.checks = checks(report.totals, report.reconcile, report.dry_run)
         if result.status == "RUNNING":
-            waiting = journal.count_open()
             result.stalled = journal.count_stalled_in_run(run_id)
             if result.stalled:
+                # an alert: money may have moved without InvestSuite being told yet; the next run resumes them
                 log.warning("run.payouts_stalled", stalled=result.stalled)
-            # exceptions of this run, payouts it stalled for the next run (an alert: money may have moved
-            # without InvestSuite being told yet), or payouts of any earlier run still waiting for a human
-            attention = (
-                report.exceptions_count > 0
-                or result.stalled > 0
-                or any(waiting.get(state, 0) for state in (PayoutState.HELD, PayoutState.NEEDS_ATTENTION))
-            )
+            attention = _needs_attention(report, journal.count_open(), settings.run.alert_on_unchanged_holds)
+            attention = attention or result.stalled > 0 or bool(result.reconcile_error)
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
-            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if attention else "SUCCEEDED"
+            result.status = "SUCCEEDED_WITH_EXCEPTIONS" if result.exit_code else "SUCCEEDED"
+        summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
         journal.finish_run(
             run_id,
             status=result.status,
             exit_code=int(result.exit_code),
-            summary=report.summary(),
+            summary=summary,
             error=result.error,
             actor=actor,
         )
@@ -239,9 +249,9 @@ def _locked_run(
         if finished is not None:  # the header as recorded: final status, exit code, end time
             report.runs[0] = run_header(finished)
             report.as_of = finished["finished_at"]
-        report.audit = audit_summary(app.journal_engine)  # after run.finished: the head includes it
+        report.audit = audit_summary(app.journal_engine, finished)  # the head stored with run.finished
         result.report = report
-        result.report_paths = write_reports(result.report, settings.run.report_dir)
+        result.report_paths = write_reports(result.report, settings.run.report_dir, settings.report.template_dir)
         log.info(
             "run.finished",
             status=result.status,
@@ -250,6 +260,41 @@ def _locked_run(
             **result.report.log_totals(),
         )
     return result
+
+
+def _check_audit_chain(app: Services, actor: str) -> None:
+    """Verify the audit chain from the last checkpoint (and record the new one); raise if it is broken."""
+    verified = app.journal.verify_audit(since_checkpoint=True, record_checkpoint=True, display_name=actor)
+    if not verified.ok:
+        log.error("audit.chain_broken", first_broken_seq=verified.first_broken_seq, problem=verified.problem)
+        raise AuditChainBrokenError(
+            f"audit chain broken at seq {verified.first_broken_seq}: {verified.problem};"
+            " nothing resumed or planned (see README: Verifying the audit trail)"
+        )
+
+
+def _reconcile(app: Services, result: RunResult, actor: str) -> None:
+    """Read the ledger and InvestSuite back for the payouts this run created or drove (read-only)."""
+    assert result.run_id is not None
+    try:
+        result.reconciliation = reconcile_payouts(app, actor=actor, run_id=result.run_id)
+    except BatchError as exc:  # the payouts are done; the run says it could not check them
+        log.warning("run.reconcile_failed", error=str(exc))
+        result.reconcile_error = f"{type(exc).__name__}: {exc}"
+
+
+def _needs_attention(report: Report, waiting: Mapping[str, int], alert_on_unchanged_holds: bool) -> bool:
+    """Whether the run ends with exit code 3: anything new needing a person, or a reconciliation break.
+
+    Exceptions of this run (new holds, needs attention, in progress), payouts of any run that need
+    attention, reconciliation breaks; holds unchanged since the previous run (and HELD payouts of
+    earlier runs) only when ``alert_on_unchanged_holds``.
+    """
+    exceptions = report.exceptions_count - (0 if alert_on_unchanged_holds else report.still_held_count)
+    waiting_states = (
+        (PayoutState.HELD, PayoutState.NEEDS_ATTENTION) if alert_on_unchanged_holds else (PayoutState.NEEDS_ATTENTION,)
+    )
+    return exceptions > 0 or report.reconcile_breaks > 0 or any(waiting.get(s, 0) for s in waiting_states)
 
 
 def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
@@ -262,48 +307,48 @@ def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
     return {"BATCH_INVESTSUITE__RATE_LIMIT_PER_SECOND": repr(share)}
 
 
-def _executor(
-    app: Services, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress
-) -> Executor:
+def engine_for(
+    app: Services,
+    run_id: uuid.UUID,
+    *,
+    actor: str,
+    worker: str,
+    flows: Sequence[FlowKind] | None = None,
+    stop: threading.Event | None = None,
+    on_done: Callable[[PayoutRecord], None] | None = None,
+) -> Engine:
+    """The step engine for one run (or one worker of it), over the flows asked for (default: all)."""
     settings = app.settings.run
-    executor = Executor(
+    wanted = {kind: flow for kind, flow in app.flows.items() if flows is None or kind in flows}
+    engine = Engine(
         journal=app.journal,
-        ledger=app.ledger,
-        client=app.client,
+        ports=app.ports,
+        flows=wanted,
         run_id=run_id,
         actor=actor,
-        worker=f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}",
-        policy=app.settings.policy.to_policy(),
+        worker=worker,
         concurrency=settings.concurrency,
         max_step_attempts=settings.max_step_attempts,
         lease_seconds=settings.lease_seconds,
-        on_done=progress.done,
+        on_done=on_done,
     )
     if stop is not None:
-        executor.stop_requested = stop
-    return executor
+        engine.stop_requested = stop
+    return engine
+
+
+def _planner_engine(
+    app: Services, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress
+) -> Engine:
+    worker = f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
+    return engine_for(app, run_id, actor=actor, worker=worker, stop=stop, on_done=progress.done)
 
 
 def run_worker(
     app: Services, run_id: uuid.UUID, *, actor: str, worker_name: str, stop: threading.Event | None = None
 ) -> ExecutionStats:
-    """One scale-out worker: claim and drive payouts of ``run_id`` until none is left."""
-    settings = app.settings.run
-    executor = Executor(
-        journal=app.journal,
-        ledger=app.ledger,
-        client=app.client,
-        run_id=run_id,
-        actor=actor,
-        worker=worker_name,
-        policy=app.settings.policy.to_policy(),
-        concurrency=settings.concurrency,
-        max_step_attempts=settings.max_step_attempts,
-        lease_seconds=settings.lease_seconds,
-    )
-    if stop is not None:
-        executor.stop_requested = stop
-    return executor.execute()
+    """One scale-out worker: claim and drive operations of ``run_id`` until none is left."""
+    return engine_for(app, run_id, actor=actor, worker=worker_name, stop=stop).execute()
 
 
 __all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "run_job", "run_worker"]

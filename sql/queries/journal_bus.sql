@@ -63,16 +63,20 @@ SELECT * FROM batch.portfolio_registry WHERE portfolio_id = :portfolio_id
 SELECT * FROM batch.portfolio_registry WHERE external_id = :external_id ORDER BY first_seen_at
 
 -- name: open_payout
--- the portfolio's open payout (at most one: partial unique index)
-SELECT * FROM batch.payouts WHERE portfolio_id = :portfolio_id AND state NOT IN ('COMPLETED', 'CANCELLED')
+-- the portfolio's open withdrawal (at most one: partial unique index)
+SELECT * FROM batch.payouts
+ WHERE portfolio_id = :portfolio_id AND flow = 'WITHDRAWAL' AND state NOT IN ('COMPLETED', 'CANCELLED')
 
 -- name: latest_payout
-SELECT * FROM batch.payouts WHERE portfolio_id = :portfolio_id ORDER BY created_at DESC, id DESC LIMIT 1
+SELECT * FROM batch.payouts
+ WHERE portfolio_id = :portfolio_id AND flow = 'WITHDRAWAL'
+ ORDER BY created_at DESC, id DESC
+ LIMIT 1
 
 -- name: decision_in_run
 SELECT d.decision, d.reason, d.final_decision, d.final_reason, d.payout_id, d.details
   FROM batch.decisions d
- WHERE d.run_id = :run_id AND d.portfolio_id = :portfolio_id
+ WHERE d.run_id = :run_id AND d.portfolio_id = :portfolio_id AND d.flow = 'WITHDRAWAL'
 
 -- name: listener_runs
 -- runs left RUNNING by listeners (each holds the advisory lock of its instance while it lives)

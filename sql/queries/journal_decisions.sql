@@ -1,12 +1,16 @@
 -- Decisions: one per candidate portfolio per run, with the payouts they create.
 
 -- name: open_payouts_of
--- portfolios (of these) that already have an open payout, with its id and state
+-- portfolios (of these) that already have an open withdrawal, with its id and state
 SELECT portfolio_id, id, state FROM batch.payouts
- WHERE portfolio_id = ANY(:ids) AND state NOT IN ('COMPLETED', 'CANCELLED')
+ WHERE portfolio_id = ANY(:ids) AND flow = 'WITHDRAWAL' AND state NOT IN ('COMPLETED', 'CANCELLED')
 
 -- name: decided_in_run
-SELECT portfolio_id FROM batch.decisions WHERE run_id = :run_id AND portfolio_id = ANY(:ids)
+-- what this run already decided: portfolios (withdrawals) and incoming credits (deposits)
+SELECT CASE WHEN flow = 'WITHDRAWAL' THEN portfolio_id ELSE credit_reference END AS key
+  FROM batch.decisions
+ WHERE run_id = :run_id
+   AND ((flow = 'WITHDRAWAL' AND portfolio_id = ANY(:ids)) OR (flow <> 'WITHDRAWAL' AND credit_reference = ANY(:ids)))
 
 -- name: next_ids
 SELECT nextval('batch.decisions_id_seq') FROM generate_series(1, :n)
@@ -14,24 +18,24 @@ SELECT nextval('batch.decisions_id_seq') FROM generate_series(1, :n)
 -- name: insert
 INSERT INTO batch.decisions (id, run_id, business_date, portfolio_id, decision, reason, currency, requested_raw,
                              requested_amount, full_withdrawal, ledger_account, ledger_available, investsuite_cash,
-                             pay_amount, reconciliation_break, payout_id, dry_run, details)
+                             pay_amount, reconciliation_break, payout_id, dry_run, details, flow, credit_reference)
 VALUES (:id, :run_id, :business_date, :portfolio_id, :decision, :reason, :currency, :requested_raw,
         :requested_amount, :full_withdrawal, :ledger_account, :ledger_available, :investsuite_cash,
-        :pay_amount, :reconciliation_break, :payout_id, :dry_run, CAST(:details AS jsonb))
+        :pay_amount, :reconciliation_break, :payout_id, :dry_run, CAST(:details AS jsonb), :flow, :credit_reference)
 
 -- name: insert_payouts
 -- a page of payouts in one statement; a portfolio that meanwhile got an open payout from another planner
 -- (the listener, a concurrent run) keeps that one: the conflicting row is skipped, not an error
 INSERT INTO batch.payouts (id, portfolio_id, business_date, run_id, decision_id, state, currency, amount,
                            full_withdrawal, ledger_account, counter_account, cash_snapshot, divest_snapshot,
-                           hold_reason)
+                           hold_reason, flow, credit_reference)
 SELECT id, portfolio_id, business_date, run_id, decision_id, state, currency, amount, full_withdrawal,
-       ledger_account, counter_account, cash_snapshot, divest_snapshot, hold_reason
+       ledger_account, counter_account, cash_snapshot, divest_snapshot, hold_reason, flow, credit_reference
   FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
        id uuid, portfolio_id text, business_date date, run_id uuid, decision_id bigint, state text,
        currency text, amount numeric, full_withdrawal boolean, ledger_account text, counter_account text,
-       cash_snapshot numeric, divest_snapshot text, hold_reason text)
-ON CONFLICT (portfolio_id) WHERE state NOT IN ('COMPLETED', 'CANCELLED') DO NOTHING
+       cash_snapshot numeric, divest_snapshot text, hold_reason text, flow text, credit_reference text)
+ON CONFLICT DO NOTHING
 RETURNING id
 
 -- name: lost_to_an_open_payout

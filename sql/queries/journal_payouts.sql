@@ -1,5 +1,5 @@
 -- Payouts: claiming with a lease, the step functions (intent and outcome, migration 0003), guarded
--- transitions for stops and operator actions, listings.
+-- transitions for stops, listings.
 
 -- name: claim
 -- lease up to :n executable payouts nobody else holds
@@ -7,6 +7,7 @@ UPDATE batch.payouts
    SET lease_owner = :worker, lease_expires_at = now() + make_interval(secs => :lease)
  WHERE id IN (SELECT id FROM batch.payouts
                WHERE state = ANY(:states)
+                 AND flow = ANY(:flows)
                  AND (lease_expires_at IS NULL OR lease_expires_at < now())
                  AND (CAST(:portfolio_ids AS text[]) IS NULL OR portfolio_id = ANY(CAST(:portfolio_ids AS text[])))
                  AND (CAST(:run_id AS uuid) IS NULL OR run_id = CAST(:run_id AS uuid))
@@ -21,9 +22,6 @@ UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL WHERE id = 
 
 -- name: get
 SELECT * FROM batch.payouts WHERE id = :id
-
--- name: get_for_update
-SELECT * FROM batch.payouts WHERE id = :id FOR UPDATE
 
 -- name: attempts_by_step
 -- all attempts decide whether to read back first; only this run's failed ones (a recorded transient or
@@ -51,8 +49,8 @@ UPDATE batch.step_attempts SET outcome = :outcome, outcome_at = now(), detail = 
  WHERE id = :id AND outcome IS NULL
 
 -- name: transition
--- a stop (NEEDS_ATTENTION, CANCELLED) or an operator's action, guarded by the state it expects (and the
--- lease, when a worker makes it); the lease is always released
+-- a stop (NEEDS_ATTENTION, CANCELLED), guarded by the state it expects (and the lease, when a worker
+-- makes it); the lease is always released. Operators' actions are SQL functions (journal_oversight.sql).
 UPDATE batch.payouts p
    SET state            = CAST(:to_state AS text),
        updated_at       = now(),
@@ -61,11 +59,7 @@ UPDATE batch.payouts p
        failing_step     = coalesce(CAST(:failing_step AS text), p.failing_step),
        last_error       = coalesce(CAST(:last_error AS text), p.last_error),
        stopped_in_state = CASE WHEN :to_state = 'NEEDS_ATTENTION' THEN p.state ELSE p.stopped_in_state END,
-       stopped_at       = CASE WHEN :to_state IN ('NEEDS_ATTENTION', 'CANCELLED') THEN now() ELSE p.stopped_at END,
-       retried_at       = CASE WHEN CAST(:retry AS boolean) THEN now() ELSE p.retried_at END,
-       approved_by      = coalesce(CAST(:approved_by AS text), p.approved_by),
-       approval_reason  = coalesce(CAST(:approval_reason AS text), p.approval_reason),
-       approved_at      = CASE WHEN CAST(:approved_by AS text) IS NOT NULL THEN now() ELSE p.approved_at END
+       stopped_at       = CASE WHEN :to_state IN ('NEEDS_ATTENTION', 'CANCELLED') THEN now() ELSE p.stopped_at END
  WHERE p.id = :id AND p.state = :from_state AND (CAST(:worker AS text) IS NULL OR p.lease_owner = :worker)
 RETURNING p.*
 

@@ -45,3 +45,10 @@ SELECT id FROM batch.runs
 
 -- name: get
 SELECT * FROM batch.runs WHERE id = :id
+
+-- name: store_audit_head
+-- the chain head right after the run's own run.finished row (same transaction: the chain lock is still held)
+UPDATE batch.runs r
+   SET audit_head_seq = h.seq, audit_head_hash = h.hash
+  FROM (SELECT seq, hash FROM batch.audit_log ORDER BY seq DESC LIMIT 1) h
+ WHERE r.id = :id

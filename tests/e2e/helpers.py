@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from batch.adapters.postgres import Dsns
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn
 from batch.sandbox.store import loads
+from tests.fixtures.roles import operator_dsn
 
 CLI_TIMEOUT_SECONDS = 300
 #: ISO 4217 minor units of the currencies the seeded scenario pays in (kept here, not imported: an
@@ -77,6 +78,16 @@ class Cli:
             env=env,
             check=False,
         )
+
+    def as_operator(self, role: str) -> Cli:
+        """The same CLI logged in to the journal as operator ``role`` (its own login, in batch_operator)."""
+        config = self.config.with_name(f"{role}.toml")
+        text = self.config.read_text(encoding="utf-8")
+        config.write_text(
+            text.replace(json.dumps(self.dsns.journal), json.dumps(operator_dsn(self.dsns.journal, role))),
+            encoding="utf-8",
+        )
+        return replace(self, config=config)
 
 
 def make_cli(dsns: Dsns, base_url: str, folder: Path) -> Cli:

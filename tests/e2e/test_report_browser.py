@@ -6,12 +6,15 @@ Needs Chromium (``/usr/bin/chromium`` or ``chromium`` on PATH); CI installs it, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -168,4 +171,110 @@ def test_html_report_dom_holds_the_key_figures(html_report: Rendered, tmp_path: 
     assert Decimal(totals["EUR"]["paid"]["amount"]) > 0
     assert dom.count(">PASS<") == len(document["checks"]) + 1  # every check and the audit chain
     assert audit["head_hash"] in dom
+    assert "<script" not in dom
+
+
+# -- dry run, carried-over payouts, the reconciliation, a bank's own template ---------------------------
+
+DRY_BLUE = (0xDD, 0xE8, 0xF7)  # background of the DRY RUN banner (report_base.html.j2 .banner.dry)
+BANK_ORANGE = (0xFF, 0x7A, 0x00)  # the bank's logo block in its overriding template
+BANK_TEMPLATE = """{% extends "report_base.html.j2" %}
+{% block logo %}<div style="background:#ff7a00;color:#fff;padding:4mm;font-size:16pt">ACME Bank - payouts</div>
+{% endblock %}
+{% block footer %}<footer>ACME Bank internal: rendered from the bank's own template.</footer>{% endblock %}
+"""
+
+
+@dataclass(frozen=True)
+class Pages:
+    carried: Path  # the run that finished the payouts of a killed run
+    dry: Path  # a dry run
+    bank: Path  # the carried-over run, rendered with the bank's template
+    carried_json: dict[str, Any]
+
+
+def _killed_run(world: World, date_text: str) -> None:
+    """`batch run` SIGKILLed at the first withdraw event (the crash tests' seam): payouts are left open."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_")}
+    env |= {"BATCH_CRASH_POINTS": "SEND_EVENT.before:1", "BATCH_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "batch", "--config", str(world.cli.config), "run", "--date", date_text]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == -signal.SIGKILL, explain(done)
+
+
+@pytest.fixture(scope="module")
+def pages(new_world: Callable[[], World], tmp_path_factory: pytest.TempPathFactory) -> Pages:
+    """HTML reports of a run that carried over a killed run's payouts, of a dry run, and with a bank template."""
+    world = new_world()
+    folder = tmp_path_factory.mktemp("pages")
+    assert world.cli("sandbox", "seed", "--size", "40").returncode == 0
+    _killed_run(world, "2026-05-05")
+    carried = world.cli("run", "--date", "2026-05-05", "--trigger", "test")
+    assert carried.returncode in (0, 3), explain(carried)
+    paths = report_paths(carried.stdout)
+    dry = world.cli("run", "--date", "2026-05-06", "--dry-run", "--trigger", "test")
+    assert dry.returncode in (0, 3), explain(dry)
+    templates = folder / "bank-templates"
+    templates.mkdir()
+    (templates / "report.html.j2").write_text(BANK_TEMPLATE, encoding="utf-8")
+    bank_config = folder / "bank.toml"
+    bank_config.write_text(
+        world.cli.config.read_text(encoding="utf-8") + f"\n[report]\ntemplate_dir = {json.dumps(str(templates))}\n",
+        encoding="utf-8",
+    )
+    carried_json = json.loads(paths["json"].read_text(encoding="utf-8"))
+    bank = folder / "bank.html"
+    done = replace(world.cli, config=bank_config)(
+        "report", "--run", carried_json["runs"][0]["id"], "--format", "html", "-o", str(bank)
+    )
+    assert done.returncode == 0, explain(done)
+    return Pages(paths["html"], report_paths(dry.stdout)["html"], bank, carried_json)
+
+
+def _screenshot(page: Path, folder: Path) -> Png:
+    shot = folder / f"{page.stem}.png"
+    done = _browse(page, folder / "profile", f"--screenshot={shot}", "--hide-scrollbars")
+    assert shot.exists(), done.stderr[-2000:]
+    return decode_png(shot.read_bytes())
+
+
+def _dom(page: Path, folder: Path) -> str:
+    done = _browse(page, folder / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_dry_run_report_shows_the_dry_run_banner_and_would_pay(pages: Pages, tmp_path: Path) -> None:
+    """A dry run's page is marked DRY RUN in the title and a blue banner, its payable amounts under would pay."""
+    image = _screenshot(pages.dry, tmp_path)
+    assert DRY_BLUE in image.pixels(), "the DRY RUN banner is drawn"
+    dom = _dom(pages.dry, tmp_path)
+    assert "<title>DRY RUN - Payout run" in dom
+    assert "DRY RUN: nothing was paid" in dom
+    assert "Would pay" in dom
+    assert 'class="banner pass"' not in dom
+
+
+def test_carried_over_group_and_reconcile_section_are_shown(pages: Pages, tmp_path: Path) -> None:
+    """The run after a killed one shows its carried-over payouts and the reconciliation read back, 0 breaks."""
+    carried = [x for x in pages.carried_json["lines"] if x["group"] == "carried_over"]
+    assert carried, "the killed run left payouts to carry over"
+    image = _screenshot(pages.carried, tmp_path)
+    assert PASS_GREEN in image.pixels()
+    dom = _dom(pages.carried, tmp_path)
+    assert "carried over from an earlier run" in dom
+    assert "Reconciliation against the ledger and InvestSuite (0 breaks)" in dom
+    assert "Ledger: transfers read back" in dom and "InvestSuite: SETTLED, read back" in dom
+    for line in carried:
+        assert line["payout_id"] in dom or line["portfolio_id"] in dom
+
+
+def test_bank_template_overrides_the_logo_and_footer(pages: Pages, tmp_path: Path) -> None:
+    """A bank's template_dir replaces the logo and footer blocks; the rest of the report is unchanged."""
+    image = _screenshot(pages.bank, tmp_path)
+    assert BANK_ORANGE in image.pixels(), "the bank's logo block is drawn"
+    dom = _dom(pages.bank, tmp_path)
+    assert "ACME Bank - payouts" in dom and "rendered from the bank's own template" in dom
+    assert pages.carried_json["runs"][0]["id"] in dom
+    assert "Reconciliation against the ledger and InvestSuite" in dom
     assert "<script" not in dom

@@ -12,7 +12,7 @@ import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -413,7 +413,7 @@ def test_control_totals_reconcile_against_the_databases(nightly: Nightly) -> Non
 
 def test_second_run_of_the_date_changes_nothing(nightly: Nightly) -> None:
     """Re-running the same date pays nothing again: ledger, sandbox and payouts are exactly as before."""
-    assert nightly.second.returncode == EXIT_ATTENTION, explain(nightly.second)
+    assert nightly.second.returncode == EXIT_OK, explain(nightly.second)  # every hold is unchanged: still held
     assert external_fingerprint(nightly.after_second) == external_fingerprint(nightly.after_first)
     assert nightly.after_second.payouts == nightly.after_first.payouts
     assert len(nightly.after_first.payout_transfers()) == sum(
@@ -450,8 +450,9 @@ def test_runs_lists_both_runs(nightly: Nightly) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("run id")
     assert [line.split()[0] for line in lines[1:]] == [nightly.second_run_id, nightly.first_run_id]
-    for line in lines[1:]:
-        assert BUSINESS_DATE in line and "SUCCEEDED_WITH_EXCEPTIONS" in line and " 3 " in line, line
+    second, first = lines[1:]
+    assert BUSINESS_DATE in first and "SUCCEEDED_WITH_EXCEPTIONS" in first and " 3 " in first, first
+    assert BUSINESS_DATE in second and "SUCCEEDED " in second and " 0 " in second, second  # only holds, unchanged
 
 
 def test_report_by_run_json_matches_the_written_report(nightly: Nightly) -> None:
@@ -581,13 +582,23 @@ def test_portfolio_option_runs_one_portfolio_only(cli: Cli) -> None:
     assert len(final.transactions_of(target)) == 1 and len(final.events_of(target)) == 1
 
 
-def test_later_run_exits_3_while_a_held_payout_waits(cli: Cli) -> None:
-    """A run that meets a portfolio whose payout is still HELD exits 3: held payouts are never silent."""
+def test_unchanged_held_payout_is_still_held_and_no_alarm_by_default(cli: Cli) -> None:
+    """A payout still HELD the next night is listed as still held and exits 0; with the alert setting, 3."""
     seed_scenario(cli.dsns.sandbox, cli.dsns.ledger, size=30)
     (above_cap,) = portfolios_by_case(cli.dsns.sandbox)["above_cap"]
     first = cli("run", "--date", BUSINESS_DATE, "--portfolio", above_cap)
-    assert first.returncode == EXIT_ATTENTION, explain(first)
+    assert first.returncode == EXIT_ATTENTION, explain(first)  # a new hold
     next_night = cli("run", "--date", "2026-11-21", "--portfolio", above_cap)
     state = read_state(cli.dsns)
     assert [p["state"] for p in state.payouts] == ["HELD"]
-    assert next_night.returncode == EXIT_ATTENTION, explain(next_night)
+    assert next_night.returncode == EXIT_OK, explain(next_night)
+    assert "Still held (unchanged since the previous run; not an alarm by itself): 1" in next_night.stdout
+    report = json.loads(report_paths(next_night.stdout)["json"].read_text(encoding="utf-8"))
+    (line,) = report["lines"]
+    assert (line["portfolio_id"], line["reason"], line["still_held"]) == (above_cap, "AWAITING_APPROVAL", True)
+    assert report["totals"]["EUR"]["groups"]["planned"]["still_held"]["count"] == 1
+
+    alerting = cli.config.with_name("alerting.toml")
+    alerting.write_text(cli.config.read_text(encoding="utf-8") + "alert_on_unchanged_holds = true\n", encoding="utf-8")
+    third_night = replace(cli, config=alerting)("run", "--date", "2026-11-22", "--portfolio", above_cap)
+    assert third_night.returncode == EXIT_ATTENTION, explain(third_night)

@@ -29,7 +29,7 @@ from batch.bootstrap import App, build_app
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn
 from batch.sandbox.store import dumps
-from batch.service.execute import ExecutionStats, Executor
+from batch.service.engine import Engine, ExecutionStats
 from batch.service.plan import Planner, PlanStats
 from batch.service.report import Report, build_report
 from batch.settings import InvestSuiteSettings, RunSettings, Settings
@@ -197,18 +197,18 @@ class OneRun:
         self.plan_stats = planner.plan(portfolio_ids)
         return self.plan_stats
 
-    def executor(self, *, max_step_attempts: int = 4) -> Executor:
-        return Executor(
+    def executor(self, *, max_step_attempts: int = 4) -> Engine:
+        pause = self.sleep
+        return Engine(
             journal=self.app.journal,
-            ledger=self.app.ledger,
-            client=self.app.client,
+            ports=self.app.ports,
+            flows=self.app.flows,
             run_id=self.run_id,
             actor=ACTOR,
             worker=f"itest:{self.run_id.hex[:8]}",
-            policy=self.app.settings.policy.to_policy(),
             concurrency=1,
             max_step_attempts=max_step_attempts,
-            sleep=self.sleep or (lambda _seconds: None),
+            between_tries=None if pause is None else (lambda: pause(0.0)),
         )
 
     def execute(self, *, max_step_attempts: int = 4) -> ExecutionStats:

@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -209,14 +210,14 @@ def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_p
     run = OneRun(app)
     run.plan([doc["id"]])
     executor = run.executor()
-    post = executor.ledger.post_payout
+    post = executor.ports.ledger.post_payout
 
     def post_then_vanish(**kwargs: Any) -> Any:
         transfer = post(**kwargs)
         delete_portfolio(store, doc["id"])
         return transfer
 
-    executor.ledger.post_payout = post_then_vanish  # type: ignore[method-assign]
+    executor.ports.ledger.post_payout = post_then_vanish  # type: ignore[method-assign]
     executor.execute()
 
     payout = the_payout(app, doc["id"])
@@ -282,15 +283,15 @@ def test_ledger_unreachable_for_a_while_then_pays_exactly_once(
     run.plan([doc["id"]])
     dead = make_engine(DEAD_LEDGER_DSN, pool_size=1)
     executor = run.executor(max_step_attempts=5)
-    executor.ledger = Ledger(dead, app.settings.ledger)
+    executor.ports = replace(executor.ports, ledger=Ledger(dead, app.settings.ledger))
     pauses: list[float] = []
 
-    def pause(seconds: float) -> None:
-        pauses.append(seconds)
+    def pause() -> None:
+        pauses.append(0.0)
         if len(pauses) == 2:  # the ledger comes back
-            executor.ledger = app.ledger
+            executor.ports = replace(executor.ports, ledger=app.ledger)
 
-    executor.sleep = pause
+    executor.between_tries = pause
     try:
         executor.execute()
     finally:
@@ -312,7 +313,7 @@ def _ledger_down_through_every_attempt(app: App, store: SandboxState, dsns: Dsns
     run.plan([doc["id"]])
     dead = make_engine(DEAD_LEDGER_DSN, pool_size=1)
     executor = run.executor(max_step_attempts=app.settings.run.max_step_attempts)
-    executor.ledger = Ledger(dead, app.settings.ledger)
+    executor.ports = replace(executor.ports, ledger=Ledger(dead, app.settings.ledger))
     try:
         executor.execute()
     finally:

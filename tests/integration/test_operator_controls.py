@@ -35,6 +35,7 @@ from batch.service.report import build_report
 from batch.service.run import RunRequest, run_job
 from batch.settings import InvestSuiteSettings, PolicySettings, RunSettings, Settings
 from tests.fixtures.pg import fresh_dsns
+from tests.fixtures.roles import operator_dsn
 
 D1 = date(2026, 4, 1)
 CAP = Decimal("5000")
@@ -117,10 +118,20 @@ def world(pg_admin_dsn: str, pg_templates: dict[str, str], tmp_path_factory: pyt
             app.close()
 
 
-def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(world: World, *args: str, role: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``batch ARGS``; with ``role``, logged in to the journal as that operator (a member of batch_operator)."""
+    config = world.config
+    if role is not None:
+        config = world.config.with_name(f"{role}.toml")
+        config.write_text(
+            world.config.read_text(encoding="utf-8").replace(
+                f'journal_dsn = "{world.dsns.journal}"', f'journal_dsn = "{operator_dsn(world.dsns.journal, role)}"'
+            ),
+            encoding="utf-8",
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_")}
     return subprocess.run(
-        [sys.executable, "-m", "batch", "--config", str(world.config), *args],
+        [sys.executable, "-m", "batch", "--config", str(config), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -142,17 +153,25 @@ def _ids(world: World, *states: PayoutState) -> set[str]:
 
 
 def test_held_payout_approved_by_an_operator_is_paid_by_the_next_run(world: World) -> None:
-    """approve: HELD -> PLANNED with approved_by, audited as alice; the next run pays it; the report notes it."""
+    """approve (no four-eyes threshold: one approval): HELD -> PLANNED, audited as alice; the next run pays it."""
     payout_id = world.held[0]
     reason = "customer confirmed the amount by phone"
-    done = _cli(world, "payout", "approve", str(payout_id), "--operator", "alice", "--reason", reason)
+    done = _cli(world, "payout", "approve", str(payout_id), "--operator", "Alice M.", "--reason", reason, role="alice")
     assert done.returncode == 0, done.stderr
-    assert f"payout {payout_id}: now PLANNED (by alice: {reason})" in done.stdout
+    assert f"approval 1 of 1 recorded for payout {payout_id}, " in done.stdout
+    assert f"released: the next run pays it (approved by alice; reason: {reason})" in done.stdout
+    assert "recorded as database role alice (application 'batch-journal'; display name 'Alice M.')" in done.stdout
     approved = world.payout(payout_id)
     assert (approved.state, approved.approved_by) == (PayoutState.PLANNED, "alice")
     (audit,) = [r for r in world.audit_rows(payout_id) if r.action == "payout.approved"]
     assert audit.actor == "alice"
-    assert json.loads(audit.details) == {"from": "HELD", "to": "PLANNED", "reason": reason}
+    details = json.loads(audit.details)
+    assert (details["from"], details["to"], details["reason"], details["approvers"]) == (
+        "HELD",
+        "PLANNED",
+        reason,
+        ["alice"],
+    )
 
     world.run()
     paid = world.payout(payout_id)
@@ -166,13 +185,13 @@ def test_held_payout_approved_by_an_operator_is_paid_by_the_next_run(world: Worl
     assert all(c.ok for c in report.checks if c.name.startswith("requested")), "nothing lost"
     # the two payouts stopped after the ledger posting are on the ledger but not paid: the check says so
     (failed,) = [c for c in report.checks if not c.ok]
-    assert (failed.currency, failed.name) == ("EUR", "paid = ledger posted = InvestSuite SETTLED = events")
+    assert failed.currency == "EUR" and failed.name.startswith("paid = ledger posted = InvestSuite SETTLED = events")
 
 
 def test_approving_a_payout_that_is_not_held_is_refused(world: World) -> None:
     """approve of a COMPLETED payout exits 2 and changes nothing."""
     payout_id = world.completed[0]
-    done = _cli(world, "payout", "approve", str(payout_id), "--operator", "alice", "--reason", "oops")
+    done = _cli(world, "payout", "approve", str(payout_id), "--reason", "oops", role="alice")
     assert done.returncode == 2
     assert "refused" in done.stderr
     assert world.payout(payout_id).state is PayoutState.COMPLETED
@@ -184,7 +203,7 @@ def test_cancel_of_a_payout_that_reached_the_ledger_is_refused(world: World) -> 
     for payout_id in (world.attention[1], world.completed[1]):
         before = world.payout(payout_id)
         assert before.ledger_reference is not None
-        done = _cli(world, "payout", "cancel", str(payout_id), "--operator", "bob", "--reason", "customer asked")
+        done = _cli(world, "payout", "cancel", str(payout_id), "--reason", "customer asked", role="bob")
         assert done.returncode == 2, done.stdout
         assert "reached the ledger" in done.stderr
         assert world.payout(payout_id).state is before.state
@@ -193,12 +212,12 @@ def test_cancel_of_a_payout_that_reached_the_ledger_is_refused(world: World) -> 
 def test_cancel_of_a_held_or_planned_payout_is_audited_with_who(world: World) -> None:
     """cancel of a HELD payout and of an approved (PLANNED) one: CANCELLED, audited with the operator."""
     held, planned = world.held[1], world.held[2]
-    assert _cli(world, "payout", "approve", str(planned), "--operator", "alice", "--reason", "ok").returncode == 0
+    assert _cli(world, "payout", "approve", str(planned), "--reason", "ok", role="alice").returncode == 0
     assert world.payout(planned).state is PayoutState.PLANNED
-    for payout_id in (held, planned):
-        done = _cli(world, "payout", "cancel", str(payout_id), "--operator", "bob", "--reason", "customer withdrew")
+    for payout_id, before in ((held, "HELD"), (planned, "PLANNED")):
+        done = _cli(world, "payout", "cancel", str(payout_id), "--reason", "customer withdrew", role="bob")
         assert done.returncode == 0, done.stderr
-        assert "now CANCELLED (by bob: customer withdrew)" in done.stdout
+        assert f"{before} -> CANCELLED (cancelled: customer withdrew)" in done.stdout
         cancelled = world.payout(payout_id)
         assert cancelled.state is PayoutState.CANCELLED
         assert cancelled.ledger_reference is None
@@ -213,13 +232,14 @@ def test_retry_returns_a_payout_to_the_state_it_stopped_in(world: World) -> None
     payout_id = world.attention[0]
     stopped = world.payout(payout_id)
     assert stopped.stopped_in_state == "LEDGER_POSTED" and stopped.failing_step == "RECORD_TRANSACTION"
-    done = _cli(world, "payout", "retry", str(payout_id), "--operator", "carol", "--reason", "endpoint fixed")
+    done = _cli(world, "payout", "retry", str(payout_id), "--reason", "endpoint fixed", role="carol")
     assert done.returncode == 0, done.stderr
+    assert "NEEDS_ATTENTION -> LEDGER_POSTED (retried: endpoint fixed); the next run resumes it" in done.stdout
     assert world.payout(payout_id).state is PayoutState.LEDGER_POSTED
     (audit,) = [r for r in world.audit_rows(payout_id) if r.action == "payout.retry"]
     assert audit.actor == "carol"
     assert json.loads(audit.details) == {"from": "NEEDS_ATTENTION", "to": "LEDGER_POSTED", "reason": "endpoint fixed"}
-    again = _cli(world, "payout", "retry", str(payout_id), "--operator", "carol", "--reason", "twice")
+    again = _cli(world, "payout", "retry", str(payout_id), "--reason", "twice", role="carol")
     assert again.returncode == 2 and "not NEEDS_ATTENTION" in again.stderr
 
 
@@ -228,7 +248,7 @@ def test_retried_payout_is_completed_by_the_next_run_on_the_same_posting(world: 
     payout_id = world.attention[0]
     stopped = world.payout(payout_id)
     if stopped.state is PayoutState.NEEDS_ATTENTION:
-        done = _cli(world, "payout", "retry", str(payout_id), "--operator", "carol", "--reason", "endpoint fixed")
+        done = _cli(world, "payout", "retry", str(payout_id), "--reason", "endpoint fixed", role="carol")
         assert done.returncode == 0, done.stderr
     world.run()
     paid = world.payout(payout_id)

@@ -36,6 +36,7 @@ from batch.service.report import BUCKETS, Report, build_report
 from batch.service.run import RunRequest, RunResult, run_job
 from batch.settings import InvestSuiteSettings, PolicySettings, RunSettings, Settings
 from tests.fixtures.pg import fresh_dsns
+from tests.fixtures.roles import journal_as
 
 D1 = date(2026, 3, 2)
 D2 = date(2026, 3, 3)
@@ -97,14 +98,8 @@ def world(pg_admin_dsn: str, pg_templates: dict[str, str], tmp_path_factory: pyt
             report = build_report(app.journal_engine, run_id=first.run_id)
             before = {fmt: renderer(report) for fmt, renderer in render.RENDERERS.items()}
             (held,) = app.journal.list_payouts([PayoutState.HELD])
-            app.journal.operator_transition(
-                held.id,
-                target=PayoutState.PLANNED,
-                actor="alice",
-                action="payout.approved",
-                reason="customer confirmed by phone",
-                approved=True,
-            )
+            with journal_as(dsns.journal, "alice") as alice:
+                alice.operator_action("approve", held.id, reason="customer confirmed by phone", display_name=None)
             later = run_job(app, RunRequest(business_date=D2, trigger="test", operator="tester"))
             config = _config_file(tmp / "batch.toml", dsns, sandbox.base_url, tmp / "cli-out")
             yield World(dsns, app, config, first, rerun, later, before, held.id)
@@ -171,7 +166,7 @@ def test_json_report_totals_match_the_journal(world: World) -> None:
     """The JSON report of a run carries its header and per-currency totals equal to the journal's sums."""
     assert world.first.run_id is not None
     doc = json.loads(render.render_json(_report(world)))
-    assert doc["schema_version"] == "1.0"
+    assert doc["schema_version"] == "2.0"
     assert doc["kind"] == "run"
     assert doc["business_date"] == D1.isoformat()
     (run,) = doc["runs"]
@@ -194,7 +189,7 @@ def test_json_report_totals_match_the_journal(world: World) -> None:
     assert sum(len(p) for p in paid.values()) > 10
     assert doc["totals"]["EUR"]["held"]["count"] >= 1
     assert all(check["ok"] for check in doc["checks"])
-    assert {c["currency"] for c in doc["checks"]} == set(doc["totals"])
+    assert {c["currency"] for c in doc["checks"]} == set(doc["totals"]) | {"all"}  # "all": the reconcile
     assert doc["audit"]["verified"] is True
     (decisions,) = _journal(world, "SELECT count(*) AS n FROM batch.decisions WHERE run_id = :r", r=world.first.run_id)
     assert len(doc["lines"]) == decisions.n
@@ -225,6 +220,10 @@ def test_json_lines_carry_every_documented_field(world: World) -> None:
         "note",
         "steps",
         "dry_run",
+        "group",
+        "still_held",
+        "moved",
+        "earlier",
     }
     assert all(set(line) == fields for line in doc["lines"])
     paid = [line for line in doc["lines"] if line["outcome"] == "paid"]
@@ -350,8 +349,8 @@ def test_html_escapes_untrusted_text_and_loads_nothing_external(world: World) ->
     report.runs[0] = {**report.runs[0], "operator": "<b>mallory</b>"}
     page = render.render_html(report)
     assert "<script" not in page.lower()
-    assert "&lt;script&gt;alert(&#x27;note&#x27;)&lt;/script&gt;" in page
-    assert "&quot;&gt;&lt;img src=x&gt;" in page
+    assert "&lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt;" in page
+    assert "&#34;&gt;&lt;img src=x&gt;" in page
     assert "&lt;b&gt;mallory&lt;/b&gt;" in page
     assert "<img" not in page
     assert not re.search(r"<[^>]*\b(src|href)\s*=", page, re.IGNORECASE)
@@ -381,7 +380,7 @@ def test_text_summary_lists_counts_and_amounts_by_outcome_and_currency(world: Wo
     lines = text.splitlines()
     assert lines[0] == f"Payout run {world.first.run_id} - business date {D1}"
     assert lines[1].startswith(f"  run {world.first.run_id}  SUCCEEDED_WITH_EXCEPTIONS  exit 3  trigger test")
-    assert f"{report.candidates} candidates, {report.exceptions_count} exceptions (held " in text
+    assert f"{report.candidates} lines, {report.exceptions_count} exceptions (held " in text
     for ccy, t in report.totals.items():
         for b in BUCKETS:
             if t.count[b]:
@@ -389,7 +388,10 @@ def test_text_summary_lists_counts_and_amounts_by_outcome_and_currency(world: Wo
         assert re.search(rf"^  {ccy}\s+requested\s+{t.candidates}\s+{re.escape(str(t.requested))}$", text, re.M)
     assert text.count("[PASS]") == len(report.checks)
     assert "audit chain: verified" in text
-    assert len(lines) < 20 + 7 * len(report.totals) + len(report.checks)
+    assert f"head {report.audit['head_seq']}:{report.audit['head_hash']} (stored at the run's end)" in text
+    for line in report.exceptions:  # every exception is listed, by portfolio
+        assert re.search(rf"^    {line.portfolio_id}  {line.decision}/{line.reason}", text, re.M), line.portfolio_id
+    assert len(lines) < 30 + 7 * len(report.totals) + len(report.checks) + report.exceptions_count
 
 
 # -- stability and aggregation ----------------------------------------------------------------------------
@@ -408,17 +410,27 @@ def test_report_rendered_later_gives_the_same_figures(world: World) -> None:
 
 
 def test_date_report_aggregates_every_run_of_the_date(world: World) -> None:
-    """The report of a business date covers all of its runs: their lines and summed totals."""
+    """The report of a business date covers all of its runs and counts each portfolio once, by its latest decision."""
     assert world.first.run_id and world.rerun.run_id
     by_date = build_report(world.app.journal_engine, business_date=D1)
     assert by_date.kind == "date"
     assert [r["id"] for r in by_date.runs] == [world.first.run_id, world.rerun.run_id]
-    first, rerun = _report(world), _report(world, world.rerun)
-    assert by_date.candidates == first.candidates + rerun.candidates
-    assert by_date.as_of == rerun.as_of
+    first = _report(world)
+    portfolios = _journal(
+        world,
+        "SELECT DISTINCT portfolio_id FROM batch.decisions WHERE run_id = ANY(:r)",
+        r=[world.first.run_id, world.rerun.run_id],
+    )
+    assert by_date.candidates == len(portfolios) == first.candidates  # the re-run decided a subset again
+    lines = list(by_date.lines)
+    assert sorted(x.portfolio_id for x in lines) == sorted(p.portfolio_id for p in portfolios)
+    (above_cap,) = [x for x in lines if x.payout_id == str(world.approved_payout)]
+    assert (above_cap.outcome, above_cap.requested) == ("held", CAP + 10000)  # once, not once per run
+    assert [e["reason"] for e in above_cap.earlier] == ["AWAITING_APPROVAL"]
     for ccy, t in by_date.totals.items():
-        assert t.candidates == sum(r.totals[ccy].candidates for r in (first, rerun) if ccy in r.totals)
-        assert t.requested == sum((r.totals[ccy].requested for r in (first, rerun) if ccy in r.totals), Decimal(0))
+        latest = [x for x in lines if (x.currency or "???") == ccy]
+        assert t.requested == sum((x.requested or Decimal(0) for x in latest), Decimal(0))
+        assert t.candidates == len(latest)
     assert by_date.checks_ok
     doc = json.loads(render.render_json(by_date))
     assert doc["kind"] == "date" and len(doc["runs"]) == 2

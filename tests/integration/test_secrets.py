@@ -141,7 +141,7 @@ def test_a_whole_job_leaks_no_secret_token_password_or_iban(
         env=env,
         check=False,
     )
-    assert cli.returncode == ExitCode.ATTENTION, cli.stderr
+    assert cli.returncode == ExitCode.OK, cli.stderr  # the holds are those of the first night: still held
     assert '"event": "run.finished"' in cli.stderr or '"event":"run.finished"' in cli.stderr
 
     tokens = _issued_tokens(dsns.sandbox)

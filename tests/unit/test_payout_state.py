@@ -7,14 +7,18 @@ import itertools
 import pytest
 
 from batch.domain.payout import (
+    EXECUTABLE,
     EXECUTABLE_STATES,
+    FLOW_STATES,
     NEXT_STEP,
     OPEN_STATES,
     PAST_LEDGER,
     TRANSITIONS,
+    FlowKind,
     PayoutState,
     Step,
     check_transition,
+    next_step,
     path,
 )
 from batch.errors import DomainError, InvalidTransitionError
@@ -56,6 +60,12 @@ ALLOWED = [
     # Allowed by the table; only legal when the payout stopped before the ledger post. The table alone
     # cannot tell, so that guard belongs to whoever cancels (journal/service).
     (S.NEEDS_ATTENTION, S.CANCELLED),
+    # the deposit flows: a ledger move, then the announcement (or the announcement alone)
+    (S.PLANNED, S.LEDGER_MOVED),
+    (S.LEDGER_MOVED, S.EVENT_SENT),
+    (S.LEDGER_MOVED, S.NEEDS_ATTENTION),
+    (S.NEEDS_ATTENTION, S.LEDGER_MOVED),
+    (S.PLANNED, S.EVENT_SENT),
 ]
 
 FORBIDDEN = [
@@ -121,13 +131,14 @@ def test_terminal_states(state: PayoutState) -> None:
 def test_open_and_executable_states() -> None:
     """HELD and NEEDS_ATTENTION are open but wait for a human; the flow states before COMPLETED execute."""
     assert frozenset(PayoutState) - {S.COMPLETED, S.CANCELLED} == OPEN_STATES
-    assert frozenset(FLOW[:-1]) == EXECUTABLE_STATES
+    assert frozenset(FLOW[:-1]) == EXECUTABLE[FlowKind.WITHDRAWAL]
+    assert frozenset(FLOW[:-1]) | {S.LEDGER_MOVED} == EXECUTABLE_STATES  # the deposit's ledger move
     assert S.HELD not in EXECUTABLE_STATES
     assert S.NEEDS_ATTENTION not in EXECUTABLE_STATES
     assert EXECUTABLE_STATES <= OPEN_STATES
 
 
-@pytest.mark.parametrize("state", sorted(EXECUTABLE_STATES))
+@pytest.mark.parametrize("state", sorted(EXECUTABLE[FlowKind.WITHDRAWAL]))
 def test_next_step_lands_on_a_reachable_state(state: PayoutState) -> None:
     """Each executable state's next step lands on a later flow state reachable by allowed transitions."""
     step, landing = NEXT_STEP[state]
@@ -192,3 +203,36 @@ def test_path_refuses_non_forward(start: PayoutState, end: PayoutState) -> None:
 def test_invalid_transition_is_a_domain_error() -> None:
     """InvalidTransitionError sits under DomainError in the one error tree."""
     assert issubclass(InvalidTransitionError, DomainError)
+
+
+@pytest.mark.parametrize(
+    ("flow", "current", "target"),
+    [
+        (FlowKind.WITHDRAWAL, S.PLANNED, S.EVENT_SENT),
+        (FlowKind.WITHDRAWAL, S.PLANNED, S.LEDGER_MOVED),
+        (FlowKind.DEPOSIT, S.PLANNED, S.LEDGER_POSTED),
+        (FlowKind.DEPOSIT, S.PLANNED, S.EVENT_SENT),
+        (FlowKind.DEPOSIT_ANNOUNCE, S.PLANNED, S.LEDGER_MOVED),
+    ],
+    ids=[
+        "withdrawal skips its ledger post",
+        "withdrawal moves",
+        "deposit posts",
+        "deposit skips its move",
+        "announce moves",
+    ],
+)
+def test_a_flow_refuses_the_transitions_of_another(flow: FlowKind, current: PayoutState, target: PayoutState) -> None:
+    """Each flow allows only its own path: what another flow does is refused for it."""
+    with pytest.raises(InvalidTransitionError):
+        check_transition(current, target, flow)
+
+
+def test_every_flow_has_one_step_out_of_each_state_before_its_end() -> None:
+    """Derived from the flows as data: each state but the last has exactly one step that moves it on."""
+    for flow, states in FLOW_STATES.items():
+        assert set(EXECUTABLE[flow]) == set(states[:-1])
+        for state in states[:-1]:
+            move = next_step(flow, state)
+            assert move is not None and move[1][-1] in states
+        assert next_step(flow, states[-1]) is None

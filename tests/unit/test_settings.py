@@ -127,6 +127,9 @@ def test_broken_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param('[policy]\nmax_payout = { EUR = "-5" }\n', "policy.max_payout", id="negative-payout-cap"),
         pytest.param('[policy]\nmax_run_total = { EUR = "0" }\n', "policy.max_run_total", id="zero-run-cap"),
         pytest.param(
+            '[policy]\nfour_eyes_threshold = { EUR = "0" }\n', "policy.four_eyes_threshold", id="zero-four-eyes"
+        ),
+        pytest.param(
             '[policy]\nreconciliation_tolerance = "-0.01"\n', "policy.reconciliation_tolerance", id="negative-tolerance"
         ),
         pytest.param(

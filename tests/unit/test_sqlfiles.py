@@ -37,6 +37,6 @@ def test_malformed_query_files_are_refused(text: str) -> None:
 
 def test_every_shipped_query_file_loads() -> None:
     """The journal's query files parse, and every query compiles as a SQLAlchemy text clause."""
-    for file in ("journal_runs", "journal_decisions", "journal_payouts", "journal_audit"):
+    for file in ("journal_runs", "journal_decisions", "journal_payouts", "journal_audit", "journal_oversight"):
         for query in load_queries(file).by_name.values():
             assert query.text.text and query.pyformat

@@ -10,6 +10,7 @@ with a write that a server reading the docs this strictly would refuse afterward
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from batch import codec
 from batch.adapters.investsuite_models import RemotePortfolio
 from batch.domain import writes
 from batch.domain.model import Decision, LedgerView
+from batch.domain.payout import PayoutState
 from batch.domain.policy import Policy, decide
 from batch.errors import InvalidRemoteDataError
 from batch.sandbox import rules
@@ -120,3 +122,54 @@ def test_string_positions_with_a_partial_withdrawal_are_written_back_as_numbers(
     assert bodies.event["data"]["amount"] == "500.00"
     assert bodies.patch["config"]["manager_settings"]["divest_amount"] == 0
     _accepted_by_the_sandbox(doc, bodies)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(books)
+def test_over_generated_books_no_payout_ends_past_the_ledger_because_of_a_4xx(book: list[BookPortfolio]) -> None:
+    """Planned as the planner plans, driven by the engine against the strict fakes: each payout completes."""
+    from tests.unit.test_engine import World  # noqa: PLC0415 - the engine tests' world of fakes
+
+    world = World.make()
+    planned = []
+    for index, portfolio in enumerate(book):
+        doc = _served(portfolio, index)
+        remote = RemotePortfolio.model_validate(doc)
+        view = remote.to_view("BE71096123456769")
+        ledger = None if portfolio.ledger is None else LedgerView("ACC", portfolio.currency, portfolio.ledger)
+        verdict = decide(view, ledger, Policy(), TODAY)
+        if verdict.decision is not Decision.PAY:
+            continue
+        assert verdict.pay_amount is not None
+        try:  # the planner's check: a refusal is a HOLD, no payout
+            writes.prepare_withdrawal(
+                portfolio_id=view.portfolio_id,
+                currency=view.base_currency,
+                amount=verdict.pay_amount,
+                full_withdrawal=verdict.full_withdrawal,
+                divest_planned=str(view.divest_raw),
+                divest_now=view.divest_raw,
+                config=remote.config,
+                holdings=remote.portfolio,
+                when=datetime.now(UTC),
+            )
+        except InvalidRemoteDataError:
+            continue
+        world.investsuite.portfolios[view.portfolio_id] = doc
+        payout = replace(
+            world.withdrawal(),
+            portfolio_id=view.portfolio_id,
+            currency=view.base_currency,
+            amount=verdict.pay_amount,
+            full_withdrawal=verdict.full_withdrawal,
+            cash_snapshot=view.cash or Decimal(0),
+            divest_snapshot=str(view.divest_raw),
+        )
+        world.journal.add(payout)
+        world.ledger.balances[payout.ledger_account] = verdict.pay_amount
+        planned.append(payout)
+    world.journal.operations = {p.id: p for p in planned}  # drop the template payouts world.withdrawal() added
+    world.engine().execute()
+    for payout in planned:
+        final = world.journal.operations[payout.id]
+        assert final.state is PayoutState.COMPLETED, (final.failing_step, final.last_error)

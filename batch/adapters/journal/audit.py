@@ -1,88 +1,224 @@
-"""The journal's audit log: recompute the hash chain, read its head.
+"""The journal's audit log: verify the hash chain (from the last checkpoint, or whole), record checkpoints.
 
-The chain itself is built by the database (``batch.audit_chain`` trigger, migration 0001): each row
-hashes the previous row's hash and its own content; ``audit_hash`` here computes the same hash.
+The chain itself is built by the database (``batch.audit_chain`` trigger, migrations 0001 and 0005); the
+verification recomputes every hash here (``batch.domain.audit``), a page of rows at a time (memory flat
+in the chain's length), and checks that the chain still passes through every witness: the anchors and
+``--expect`` heads the caller gives, and the journal's own verified checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg.rows import args_row
 
 from batch.adapters.journal.base import AUDIT, JournalBase
-from batch.domain.records import AuditVerification
+from batch.domain.audit import (
+    GENESIS_HASH,
+    Anchor,
+    AuditRow,
+    AuditVerification,
+    ChainWalk,
+    check_witnesses,
+    verification,
+)
+from batch.domain.oversight import require_reason
+from batch.errors import OperatorRefusedError
 
-GENESIS_HASH = "0" * 64
+#: rows per page of the chain walk
+PAGE_ROWS = 10_000
 
 
-def audit_hash(
-    prev_hash: str,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    run_id: uuid.UUID | None,
-    payout_id: uuid.UUID | None,
-    portfolio_id: str | None,
-    details: str,
-) -> str:
-    """The same hash the database computes in ``batch.audit_hash`` (used to verify the chain)."""
-    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    text = "|".join(
-        [
-            prev_hash,
-            str(seq),
-            stamp,
-            actor,
-            action,
-            str(run_id) if run_id else "",
-            str(payout_id) if payout_id else "",
-            portfolio_id or "",
-            details,
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A row of batch.audit_checkpoints; a re-anchoring when ``accepted_break_seq`` is set."""
+
+    id: int
+    seq: int
+    hash: str
+    verified_at: datetime
+    verified_by: str
+    accepted_break_seq: int | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> _Checkpoint:
+        return cls(**{k: row[k] for k in ("id", "seq", "hash", "verified_at", "verified_by")},
+                   accepted_break_seq=row.get("accepted_break_seq"), reason=row.get("reason"))  # fmt: skip
+
+    @property
+    def anchor(self) -> Anchor:
+        when = self.verified_at.isoformat(timespec="seconds")
+        return Anchor(self.seq, self.hash.strip(), f"the checkpoint of {when} by {self.verified_by}")
+
+    def notes(self) -> list[str]:
+        if self.accepted_break_seq is None:
+            return []
+        when = self.verified_at.isoformat(timespec="seconds")
+        return [
+            f"row {self.accepted_break_seq} accepted by {self.verified_by} at {when} (re-anchored at seq {self.seq}:"
+            f" {self.reason})"
         ]
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def excuses(self, seq: int) -> bool:
+        """An anchor at ``seq`` lies in the span this re-anchoring accepted."""
+        return self.accepted_break_seq is not None and self.accepted_break_seq <= seq < self.seq
+
+    def supersedes(self, other: _Checkpoint) -> bool:
+        """A checkpoint recorded before this re-anchoring at or after the accepted row no longer counts."""
+        return self.accepted_break_seq is not None and other.id < self.id and other.seq >= self.accepted_break_seq
 
 
 class AuditStore(JournalBase):
-    def verify_audit(self, batch_size: int = 5000) -> AuditVerification:
-        """Recompute the whole hash chain in seq order; name the first row that does not verify."""
-        prev, expected_seq, count, head_hash = GENESIS_HASH, 1, 0, GENESIS_HASH
-        last_seq = 0
-        with self._read() as conn:
+    def verify_audit(
+        self,
+        *,
+        since_checkpoint: bool = False,
+        anchors: Sequence[Anchor] = (),
+        record_checkpoint: bool = False,
+        display_name: str | None = None,
+        batch_size: int = PAGE_ROWS,
+    ) -> AuditVerification:
+        """Recompute the chain and check it passes through every anchor; name the first broken row.
+
+        ``since_checkpoint``: only the latest checkpoint's row and the rows after it, once that row still
+        carries the checkpoint's hash (else the whole chain, every checkpoint a witness, walking on past
+        the rows people accepted by re-anchoring). ``record_checkpoint``: when the chain verifies, record
+        its head as a new checkpoint (stamped by the database with who and when).
+        """
+        with self._statement() as cursor:
+            cursor.execute(AUDIT.head.pyformat)
+            top = cursor.fetchone()
+            head = (0, GENESIS_HASH) if top is None else (int(top["seq"]), str(top["hash"]))
+            witnesses, from_seq, start = list(anchors), 0, (0, GENESIS_HASH, 1)
+            notes: list[str] = []
+            reanchored: dict[int, _Checkpoint] = {}
+            if since_checkpoint:
+                cursor.execute(AUDIT.latest_checkpoint.pyformat)
+                latest = cursor.fetchone()
+                carried = None if latest is None else _hashes(cursor, [latest["seq"]]).get(latest["seq"])
+                if latest is not None and carried is not None and carried.hash == latest["hash"]:
+                    # the walk starts at the checkpoint row itself: its content must still give its hash
+                    checkpoint = _Checkpoint.of(latest)
+                    witnesses.append(checkpoint.anchor)
+                    notes += checkpoint.notes()
+                    from_seq = checkpoint.seq
+                    start = (checkpoint.seq - 1, carried.prev_hash, carried.hash_version)
+            if from_seq == 0:  # the whole chain: every checkpoint is a witness, re-anchorings let it walk on
+                cursor.execute(AUDIT.checkpoints.pyformat)
+                checkpoints = [_Checkpoint.of(row) for row in cursor.fetchall()]
+                reanchored = {c.accepted_break_seq: c for c in checkpoints if c.accepted_break_seq is not None}
+                witnesses = [w for w in witnesses if not any(c.excuses(w.seq) for c in reanchored.values())]
+                witnesses += [c.anchor for c in checkpoints if not any(r.supersedes(c) for r in reanchored.values())]
+            walked = 0
             while True:
-                rows = conn.execute(AUDIT.chain_after.text, {"after": last_seq, "n": batch_size}).all()
-                if not rows:
+                walk = ChainWalk(*start)
+                _walk(cursor.connection, walk, after=start[0], until=head[0], batch_size=batch_size)
+                broken = walk.finish()
+                accepted = reanchored.get(broken.seq) if broken is not None else None
+                carried = None if accepted is None else _hashes(cursor, [accepted.seq]).get(accepted.seq)
+                if accepted is None or carried is None or carried.hash != accepted.hash or accepted.seq <= start[0]:
                     break
-                for r in rows:
-                    count += 1
-                    if r.seq != expected_seq:
-                        return AuditVerification(
-                            False,
-                            count,
-                            last_seq,
-                            head_hash,
-                            r.seq,
-                            f"sequence gap: expected {expected_seq}, found {r.seq} (row deleted?)",
-                        )
-                    if r.prev_hash != prev:
-                        return AuditVerification(
-                            False, count, last_seq, head_hash, r.seq, "prev_hash does not match the previous row's hash"
-                        )
-                    computed = audit_hash(
-                        prev, r.seq, r.at, r.actor, r.action, r.run_id, r.payout_id, r.portfolio_id, r.details
-                    )
-                    if computed != r.hash:
-                        return AuditVerification(
-                            False, count, last_seq, head_hash, r.seq, "row content does not match its hash (edited?)"
-                        )
-                    prev = head_hash = r.hash
-                    last_seq = r.seq
-                    expected_seq += 1
-        return AuditVerification(True, count, last_seq, head_hash)
+                walked += walk.rows
+                notes += accepted.notes()
+                start = (accepted.seq - 1, carried.prev_hash, carried.hash_version)
+            stored = {seq: found.hash for seq, found in _hashes(cursor, [w.seq for w in witnesses]).items()}
+            result = verification(
+                walk, check_witnesses(witnesses, stored, head), from_seq=from_seq, anchors_checked=len(witnesses)
+            )
+            result = replace(result, rows=result.rows + walked, accepted=tuple(notes))
+            if result.ok and record_checkpoint and result.head_seq > from_seq:
+                recorded = _record_checkpoint(cursor, result, full=from_seq == 0, display_name=display_name)
+                result = replace(result, checkpointed=recorded)
+        return result
+
+    def reanchor(self, *, broken_seq: int, problem: str, reason: str, display_name: str | None) -> Anchor:
+        """Accept the first broken row after an investigation (a person only); the checkpoint it records."""
+        params = {"broken_seq": broken_seq, "problem": problem, "reason": require_reason(reason)}
+        try:
+            with self._statement() as cursor:
+                cursor.execute(AUDIT.reanchor.pyformat, params | {"display_name": display_name})
+                row = cursor.fetchone()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise OperatorRefusedError(f"{exc}: only members of batch_operator may re-anchor the chain") from exc
+        assert row is not None
+        return _Checkpoint.of(row).anchor
 
     def audit_head(self) -> tuple[int, str]:
         with self._read() as conn:
             row = conn.execute(AUDIT.head.text).first()
         return (0, GENESIS_HASH) if row is None else (int(row.seq), str(row.hash))
+
+    def last_finished_run(self) -> uuid.UUID | None:
+        """The run that finished last (what an anchor names)."""
+        with self._read() as conn:
+            value = conn.execute(AUDIT.last_finished_run.text).scalar()
+        return value if isinstance(value, uuid.UUID) else None
+
+
+def _walk(conn: psycopg.Connection[Any], walk: ChainWalk, *, after: int, until: int, batch_size: int) -> None:
+    """Feed the rows after ``after`` up to ``until`` to the walk, a page at a time, until it breaks.
+
+    The next page is read (by one helper thread, on this connection, while nothing else uses it) as the
+    current one is hashed: the database's work and the hashing overlap. Memory: two pages.
+    """
+    with conn.cursor(row_factory=args_row(AuditRow)) as rows, ThreadPoolExecutor(1) as reader:
+
+        def page_after(seq: int) -> list[AuditRow]:
+            rows.execute(AUDIT.chain_between.pyformat, {"after": seq, "until": until, "n": batch_size})
+            return rows.fetchall()
+
+        page = page_after(after) if after < until else []
+        while page:
+            last = page[-1].seq
+            ahead = reader.submit(page_after, last) if last < until else None
+            for row in page:
+                if not walk.feed(row):
+                    if ahead is not None:
+                        ahead.result()  # let the read finish before the cursor closes
+                    return
+            page = ahead.result() if ahead is not None else []
+
+
+class _Stored(NamedTuple):
+    hash: str
+    prev_hash: str
+    hash_version: int
+
+
+def _hashes(cursor: psycopg.Cursor[dict[str, Any]], seqs: Sequence[int]) -> dict[int, _Stored]:
+    """The hash, prev_hash and hash version each of these seqs carries now (absent: no such row)."""
+    if not seqs:
+        return {}
+    cursor.execute(AUDIT.hashes_at.pyformat, {"seqs": sorted(set(seqs))})
+    return {
+        int(r["seq"]): _Stored(str(r["hash"]), str(r["prev_hash"]), int(r["hash_version"])) for r in cursor.fetchall()
+    }
+
+
+def _record_checkpoint(
+    cursor: psycopg.Cursor[dict[str, Any]], result: AuditVerification, *, full: bool, display_name: str | None
+) -> bool:
+    """Record a verified head; False when a later checkpoint exists or this role may not record one."""
+    try:
+        cursor.execute(
+            AUDIT.record_checkpoint.pyformat,
+            {
+                "seq": result.head_seq,
+                "hash": result.head_hash,
+                "from_seq": max(result.from_seq - 1, 0),  # the checkpoint row itself was recomputed too
+                "rows": result.rows,
+                "full_chain": full,
+                "display_name": display_name,
+            },
+        )
+    except psycopg.errors.InsufficientPrivilege:
+        return False  # e.g. an auditor's read-only role: the verification stands, only no checkpoint is kept
+    row = cursor.fetchone()
+    return bool(row and row["audit_checkpoint"])

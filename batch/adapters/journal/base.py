@@ -1,7 +1,9 @@
 """Plumbing shared by the journal's stores: transactions, one-statement autocommit calls, audit rows.
 
 Every change appends to the hash-chained audit log in the same database transaction as the change
-itself, so the audit trail and the journal can never disagree.
+itself, so the audit trail and the journal can never disagree. Rows are appended through
+``batch.audit_append`` (migration 0005): the database stamps the login role, the application name and
+the time; the ``actor`` the callers pass is only a display name stored beside them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from sqlalchemy.exc import OperationalError
 
 from batch.adapters.sqlfiles import load_queries
 from batch.codec import canonical
-from batch.errors import InvalidTransitionError, TransientError
+from batch.errors import InvalidTransitionError, OperatorRefusedError, TransientError
 
 #: SQLSTATE raised by the journal's SQL functions when a payout is not in the expected state under our lease
 LOST_RACE = "BJ001"
+#: SQLSTATE of an operator's action the database refused (who acts, the reason, the four-eyes rule)
+REFUSED = "BJ002"
 
 AUDIT = load_queries("journal_audit")
 
@@ -80,6 +84,8 @@ class JournalBase:
             except psycopg.DatabaseError as exc:
                 if exc.sqlstate == LOST_RACE:
                     raise InvalidTransitionError(str(exc.diag.message_primary or exc)) from exc
+                if exc.sqlstate == REFUSED:
+                    raise OperatorRefusedError(str(exc.diag.message_primary or exc)) from exc
                 raise
 
     @staticmethod
@@ -96,7 +102,7 @@ class JournalBase:
         conn.execute(AUDIT.append.text, audit_row(actor, action, run_id, payout_id, portfolio_id, details))
 
     def audit(self, *, actor: str, action: str, **kw: Any) -> None:
-        """Append one audit row in its own transaction."""
+        """Append one audit row in its own transaction (``actor``: the display name)."""
         with self._tx() as conn:
             self._audit(conn, actor=actor, action=action, **kw)
 
@@ -109,9 +115,9 @@ def audit_row(
     portfolio_id: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The parameters of the ``append`` audit query."""
+    """The parameters of the ``append`` audit query (``actor`` is stored as the display name)."""
     return {
-        "actor": actor,
+        "display_name": actor,
         "action": action,
         "run_id": run_id,
         "payout_id": payout_id,

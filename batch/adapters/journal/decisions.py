@@ -44,12 +44,12 @@ class DecisionStore(JournalBase):
         not recorded twice.
         """
         with self._tx() as conn:
-            ids = [row.portfolio_id for row, _ in decisions]
+            ids = [row.key for row, _ in decisions]
             seen = set(conn.execute(Q.decided_in_run.text, {"run_id": run_id, "ids": ids}).scalars())
             fresh: list[tuple[DecisionRow, NewPayout | None]] = []
             for row, payout in decisions:
-                if row.portfolio_id not in seen:
-                    seen.add(row.portfolio_id)
+                if row.key not in seen:
+                    seen.add(row.key)
                     fresh.append((row, payout))
             if not fresh:
                 return 0
@@ -76,6 +76,8 @@ class DecisionStore(JournalBase):
                         "payout_id": payout.id if payout else None,
                         "dry_run": dry_run,
                         "details": canonical(row.details),
+                        "flow": row.flow.value,
+                        "credit_reference": row.credit_reference,
                     }
                     for decision_id, (row, payout) in zip(decision_ids, fresh, strict=True)
                 ],
@@ -96,6 +98,8 @@ class DecisionStore(JournalBase):
                     "cash_snapshot": payout.cash_snapshot,
                     "divest_snapshot": payout.divest_snapshot,
                     "hold_reason": payout.hold_reason,
+                    "flow": payout.flow.value,
+                    "credit_reference": payout.credit_reference,
                 }
                 for decision_id, (_, payout) in zip(decision_ids, fresh, strict=True)
                 if payout is not None
@@ -128,7 +132,10 @@ class DecisionStore(JournalBase):
                             "requested": row.requested_amount,
                             "pay_amount": row.pay_amount,
                             "dry_run": dry_run,
-                        },
+                        }
+                        | (
+                            {"flow": row.flow, "credit_reference": row.credit_reference} if row.credit_reference else {}
+                        ),
                     )
                     for row, payout in fresh
                 ],

@@ -1,4 +1,4 @@
-"""The journal's payouts: claims with a lease, step intents and outcomes, stops and operator actions.
+"""The journal's payouts: claims with a lease, step intents and outcomes, stops (operators' actions: oversight.py).
 
 Every payout state change is guarded by the state it expects (``WHERE state = :from_state``, and the
 lease for a worker's change); a writer that lost a race gets InvalidTransitionError instead of silently
@@ -18,7 +18,7 @@ from batch.adapters.journal.base import JournalBase
 from batch.adapters.journal.decisions import DecisionStore
 from batch.adapters.sqlfiles import load_queries
 from batch.codec import canonical
-from batch.domain.payout import EXECUTABLE_STATES, OPEN_STATES, PayoutState, Step, check_transition
+from batch.domain.payout import EXECUTABLE_STATES, OPEN_STATES, FlowKind, PayoutState, Step, check_transition
 from batch.domain.records import PayoutRecord
 from batch.errors import InvalidTransitionError
 
@@ -34,6 +34,7 @@ class PayoutStore(JournalBase):
         limit: int,
         lease_seconds: int,
         states: Sequence[PayoutState],
+        flows: Sequence[FlowKind] | None = None,
         portfolio_ids: Sequence[str] | None = None,
         run_id: uuid.UUID | None = None,
         not_stalled_in: uuid.UUID | None = None,
@@ -50,6 +51,7 @@ class PayoutStore(JournalBase):
                     "n": limit,
                     "lease": lease_seconds,
                     "states": [s.value for s in states],
+                    "flows": [f.value for f in (flows or list(FlowKind))],
                     "portfolio_ids": None if portfolio_ids is None else list(portfolio_ids),
                     "run_id": run_id,
                     "not_stalled_in": not_stalled_in,
@@ -144,7 +146,7 @@ class PayoutStore(JournalBase):
                 intent = conn.execute(Q.intent_of.text, {"id": attempt_id}).scalar() or {}
         current = payout
         for target in through:
-            check_transition(current.state, target)
+            check_transition(current.state, target, payout.flow)
             current = replace(current, state=target)
         # one audit row per outcome; it names the state transitions it made
         states: dict[str, Any] = {"from": payout.state, "through": list(through)} if through else {}
@@ -174,7 +176,7 @@ class PayoutStore(JournalBase):
             return payout  # nothing to apply (e.g. a transient error's outcome)
         return PayoutRecord.from_mapping(row)
 
-    # -- stops and operator actions ----------------------------------------------------------------------
+    # -- stops --------------------------------------------------------------------------------------------
     def _transition(
         self,
         conn: Connection,
@@ -184,11 +186,8 @@ class PayoutStore(JournalBase):
         worker: str | None,
         failing_step: str | None = None,
         last_error: str | None = None,
-        retry: bool = False,
-        approved_by: str | None = None,
-        approval_reason: str | None = None,
     ) -> PayoutRecord:
-        check_transition(payout.state, target)
+        check_transition(payout.state, target, payout.flow)
         row = conn.execute(
             Q.transition.text,
             {
@@ -198,9 +197,6 @@ class PayoutStore(JournalBase):
                 "worker": worker,
                 "failing_step": failing_step,
                 "last_error": last_error,
-                "retry": retry,
-                "approved_by": approved_by,
-                "approval_reason": approval_reason,
             },
         ).first()
         if row is None:
@@ -328,54 +324,6 @@ class PayoutStore(JournalBase):
                 {"run_id": run_id, "states": sorted(s.value for s in EXECUTABLE_STATES)},
             ).scalar_one()
         return int(value)
-
-    def operator_transition(
-        self,
-        payout_id: uuid.UUID,
-        *,
-        target: PayoutState | None,
-        actor: str,
-        action: str,
-        reason: str,
-        approved: bool = False,
-    ) -> PayoutRecord:
-        """An operator's change (approve, retry, cancel), guarded and audited with who did it."""
-        with self._tx() as conn:
-            row = conn.execute(Q.get_for_update.text, {"id": payout_id}).first()
-            if row is None:
-                raise InvalidTransitionError(f"no payout {payout_id}")
-            payout = PayoutRecord.from_mapping(row._mapping)
-            if target is PayoutState.CANCELLED and payout.ledger_reference is not None:
-                raise InvalidTransitionError(
-                    f"payout {payout_id} reached the ledger ({payout.ledger_reference}); it cannot be cancelled"
-                )
-            resolved = target
-            retry = action == "payout.retry"
-            if retry:
-                if payout.state is not PayoutState.NEEDS_ATTENTION or not payout.stopped_in_state:
-                    raise InvalidTransitionError(f"payout {payout_id} is {payout.state}, not NEEDS_ATTENTION")
-                resolved = PayoutState(payout.stopped_in_state)
-            assert resolved is not None
-            updated = self._transition(
-                conn,
-                payout,
-                resolved,
-                worker=None,
-                retry=retry,
-                approved_by=actor if approved else None,
-                approval_reason=reason if approved else None,
-            )
-            if resolved is PayoutState.CANCELLED:
-                DecisionStore.revise_decision(conn, payout_id, "DEFER", "CANCELLED_BY_OPERATOR")
-            self._audit(
-                conn,
-                actor=actor,
-                action=action,
-                payout_id=payout_id,
-                portfolio_id=payout.portfolio_id,
-                details={"from": payout.state, "to": resolved, "reason": reason},
-            )
-        return updated
 
     # -- listings -----------------------------------------------------------------------------------------
     def list_payouts(self, states: Sequence[PayoutState], limit: int = 1000) -> list[PayoutRecord]:

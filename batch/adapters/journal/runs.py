@@ -129,6 +129,7 @@ class RunStore(JournalBase):
                 run_id=run_id,
                 details={"status": status, "exit_code": exit_code, "error": error, "totals": summary.get("totals", {})},
             )
+            conn.execute(Q.store_audit_head.text, {"id": run_id})  # the head includes run.finished itself
 
     def mark_planned(self, run_id: uuid.UUID, actor: str, stats: Mapping[str, Any]) -> None:
         with self._tx() as conn:

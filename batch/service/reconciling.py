@@ -1,0 +1,385 @@
+"""Reconcile against the systems of record: read the journal, the ledger and InvestSuite back, match, record.
+
+Read-only towards the ledger and InvestSuite (only GETs and SELECTs), with the run's own client, rate
+limiter and bounded concurrency (threads). The rules are pure functions in ``batch.service.reconcile``;
+this module only gathers their inputs and records the result in the journal (``batch.reconciliations``
+and one audit row), so a report rendered later shows the same figures.
+
+- ``reconcile_payouts``: the payouts of a business date, or those one run created or drove. Ledger:
+  one query for all their keys and one for every payout transfer of each value date (to find those the
+  journal does not know). InvestSuite: per payout that reached the ledger, the transactions with its
+  external_id and the portfolio (two GETs).
+- ``reconcile_book``: every REAL_MONEY portfolio (listed page by page, following ``next``), its ``$CCY``
+  cash against the balance of the ledger account it maps to: one ledger query per page, then one
+  streamed query for the customer accounts no portfolio maps to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from batch.adapters.investsuite import InvestSuiteClient
+from batch.adapters.investsuite_models import MalformedPortfolio, PortfolioPage, RemotePortfolio, RemoteTransaction
+from batch.adapters.ledger_reads import LedgerTransfer
+from batch.domain.money import parse_amount
+from batch.domain.payout import STAMP_COLUMN
+from batch.errors import InvalidAmountError, NotFoundError
+from batch.service.context import Services
+from batch.service.reconcile import (
+    Break,
+    LedgerFact,
+    PaidFigures,
+    PayoutFacts,
+    PortfolioFact,
+    RemoteFacts,
+    TransactionFact,
+    add_paid,
+    add_unknown,
+    count_by_type,
+    match_payout,
+    needs_investsuite,
+    unknown_ledger_payouts,
+)
+from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
+
+log = structlog.get_logger("batch.reconcile")
+
+#: The documented query for the full book (every real-money portfolio, pending or not).
+BOOK_QUERY = "money_type eq 'REAL_MONEY'"
+_KEY_CHUNK = 5000
+
+
+@dataclass
+class Reconciliation:
+    """The result of one reconciliation, as recorded."""
+
+    kind: str  # "payouts" or "book"
+    id: uuid.UUID
+    business_date: date | None
+    run_id: uuid.UUID | None
+    started_at: datetime
+    checked: int = 0
+    breaks: list[Break] = field(default_factory=list)
+    paid: dict[str, PaidFigures] = field(default_factory=dict)
+    book: dict[str, BookFigures] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    finished_at: datetime | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.breaks
+
+    def figures(self) -> dict[str, Any]:
+        """What is stored (``reconciliations.figures``): per currency and source, and how it was read."""
+        per_currency = (
+            {ccy: f.to_dict(ccy) for ccy, f in sorted(self.paid.items())}
+            if self.kind == "payouts"
+            else {ccy: f.to_dict(ccy) for ccy, f in sorted(self.book.items())}
+        )
+        return {"currencies": per_currency, "break_types": count_by_type(self.breaks), "stats": self.stats}
+
+    def summary(self) -> dict[str, Any]:
+        """Compact: stored in a run's summary and shown by ``batch runs``."""
+        return {
+            "id": str(self.id),
+            "checked": self.checked,
+            "breaks": len(self.breaks),
+            "break_types": count_by_type(self.breaks),
+        }
+
+
+# -- payouts ------------------------------------------------------------------------------------------------
+
+
+def payout_facts(row: Mapping[str, Any]) -> PayoutFacts:
+    """A journal row (``payouts_to_reconcile``) as the plain record the rules take."""
+    reached = frozenset(column.removesuffix("_at") for column in STAMP_COLUMN.values() if row.get(column))
+    return PayoutFacts(
+        payout_id=str(row["id"]),
+        portfolio_id=row["portfolio_id"],
+        currency=row["currency"].strip(),
+        amount=Decimal(row["amount"]),
+        state=row["state"],
+        reached=reached,
+        ledger_reference=row["ledger_reference"],
+        transaction_id=row["transaction_id"],
+        divest_target=_decimal(row["divest_target"]),
+        holdings_target_cash=row["holdings_target_cash"],
+        event_id=row["event_id"],
+        moved_in_run=bool(row.get("moved_in_run")),
+        value_date=row["business_date"],
+    )
+
+
+def ledger_fact(transfer: LedgerTransfer) -> LedgerFact:
+    return LedgerFact(
+        transfer.reference,
+        transfer.idempotency_key,
+        transfer.account_reference,
+        transfer.amount,
+        transfer.currency,
+        transfer.value_date,
+    )
+
+
+def transaction_fact(tx: RemoteTransaction) -> TransactionFact:
+    movements = []
+    for m in tx.movements:
+        try:
+            quantity: Decimal | None = parse_amount(m.get("quantity"))
+        except InvalidAmountError:
+            quantity = None
+        movements.append((_str(m.get("type")), _str(m.get("status")), _str(m.get("instrument_id")), quantity))
+    return TransactionFact(tx.id, tx.status, tuple(movements))
+
+
+def portfolio_fact(remote: RemotePortfolio, currency: str) -> PortfolioFact:
+    view = remote.to_view(None)
+    divest = view.divest_raw if isinstance(view.divest_raw, Decimal) else None
+    raw = remote.divest_amount_raw
+    return PortfolioFact(
+        portfolio_id=remote.id,
+        found=True,
+        divest=divest,
+        divest_raw=None if raw is None else str(raw),
+        cash=view.holdings.get(f"${currency}"),
+    )
+
+
+def read_back(client: InvestSuiteClient, payout: PayoutFacts) -> RemoteFacts:
+    """InvestSuite as it is now for one payout: its transactions by external_id, and the portfolio."""
+    if not needs_investsuite(payout) or payout.ledger_reference is None:
+        return RemoteFacts()
+    try:
+        portfolio = portfolio_fact(client.get_portfolio(payout.portfolio_id), payout.currency)
+    except NotFoundError:
+        return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
+    found = client.find_transactions(payout.portfolio_id, payout.ledger_reference)
+    return RemoteFacts(transactions=tuple(transaction_fact(t) for t in found), portfolio=portfolio)
+
+
+def reconcile_payouts(
+    app: Services,
+    *,
+    actor: str,
+    business_date: date | None = None,
+    run_id: uuid.UUID | None = None,
+    record: bool = True,
+) -> Reconciliation:
+    """Three-way match of a business date's payouts (or a run's), recorded in the journal."""
+    journal = app.journal
+    run_date: date | None = None
+    if run_id is not None:
+        run = journal.get_run(run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id}")
+        run_date = run["business_date"]
+    result = Reconciliation(
+        "payouts", uuid.uuid4(), business_date or run_date, run_id, datetime.now(UTC), stats={"investsuite_calls": 0}
+    )
+    started = time.monotonic()
+    calls_before = sum(app.client.calls.values())
+    reader = app.ledger_reader
+    queries_before = reader.queries
+    payouts = [payout_facts(row) for row in journal.payouts_to_reconcile(business_date=business_date, run_id=run_id)]
+    result.checked = len(payouts)
+    transfers: dict[str, LedgerTransfer] = {}
+    keys = [p.payout_id for p in payouts]
+    for start in range(0, len(keys), _KEY_CHUNK):
+        transfers |= reader.transfers_by_keys(keys[start : start + _KEY_CHUNK])
+
+    # payout transfers the journal does not know, on every value date in scope
+    value_dates = {result.business_date} if run_id is None else {run_date} | _moved_dates(payouts)
+    known = {p.payout_id for p in payouts}
+    for value_date in sorted(d for d in value_dates if d is not None):
+        on_date = [ledger_fact(t) for t in reader.payout_transfers_on(value_date) if t.idempotency_key not in known]
+        known |= {str(i) for i in journal.known_payout_ids(_uuids(t.idempotency_key for t in on_date))}
+        result.breaks += unknown_ledger_payouts(on_date, known)
+
+    remote: list[RemoteFacts]
+    workers = max(1, min(app.settings.run.concurrency, len(payouts)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
+        remote = list(pool.map(lambda p: read_back(app.client, p), payouts))
+    for payout, facts in zip(payouts, remote, strict=True):
+        transfer = transfers.get(payout.payout_id)
+        fact = ledger_fact(transfer) if transfer is not None else None
+        result.breaks += match_payout(payout, fact, facts)
+        add_paid(result.paid, payout, fact, facts)
+    add_unknown(result.paid, result.breaks)
+    result.stats = {
+        "investsuite_calls": sum(app.client.calls.values()) - calls_before,
+        "ledger_queries": reader.queries - queries_before,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if record:
+        _record(app, result, actor)
+    log.info(
+        "reconcile.finished",
+        kind="payouts",
+        business_date=str(result.business_date),
+        run_id=str(run_id) if run_id else None,
+        checked=result.checked,
+        breaks=len(result.breaks),
+        break_types=count_by_type(result.breaks),
+    )
+    return result
+
+
+def _moved_dates(payouts: Sequence[PayoutFacts]) -> set[date | None]:
+    """Value dates of the payouts a run posted itself (a carried-over payout keeps its own business date)."""
+    return {p.value_date for p in payouts if p.moved_in_run}
+
+
+def _uuids(keys: Iterable[str]) -> list[uuid.UUID]:
+    found = []
+    for key in keys:
+        try:
+            found.append(uuid.UUID(key))
+        except ValueError:
+            continue
+    return found
+
+
+# -- the full book ------------------------------------------------------------------------------------------
+
+
+def reconcile_book(app: Services, *, actor: str, record: bool = True, page_size: int | None = None) -> Reconciliation:
+    """Every REAL_MONEY portfolio's ``$CCY`` cash against the ledger balance of its mapped account."""
+    result = Reconciliation("book", uuid.uuid4(), None, None, datetime.now(UTC))
+    started = time.monotonic()
+    tolerance = app.settings.policy.reconciliation_tolerance
+    accounts = app.settings.policy.account_map()
+    reader = app.ledger_reader
+    queries_before, calls_before = reader.queries, sum(app.client.calls.values())
+    mapped: set[str] = set()
+    pages = unreadable = 0
+    for page in _read_ahead(app.client.iter_portfolio_pages(BOOK_QUERY, page_size=page_size, embed_owner=False)):
+        pages += 1
+        listed: list[BookPortfolio] = []
+        for item in page.items:
+            if isinstance(item, MalformedPortfolio):
+                unreadable += 1
+                continue
+            view = item.to_view(None)
+            reference = accounts.account_for(view.portfolio_id, view.external_id)
+            listed.append(BookPortfolio(view.portfolio_id, view.base_currency, view.cash, reference))
+        references = [p.account_reference for p in listed if p.account_reference]
+        found = reader.accounts(references)
+        mapped.update(references)
+        for portfolio in listed:
+            account = found.get(portfolio.account_reference or "")
+            book_account = (
+                BookAccount(account.reference, account.currency, account.kind, account.balance, account.available)
+                if account is not None
+                else None
+            )
+            problem = match_book_account(portfolio, book_account, tolerance, result.book)
+            if problem is not None:
+                result.breaks.append(problem)
+        result.checked += len(listed)
+    orphans = 0
+    for reference, currency, balance in reader.customer_accounts():
+        orphan = orphan_account(reference, currency, balance, mapped)
+        if orphan is not None:
+            orphans += 1
+            result.breaks.append(orphan)
+    result.stats = {
+        "pages": pages,
+        "unreadable_portfolios": unreadable,
+        "orphan_accounts": orphans,
+        "investsuite_calls": sum(app.client.calls.values()) - calls_before,
+        "ledger_queries": reader.queries - queries_before,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if record:
+        _record(app, result, actor)
+    log.info(
+        "reconcile.finished",
+        kind="book",
+        checked=result.checked,
+        breaks=len(result.breaks),
+        break_types=count_by_type(result.breaks),
+        **{k: v for k, v in result.stats.items() if k != "seconds"},
+    )
+    return result
+
+
+def _record(app: Services, result: Reconciliation, actor: str) -> None:
+    result.finished_at = app.journal.record_reconciliation(
+        reconciliation_id=result.id,
+        kind=result.kind,
+        business_date=result.business_date,
+        run_id=result.run_id,
+        actor=actor,
+        started_at=result.started_at,
+        checked=result.checked,
+        figures=result.figures(),
+        breaks=[b.to_dict() for b in result.breaks],
+    )
+
+
+_END = object()
+
+
+def _read_ahead(pages: Iterable[PortfolioPage]) -> Iterator[PortfolioPage]:
+    """Fetch the next page while this one is matched (one page ahead; a fetch error surfaces here)."""
+    ahead: queue.Queue[object] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        ahead.put(page, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_END)
+        except BaseException as exc:  # handed to the caller's thread
+            ahead.put(exc)
+
+    reader = threading.Thread(target=fetch, name="book-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, PortfolioPage)
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ahead.get_nowait()
+            reader.join(timeout=0.1)
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return parse_amount(value)
+    except InvalidAmountError:
+        return None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None

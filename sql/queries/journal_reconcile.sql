@@ -1,0 +1,54 @@
+-- Reconciliation: the payouts to check (with the evidence the journal kept), and the recorded results.
+
+-- name: payouts_of_date
+-- every payout of the business date (its ledger value date), with the event id InvestSuite answered
+SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.ledger_reference, p.transaction_id,
+       p.divest_snapshot, p.divest_target, p.holdings_target_cash,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.event_sent_at, p.completed_at, p.event_status,
+       (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
+         WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome = 'OK'
+         ORDER BY a.id DESC LIMIT 1) AS event_id,
+       false AS moved_in_run
+  FROM batch.payouts p
+ WHERE p.business_date = :business_date
+ ORDER BY p.created_at, p.id
+
+-- name: payouts_of_run
+-- the payouts a run created or drove (a step attempt of the run), whatever their date; moved_in_run:
+-- the run posted it on the ledger itself
+SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.ledger_reference, p.transaction_id,
+       p.divest_snapshot, p.divest_target, p.holdings_target_cash,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.event_sent_at, p.completed_at, p.event_status,
+       (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
+         WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome = 'OK'
+         ORDER BY a.id DESC LIMIT 1) AS event_id,
+       EXISTS (SELECT 1 FROM batch.step_attempts a
+                WHERE a.payout_id = p.id AND a.run_id = :run_id AND a.step = 'LEDGER_POST'
+                  AND a.outcome IN ('OK', 'ADOPTED')) AS moved_in_run
+  FROM batch.payouts p
+ WHERE p.run_id = :run_id
+    OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id)
+ ORDER BY p.created_at, p.id
+
+-- name: known_payouts
+-- which of these ids are payouts of the journal (a ledger payout whose key is none of them is unknown)
+SELECT id FROM batch.payouts WHERE id = ANY(CAST(:ids AS uuid[]))
+
+-- name: insert
+INSERT INTO batch.reconciliations (id, kind, business_date, run_id, operator, started_at, checked, breaks, figures,
+                                   break_list)
+VALUES (:id, :kind, :business_date, :run_id, :operator, :started_at, :checked, :breaks, CAST(:figures AS jsonb),
+        CAST(:break_list AS jsonb))
+RETURNING finished_at
+
+-- name: latest_of_run
+SELECT * FROM batch.reconciliations WHERE run_id = :run_id ORDER BY finished_at DESC LIMIT 1
+
+-- name: latest_of_date
+-- the latest reconciliation of the whole business date (`batch reconcile --date`; a run's own covers its
+-- payouts only)
+SELECT * FROM batch.reconciliations
+ WHERE kind = 'payouts' AND business_date = :business_date AND run_id IS NULL
+ ORDER BY finished_at DESC LIMIT 1

@@ -1,0 +1,97 @@
+-- Run reports: the runs covered, one line per candidate portfolio, one line per payout a run moved that
+-- another run decided, and the journal's own aggregates (independent of the report's bucketing).
+
+-- name: run_by_id
+SELECT * FROM batch.runs WHERE id = :id
+
+-- name: runs_of_date
+SELECT * FROM batch.runs WHERE business_date = :d AND (dry_run = false OR :dry) ORDER BY started_at
+
+-- name: candidate_lines_of_run
+-- every decision of the run, with its payout and whether it is a hold unchanged since the previous run
+SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final_reason,
+       d.currency, d.requested_raw, d.requested_amount, d.ledger_available, d.investsuite_cash, d.pay_amount,
+       d.reconciliation_break, d.details, d.dry_run,
+       p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
+       p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.event_sent_at, p.completed_at,
+       batch.still_held(d) AS still_held, NULL::jsonb AS earlier, false AS movement,
+       EXISTS (SELECT 1 FROM batch.step_attempts a
+                WHERE a.payout_id = p.id AND a.run_id = d.run_id AND a.step = 'LEDGER_POST'
+                  AND a.outcome IN ('OK', 'ADOPTED')) AS moved
+  FROM batch.decisions d LEFT JOIN batch.payouts p ON p.id = d.payout_id
+ WHERE d.run_id = :run_id
+ ORDER BY d.portfolio_id COLLATE "C"
+
+-- name: candidate_lines_of_date
+-- each portfolio once (batch.decision_ranks), its earlier decisions of the date beneath it
+WITH ranks AS (SELECT * FROM batch.decision_ranks(CAST(:runs AS uuid[]))),
+earlier AS (
+    SELECT k.portfolio_id,
+           jsonb_agg(jsonb_build_object('run_id', e.run_id, 'decision', coalesce(e.final_decision, e.decision),
+                                        'reason', coalesce(e.final_reason, e.reason),
+                                        'requested', e.requested_amount, 'payout_id', e.payout_id,
+                                        'decided_at', e.created_at) ORDER BY e.id) AS list
+      FROM ranks k JOIN batch.decisions e ON e.id = k.decision_id
+     WHERE k.rank > 1
+     GROUP BY k.portfolio_id)
+SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final_reason,
+       d.currency, d.requested_raw, d.requested_amount, d.ledger_available, d.investsuite_cash, d.pay_amount,
+       d.reconciliation_break, d.details, d.dry_run,
+       p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
+       p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.event_sent_at, p.completed_at,
+       batch.still_held(d) AS still_held, e.list AS earlier, false AS movement,
+       EXISTS (SELECT 1 FROM batch.step_attempts a
+                WHERE a.payout_id = p.id AND a.run_id = ANY(CAST(:runs AS uuid[])) AND a.step = 'LEDGER_POST'
+                  AND a.outcome IN ('OK', 'ADOPTED')) AS moved
+  FROM ranks k
+  JOIN batch.decisions d ON d.id = k.decision_id
+  LEFT JOIN batch.payouts p ON p.id = d.payout_id
+  LEFT JOIN earlier e ON e.portfolio_id = k.portfolio_id
+ WHERE k.rank = 1
+ ORDER BY d.portfolio_id COLLATE "C"
+
+-- name: movement_lines
+-- payouts the runs drove (a step attempt) that were decided by another run: carried over, approved, retried
+SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final_reason,
+       p.currency, d.requested_raw, p.amount AS requested_amount, d.ledger_available, d.investsuite_cash,
+       d.pay_amount, d.reconciliation_break, d.details, d.dry_run,
+       p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
+       p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.event_sent_at, p.completed_at,
+       false AS still_held, NULL::jsonb AS earlier, true AS movement,
+       EXISTS (SELECT 1 FROM batch.step_attempts a
+                WHERE a.payout_id = p.id AND a.run_id = ANY(CAST(:runs AS uuid[])) AND a.step = 'LEDGER_POST'
+                  AND a.outcome IN ('OK', 'ADOPTED')) AS moved
+  FROM batch.payouts p
+  JOIN batch.decisions d ON d.id = p.decision_id
+ WHERE p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
+   AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
+ ORDER BY d.portfolio_id COLLATE "C", p.created_at
+
+-- name: candidate_totals_of_run
+SELECT coalesce(currency, '???') AS ccy, coalesce(sum(requested_amount), 0) AS requested, count(*) AS n
+  FROM batch.decisions WHERE run_id = :run_id GROUP BY 1
+
+-- name: candidate_totals_of_date
+-- portfolios are counted once: the candidates are the distinct portfolios of the date's decisions
+SELECT coalesce(d.currency, '???') AS ccy, coalesce(sum(d.requested_amount), 0) AS requested,
+       count(DISTINCT d.portfolio_id) AS n
+  FROM batch.decision_ranks(CAST(:runs AS uuid[])) k JOIN batch.decisions d ON d.id = k.decision_id
+ WHERE k.rank = 1
+ GROUP BY 1
+
+-- name: movement_totals
+SELECT p.currency AS ccy, coalesce(sum(p.amount), 0) AS requested, count(*) AS n
+  FROM batch.payouts p
+ WHERE p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
+   AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
+ GROUP BY 1
+
+-- name: audit_hash_at
+-- the hash of one audit row (the head a run stored must still be in the chain, with the same hash)
+SELECT hash FROM batch.audit_log WHERE seq = :seq
