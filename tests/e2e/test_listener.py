@@ -153,10 +153,8 @@ def test_listener_and_nightly_run_at_once_pay_every_payout_once(
 def test_sigkill_mid_burst_then_restart_handles_every_event_once(
     kind: str, size: int, listeners: int, dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
 ) -> None:
-    """A burst of withdrawal events at 100 ms API latency, SIGKILL of a listener in the middle (on RabbitMQ
-    beside a second, competing listener that takes over its messages), a restart: every event handled,
-    every portfolio paid exactly once (journal, ledger, InvestSuite), the dead run abandoned and its
-    payouts driven on; then SIGTERM exits 0 and finishes the listeners' runs."""
+    """SIGKILL mid-burst (beside a competing listener on RabbitMQ), restart: every event handled, each paid once."""
+    # at 100 ms API latency; the dead run is abandoned and its payouts driven on; SIGTERM then exits 0
     with _world(dsns, kind, tmp_path, latency_ms=100) as world:
         docs = [add_customer(sandbox_store, dsns, divest=None, cash=Decimal("900.00")) for _ in range(size)]
         ids = [d["id"] for d in docs]
@@ -204,8 +202,7 @@ def test_sigkill_mid_burst_then_restart_handles_every_event_once(
 def test_sigterm_finishes_in_flight_events_and_leaves_the_rest_to_the_bus(
     dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
 ) -> None:
-    """SIGTERM mid-burst: exit 0, every event started is finished (no payout left half-way, no inbox row
-    still RECEIVED), the others stay on the queue and the next listener handles them."""
+    """SIGTERM mid-burst exits 0 with every started event finished; the rest stay queued for the next listener."""
     with _world(dsns, "rabbitmq", tmp_path, latency_ms=100, concurrency=4) as world:
         docs = [add_customer(sandbox_store, dsns, divest=None) for _ in range(40)]
         ids = [d["id"] for d in docs]
@@ -235,8 +232,7 @@ def test_sigterm_finishes_in_flight_events_and_leaves_the_rest_to_the_bus(
 def test_lowered_amount_before_the_listener_reads_it_pays_the_lower_total(
     dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path
 ) -> None:
-    """The customer asks 100 then lowers to 60 while the listener is away: both events are triggers, the
-    fresh read pays 60 once, the later event finds nothing left to pay."""
+    """Asked 100 then lowered to 60 while the listener is away: the fresh read pays 60, exactly once."""
     with _world(dsns, "rabbitmq", tmp_path) as world:
         doc = add_customer(sandbox_store, dsns, divest=None)
         world.set_divest(doc["id"], "100.00")  # queued: the listener is not running yet

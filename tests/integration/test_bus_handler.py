@@ -167,8 +167,7 @@ def test_removal_past_the_ledger_is_left_to_complete(
 def test_a_second_planner_for_the_same_portfolio_defers(
     wired: Wired, app: App, sandbox_store: SandboxState, dsns: Dsns
 ) -> None:
-    """The nightly run planned the portfolio first: the listener's decision is DEFER PAYOUT_IN_PROGRESS,
-    and it drives that one payout to completion (one payout whoever planned it)."""
+    """Planned first by the nightly run: the listener DEFERs PAYOUT_IN_PROGRESS and completes that one payout."""
     doc = add_customer(sandbox_store, dsns, divest=Decimal("100.00"))
     OneRun(app).plan([doc["id"]])
     handled = wired.handler.handle(withdrawal(doc, "100.00"))
