@@ -8,12 +8,15 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
+from batch.adapters.banking import CoreBanking
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.ledger_reads import LedgerReader
 from batch.adapters.migrations import migrate, pending
 from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
+from batch.domain.deposit import deposit_flows
 from batch.domain.flow import Flow
 from batch.domain.payout import FlowKind
 from batch.domain.ports import Ports
@@ -55,14 +58,20 @@ class App:
         return self._client
 
     @property
+    def deposit_ledger(self) -> DepositLedger:
+        """The deposit side of the ledger: incoming credits, moves to customer accounts."""
+        return DepositLedger(self.ledger_engine, self.settings.ledger)
+
+    @property
     def ports(self) -> Ports:
-        """What the flows' steps call: this process's InvestSuite client and the ledger."""
-        return Ports(investsuite=self.client, ledger=self.ledger, clock=lambda: datetime.now(UTC))
+        """What the flows' steps call: this process's InvestSuite client and the core banking ledger."""
+        banking = CoreBanking(self.ledger, self.deposit_ledger)
+        return Ports(investsuite=self.client, ledger=banking, clock=lambda: datetime.now(UTC))
 
     @property
     def flows(self) -> Mapping[FlowKind, Flow]:
         """Every flow the engine drives, built from the settings."""
-        return {FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy())}
+        return {FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy()), **deposit_flows()}
 
     def close(self) -> None:
         if self._client is not None:

@@ -16,6 +16,7 @@ import json
 import os
 import tomllib
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -119,6 +120,21 @@ class PolicySettings(_Section):
 class LedgerSettings(_Section):
     #: Account the payouts are credited to (cash on its way to the customer's counter account).
     clearing_account_template: str = "CLEARING-{currency}"
+    #: House account per currency into which the bank's payment system books customers' incoming payments.
+    incoming_account_template: str = "INCOMING-{currency}"
+
+
+class BrokerIntegration(StrEnum):
+    """Who moves a deposit's money at the broker (the seeds' two set-ups)."""
+
+    CLIENT = "client"  # the bank: move house -> customer account in the ledger, then announce it
+    INVESTSUITE = "investsuite"  # InvestSuite: only announce it
+
+
+class DepositSettings(_Section):
+    #: run the deposit flow in ``batch run`` (``--flow`` chooses per run)
+    enabled: bool = True
+    broker_integration: BrokerIntegration = BrokerIntegration.CLIENT
 
 
 class RunSettings(_Section):
@@ -230,6 +246,7 @@ class Settings(BaseSettings):
     investsuite: InvestSuiteSettings = InvestSuiteSettings()
     policy: PolicySettings = PolicySettings()
     ledger: LedgerSettings = LedgerSettings()
+    deposits: DepositSettings = DepositSettings()
     run: RunSettings = RunSettings()
     report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()

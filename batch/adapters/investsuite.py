@@ -39,7 +39,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +90,7 @@ _M = TypeVar("_M", RemotePortfolio, RemoteUser, RemoteTransaction)
 PENDING_QUERY = "config.manager_settings.divest_amount neq 0 and config.manager_settings.divest_amount neq null"
 
 _BODY_LIMIT = 500
+_MAX_PAGE = 100  # the documented maximum ``limit``
 _BACKOFF_BASE_SECONDS = 0.5
 _BACKOFF_CAP_SECONDS = 30.0
 _REFRESH_AT_FRACTION = 0.8
@@ -311,6 +312,36 @@ class InvestSuiteClient:
             seen.add(page.next_url)
             url = self._resolve_next(page.next_url)
             request_params = None  # ``next`` carries its own query string
+
+    def find_portfolios_by_external_ids(self, external_ids: Sequence[str]) -> dict[str, RemotePortfolio]:
+        """The portfolios whose ``external_id`` is one of ``external_ids``, by external id.
+
+        ``external_id in ['a', 'b']`` (the documented list query), 100 ids per request, following ``next``.
+        Ids with a quote are refused (the query language has no escape). Only exact matches count (``*`` is a
+        wildcard); an id several portfolios carry (uniqueness is disputed) is left out and logged, unless all
+        but one of them are deleted.
+        """
+        wanted = sorted(set(external_ids))
+        if any("'" in external_id or not external_id for external_id in wanted):
+            raise ValueError("an external_id must be non-empty and must not contain a single quote (query language)")
+        matches: dict[str, list[RemotePortfolio]] = {}
+        for start in range(0, len(wanted), _MAX_PAGE):
+            chunk = wanted[start : start + _MAX_PAGE]
+            asked = set(chunk)
+            query = "external_id in [" + ", ".join(f"'{external_id}'" for external_id in chunk) + "]"
+            for page in self.iter_portfolio_pages(query, page_size=_MAX_PAGE):
+                for item in page.items:
+                    if isinstance(item, RemotePortfolio) and item.external_id in asked:
+                        matches.setdefault(item.external_id, []).append(item)
+        found: dict[str, RemotePortfolio] = {}
+        for external_id, portfolios in matches.items():
+            live = [p for p in portfolios if not p.deleted] if len(portfolios) > 1 else portfolios
+            if len(live) == 1:
+                found[external_id] = live[0]
+            else:
+                ids = [p.id for p in portfolios]
+                log.warning("investsuite.external_id_ambiguous", external_id=external_id, portfolio_ids=ids)
+        return found
 
     def get_portfolio(self, portfolio_id: str) -> RemotePortfolio:
         """``GET /portfolios/{id}``."""

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     # PAY
     PARTIAL = "PARTIAL"
     FULL_WITHDRAWAL = "FULL_WITHDRAWAL"
+    DEPOSIT = "DEPOSIT"  # an incoming credit to move and announce
     # DEFER
     INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
     POSITIONS_OPEN = "POSITIONS_OPEN"
@@ -65,6 +66,10 @@ class Reason(StrEnum):
     PAYOUT_NEEDS_ATTENTION = "PAYOUT_NEEDS_ATTENTION"  # an earlier payout of this portfolio needs a human
     INVALID_HOLDINGS = "INVALID_HOLDINGS"
     INVALID_REMOTE_DATA = "INVALID_REMOTE_DATA"  # a write built from InvestSuite's data would be refused
+    # HOLD, deposits: money that cannot be announced is held, never dropped
+    NO_BENEFICIARY = "NO_BENEFICIARY"  # the credit names no customer account
+    UNMAPPED_ACCOUNT = "UNMAPPED_ACCOUNT"  # no portfolio maps to the customer account
+    BELOW_MINOR_UNIT = "BELOW_MINOR_UNIT"  # an amount with more decimals than the currency has
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,21 @@ class AccountMap:
 
     mapping: AccountMapping = AccountMapping.EXTERNAL_ID
     template: str = "{external_id}"
+
+    def portfolio_key(self, account_reference: str) -> tuple[str, str] | None:
+        """The other way round: ("external_id" | "portfolio_id", value) a ledger account maps from, or None."""
+        if self.mapping is AccountMapping.PORTFOLIO_ID:
+            return "portfolio_id", account_reference
+        if self.mapping is AccountMapping.EXTERNAL_ID:
+            return "external_id", account_reference
+        for field_name in ("external_id", "portfolio_id"):
+            marker = "{" + field_name + "}"
+            if self.template.count("{") == 1 and marker in self.template:
+                prefix, suffix = self.template.split(marker)
+                if account_reference.startswith(prefix) and account_reference.endswith(suffix):
+                    value = account_reference[len(prefix) : len(account_reference) - len(suffix)]
+                    return (field_name, value) if value else None
+        return None
 
     def account_for(self, portfolio_id: str, external_id: str | None) -> str | None:
         """The ledger account reference, or None when the mapping needs an external_id it lacks."""

@@ -95,6 +95,17 @@ class LedgerPort(Protocol):
         description: str,
     ) -> TransferRead: ...
 
+    def move_deposit(
+        self,
+        *,
+        idempotency_key: str,
+        credit_reference: str,
+        account_reference: str,
+        amount: Decimal,
+        currency: str,
+        value_date: date,
+    ) -> TransferRead: ...
+
 
 @dataclass(frozen=True)
 class Ports:

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--portfolio", action="append", default=[], metavar="ID", help="only these portfolios")
     run.add_argument("--dry-run", action="store_true", help="decide and record, but pay nothing and write nothing")
     run.add_argument(
+        "--flow",
+        action="append",
+        choices=["withdrawals", "deposits"],
+        default=[],
+        help="only this flow (repeatable; default: withdrawals and, when [deposits] enabled, deposits)",
+    )
+    run.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -186,6 +193,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         trigger=args.trigger,
         operator=_operator(args),
         workers=args.workers,
+        flows=tuple(args.flow),
     )
     stop = threading.Event()
 

@@ -9,6 +9,8 @@ faults (latency, 5xx, lost responses, 429) switched at run time through ``/_sand
     query.py     the InvestSuite query language (``field eq 'x' and ...``) compiled to SQL
     faults.py    fault injection settings, rate limiter, request statistics
     seed.py      seed_scenario(): portfolios, users and matching core banking ledger accounts
-    scenario.py  CASES: the named test cases a seeded scenario covers
+    seed_deposits.py  seed_deposits(): the deposit cases' portfolios, accounts and incoming credits
+    scenario.py  CASES, DEPOSIT_CASES: the named test cases a seeded scenario covers
+    deposits.py  POST /events/deposit/: InvestSuite books the deposit (transaction, cash, funded_since)
     server.py    serve(), SandboxProcess, SandboxAdmin
 """

@@ -20,7 +20,8 @@ Choices where the reference is silent (documented in the final report and tested
   string), ``offset`` the page's offset (a string); ``next`` is null on the last page.
 - PATCH changing a write-once field (``money_type``, ``config.manager``; a ``config`` without
   ``manager`` counts as a change) -> 409; read-only fields -> 400; PATCH on a deleted portfolio -> 409.
-- events: a missing Idempotency-Key -> 400; an unknown ``data.portfolio`` -> 422.
+- events: a missing Idempotency-Key -> 400; an unknown ``data.portfolio`` -> 422. A deposit event is also
+  booked (transaction, cash, ``funded_since``) in the same transaction, or refused: ``deposits.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from batch.adapters.migrations import migrate
 from batch.adapters.postgres import make_engine
 from batch.codec import JsonInputError
 from batch.sandbox.bus_events import EventPublisher, admin_routes
+from batch.sandbox.deposits import book_deposit, unknown_portfolio
 from batch.sandbox.faults import FaultInjector, FaultSettings, RequestStats
 from batch.sandbox.query import Expression, QuerySyntaxError, parse_query
 from batch.sandbox.rules import (
@@ -338,14 +340,7 @@ class Sandbox:
         data = validate_event(await _json_body(request))
         exists, _currency = await self.store.portfolio_exists(data["portfolio"])
         if not exists:
-            raise Problem(
-                422,
-                {
-                    "title": "Validation error",
-                    "detail": [{"loc": ["body", "data", "portfolio"], "msg": "portfolio not found"}],
-                    "status": 422,
-                },
-            )
+            raise unknown_portfolio()
         body_hash = hashlib.sha256(dumps({"kind": kind, **data}).encode()).hexdigest()
         response = {
             "id": new_id("E"),
@@ -354,7 +349,9 @@ class Sandbox:
             "data": data,
             "creation_datetime": now_iso(),
         }
-        outcome, status, text = await self.store.record_event(key, body_hash, response)
+        # a deposit is booked by InvestSuite with its event, in one transaction (batch/sandbox/deposits.py)
+        booking = (lambda document: book_deposit(document, data, key)) if kind == "deposit" else None
+        outcome, status, text = await self.store.record_event(key, body_hash, response, booking)
         if outcome == "conflict":
             raise conflict("Idempotency-Key was already used with a different request body")
         headers = {"Idempotent-Replayed": "true"} if outcome == "replayed" else None

@@ -249,6 +249,11 @@ def compile_sql(expression: Expression, column: str = "search_doc") -> tuple[str
             glue = " AND " if node.operator == "and" else " OR "
             return "(" + glue.join(visit(operand) for operand in node.operands) + ")"
         if isinstance(node, Membership):
+            if all(isinstance(value, str) and "*" not in value for value in node.values):
+                # plain strings: one array parameter (an id lookup sends up to 100 of them); bare, so it can use
+                # an index (NULL for a missing field is not true either, and the grammar has no NOT)
+                params.append(list(node.values))
+                return f"({column} #>> {_path_literal(node.field)}) = ANY(%s)"
             parts = [visit(Comparison(node.field, "eq", value)) for value in node.values]
             return "(" + " OR ".join(parts) + ")"
         return _compare_sql(node, column, params)

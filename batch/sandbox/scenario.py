@@ -42,3 +42,23 @@ CASES: dict[str, str] = {
 
 #: Cases the pending-withdrawal query must not return.
 NOT_PENDING_CASES = frozenset({"no_divest_zero", "no_divest_null"})
+
+#: Incoming credits seeded by ``batch.sandbox.seed_deposits`` (case -> the credit, its portfolio, the outcome
+#: DESIGN §9.6 asks for). A credit is a transfer NOSTRO-{CCY} -> INCOMING-{CCY} naming a beneficiary; a mapped
+#: portfolio carries the beneficiary as its ``external_id`` and (but paper money) has a customer account of
+#: that reference; no divest is pending, cash = ledger balance. "eligible": moved (client setup) and announced.
+DEPOSIT_CASES: dict[str, str] = {
+    "deposit_active": "1500.00 EUR for an ACTIVE REAL_MONEY EUR portfolio (cash and ledger 200.00): eligible",
+    "deposit_waiting_for_funds": "1000.00 EUR, WAITING_FOR_FUNDS, funded_since null, cash and ledger 0: eligible",
+    "deposit_archived": "300.00 EUR for an archived (ACTIVE, REAL_MONEY) portfolio: held",
+    "deposit_paper_money": "300.00 EUR for a PAPER_MONEY portfolio (no ledger account): held",
+    "deposit_inactive": "300.00 EUR for an INACTIVE portfolio: held",
+    "deposit_unmapped": "400.00 EUR whose beneficiary names no ledger account and no portfolio: held",
+    "deposit_no_beneficiary": "450.00 EUR the payment system matched to nobody (beneficiary null): held",
+    "deposit_currency_mismatch": (
+        "500.00 USD (into INCOMING-USD) for an ACTIVE EUR portfolio whose ledger account is in EUR: held"
+    ),
+    "deposit_sub_minor": "10.005 EUR (below the minor unit) for an ACTIVE EUR portfolio: held",
+    "deposit_jpy": "50000 JPY for an ACTIVE JPY portfolio (cash and ledger 100000): eligible",
+    "deposit_twice": "two credits (250.00 and 750.00 EUR) for one ACTIVE EUR portfolio: each eligible, once",
+}

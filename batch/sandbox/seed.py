@@ -20,7 +20,7 @@ import psycopg
 
 from batch.adapters.migrations import migrate
 from batch.adapters.postgres import make_engine
-from batch.sandbox.scenario import CASES, DEFAULT_CASE
+from batch.sandbox.scenario import CASES, DEFAULT_CASE, DEPOSIT_CASES
 from batch.sandbox.store import Document, dumps, new_id
 
 SEED_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -28,6 +28,7 @@ SEED_VALUE_DATE = date(2026, 1, 1)
 TRANSFER_BATCH = 1000
 ISINS = ("IE00B4L5Y983", "IE00B3RBWM25", "LU0274208692", "BE0974293251", "US0378331005")
 FULL_WITHDRAWAL = Decimal("1E+100")
+_BANK_ACCOUNTS = (("HOUSE", "BANK_HOUSE"), ("CLEARING", "PAYOUT_CLEARING"))
 
 
 @dataclass
@@ -275,7 +276,10 @@ def plan_scenario(size: int, rng_seed: int = 42) -> list[SeededPortfolio]:
 
 def _manifest_from_db(sandbox_dsn: str) -> dict[str, Any]:
     with psycopg.connect(libpq_dsn(sandbox_dsn)) as conn:
-        rows = conn.execute("SELECT case_name, count(*) FROM sandbox.scenario GROUP BY case_name").fetchall()
+        rows = conn.execute(
+            "SELECT case_name, count(*) FROM sandbox.scenario WHERE NOT case_name = ANY(%s) GROUP BY case_name",
+            [list(DEPOSIT_CASES)],
+        ).fetchall()
     cases = {str(name): int(count) for name, count in rows}
     return {"size": sum(cases.values()), "cases": cases, "already_seeded": True}
 
@@ -318,10 +322,12 @@ def _seed_ledger(ledger_dsn: str, plan: list[SeededPortfolio]) -> int:
     )
     with psycopg.connect(libpq_dsn(ledger_dsn)) as conn:
         with conn.cursor() as cur:
+            cur.executemany(  # ON CONFLICT: seed_deposits may have opened HOUSE-{CCY} already
+                "INSERT INTO ledger.accounts (reference, currency, owner, kind) VALUES (%s, %s, 'BANK', %s) "
+                "ON CONFLICT (reference) DO NOTHING",
+                [(f"{name}-{ccy}", ccy, kind) for ccy in currencies for name, kind in _BANK_ACCOUNTS],
+            )
             with cur.copy("COPY ledger.accounts (reference, currency, owner, kind) FROM STDIN") as copy:
-                for currency in currencies:
-                    copy.write_row((f"HOUSE-{currency}", currency, "BANK", "BANK_HOUSE"))
-                    copy.write_row((f"CLEARING-{currency}", currency, "BANK", "PAYOUT_CLEARING"))
                 for seeded in accounts:
                     assert seeded.ledger is not None
                     copy.write_row(
@@ -371,7 +377,9 @@ def seed_scenario(sandbox_dsn: str, ledger_dsn: str, *, size: int, rng_seed: int
     _migrate(sandbox_dsn, "sandbox")
     _migrate(ledger_dsn, "ledger")
     with psycopg.connect(libpq_dsn(sandbox_dsn)) as conn:
-        seeded_before = conn.execute("SELECT EXISTS (SELECT 1 FROM sandbox.scenario)").fetchone()
+        seeded_before = conn.execute(  # the deposit cases (seed_deposits) are not this scenario
+            "SELECT EXISTS (SELECT 1 FROM sandbox.scenario WHERE NOT case_name = ANY(%s))", [list(DEPOSIT_CASES)]
+        ).fetchone()
     if seeded_before and seeded_before[0]:
         return _manifest_from_db(sandbox_dsn)
     plan = plan_scenario(size, rng_seed)

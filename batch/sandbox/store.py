@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +55,17 @@ def new_id(type_letter: str, *, timestamp_ms: int | None = None, randomness: byt
 def now_iso() -> str:
     """The current time as InvestSuite writes it: ISO 8601 with microseconds and +00:00."""
     return datetime.now(UTC).isoformat()
+
+
+#: a deposit's booking: the locked portfolio (None when unknown) -> (portfolio after, transaction); may raise
+Booking = Callable[[Document | None], tuple[Document, Document]]
+
+
+def _replay(existing: Any, body_hash: str) -> tuple[str, int, str]:
+    """A known key: the stored response for the same body, a conflict for another."""
+    if str(existing[0]).strip() != body_hash:
+        return "conflict", 409, ""
+    return "replayed", int(existing[1]), str(existing[2])
 
 
 @dataclass(frozen=True)
@@ -214,10 +225,14 @@ class SandboxStore:
 
     async def insert_transaction(self, transaction: Document) -> None:
         async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO sandbox.transactions (id, portfolio_id, external_id, doc) VALUES (%s, %s, %s, %s::json)",
-                [transaction["id"], transaction["portfolio_id"], transaction.get("external_id"), dumps(transaction)],
-            )
+            await self._insert_transaction(conn, transaction)
+
+    @staticmethod
+    async def _insert_transaction(conn: AsyncConnection[Any], transaction: Document) -> None:
+        await conn.execute(
+            "INSERT INTO sandbox.transactions (id, portfolio_id, external_id, doc) VALUES (%s, %s, %s, %s::json)",
+            [transaction["id"], transaction["portfolio_id"], transaction.get("external_id"), dumps(transaction)],
+        )
 
     async def list_transactions(self, portfolio_id: str, query: Expression | None, limit: int, offset: int) -> Page:
         where, params = compile_sql(query) if query is not None else ("true", [])
@@ -232,11 +247,17 @@ class SandboxStore:
 
     # -- events ---------------------------------------------------------------------------------
 
-    async def record_event(self, idempotency_key: str, body_hash: str, response: Document) -> tuple[str, int, str]:
+    async def record_event(
+        self, idempotency_key: str, body_hash: str, response: Document, book: Booking | None = None
+    ) -> tuple[str, int, str]:
         """Store the event's response under its key unless the key is known.
 
+        With ``book`` (a deposit, ``batch.sandbox.deposits``) the event and its effects are one transaction:
+        lock the portfolio, answer a known key, else ``book(document)`` -> (portfolio, transaction), store all.
         Returns ("created" | "replayed" | "conflict", status, response JSON text).
         """
+        if book is not None:
+            return await self._record_booked_event(idempotency_key, body_hash, response, book)
         async with self._connection() as conn:
             cursor = await conn.execute(
                 "INSERT INTO sandbox.events (idempotency_key, body_hash, status, response) "
@@ -254,9 +275,39 @@ class SandboxStore:
             existing = await cursor.fetchone()
         if existing is None:  # pragma: no cover - a key is never deleted
             raise RuntimeError("idempotency key vanished")
-        if existing[0].strip() != body_hash:
-            return "conflict", 409, ""
-        return "replayed", int(existing[1]), str(existing[2])
+        return _replay(existing, body_hash)
+
+    async def _record_booked_event(
+        self, idempotency_key: str, body_hash: str, response: Document, book: Booking
+    ) -> tuple[str, int, str]:
+        portfolio_id = response["data"]["portfolio"]
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT doc::text FROM sandbox.portfolios WHERE id = %s FOR UPDATE", [portfolio_id]
+            )
+            row = await cursor.fetchone()
+            find = "SELECT body_hash, status, response::text FROM sandbox.events WHERE idempotency_key = %s"
+            existing = await (await conn.execute(find, [idempotency_key])).fetchone()
+            if existing is not None:
+                return _replay(existing, body_hash)
+            portfolio, transaction = book(None if row is None else loads(row[0]))  # a Problem rolls back
+            cursor = await conn.execute(
+                "INSERT INTO sandbox.events (idempotency_key, body_hash, status, response) "
+                "VALUES (%s, %s, 201, %s::json) ON CONFLICT (idempotency_key) DO NOTHING "
+                "RETURNING response::text",
+                [idempotency_key, body_hash, dumps(response)],
+            )
+            created = await cursor.fetchone()
+            if created is None:  # the same key, committed meanwhile for another portfolio
+                existing = await (await conn.execute(find, [idempotency_key])).fetchone()
+                assert existing is not None  # a key is never deleted
+                return _replay(existing, body_hash)
+            await self._insert_transaction(conn, transaction)
+            await conn.execute(
+                "UPDATE sandbox.portfolios SET doc = %s::json, version = %s WHERE id = %s",
+                [dumps(portfolio), portfolio["version"], portfolio_id],
+            )
+            return "created", 201, str(created[0])
 
     async def ping(self) -> None:
         async with self._connection() as conn:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.ledger_reads import LedgerReader
 from batch.domain.flow import Flow
 from batch.domain.payout import FlowKind
@@ -36,6 +37,9 @@ class Services(Protocol):
 
     @property
     def journal_engine(self) -> Engine: ...
+
+    @property
+    def deposit_ledger(self) -> DepositLedger: ...
 
     @property
     def ports(self) -> Ports: ...

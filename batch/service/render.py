@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
+from batch.service.report_deposits import DEPOSIT_BUCKETS
 from batch.service.report_model import BUCKETS, GROUPS, SCHEMA_VERSION, STAMPS, Line, Report
 from batch.service.report_view import write_template
 
@@ -73,6 +74,16 @@ def _head(report: Report) -> dict[str, Any]:
         },
         "checks": [{"name": c.name, "currency": c.currency, "ok": c.ok, "detail": c.detail} for c in report.checks],
         "reconcile": report.reconcile,
+        "deposits": None
+        if report.deposits is None
+        else {
+            "totals": {
+                ccy: {b: {"count": t.count[b], "amount": t.amount[b]} for b in DEPOSIT_BUCKETS}
+                | {"credits": t.credits, "received": t.received}
+                for ccy, t in report.deposits.totals.items()
+            },
+            "lines": [vars(line) for line in report.deposits.lines],
+        },
         "audit": report.audit,
     }
 

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from batch.adapters.journal import Journal
 from batch.adapters.sqlfiles import load_queries
+from batch.service.report_deposits import build_deposit_section
 from batch.service.report_model import (
     BUCKETS,
     GROUPS,
@@ -128,6 +129,7 @@ def build_report(
     journal = Journal(engine)
     reconcile = _reconcile(journal, runs, kind)
     dry_run = all(r["dry_run"] for r in runs)
+    deposits = build_deposit_section(engine, run_ids)
     report = Report(
         kind=kind,
         business_date=runs[0]["business_date"],
@@ -135,13 +137,14 @@ def build_report(
         as_of=as_of,
         lines=Lines(stream),
         totals=totals,
-        checks=checks(totals, reconcile, dry_run),
+        checks=checks(totals, reconcile, dry_run) + (deposits.checks() if deposits else []),
         audit={},
         generated_at=now,
         candidates=count,
         exception_lines=exception_lines,
         break_lines=break_lines,
         reconcile=reconcile,
+        deposits=deposits,
     )
     if verify_audit:
         report.audit = audit_summary(engine, runs[-1])

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch import __version__
 from batch.domain.money import MINOR_UNITS
@@ -65,6 +65,10 @@ def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
     if payout["hold_reason"] and (payout["approved_at"] is None or payout["approved_at"] > as_of):
         return "HELD"
     return "PLANNED"
+
+
+if TYPE_CHECKING:
+    from batch.service.report_deposits import DepositSection
 
 
 @dataclass
@@ -263,6 +267,8 @@ class Report:
     software_version: str = __version__
     #: the reconciliation of the run (or the date's latest), as recorded; None when none was made
     reconcile: dict[str, Any] | None = None
+    #: the incoming credits the runs decided or drove (None when there were none)
+    deposits: DepositSection | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lines, list):
@@ -342,6 +348,7 @@ class Report:
                 if self.reconcile
                 else None
             ),
+            "deposits": self.deposits.summary() if self.deposits else None,
         }
 
     def log_totals(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import jinja2
 from markupsafe import Markup, escape
 
+from batch.service.report_deposits import DEPOSIT_BUCKETS
 from batch.service.report_model import BUCKETS, GROUP_TITLES, GROUPS, SCHEMA_VERSION, Line, Report
 
 EXCEPTION_GROUPS = (
@@ -118,6 +119,7 @@ def context(report: Report) -> dict[str, Any]:
         "buckets": BUCKETS,
         "groups": [(g, GROUP_TITLES[g]) for g in GROUPS],
         "exception_groups": [(kind, title, exceptions[kind]) for kind, title in EXCEPTION_GROUPS],
+        "deposit_buckets": DEPOSIT_BUCKETS,
         "exception_counts": {kind: len(exceptions[kind]) for kind, _ in EXCEPTION_GROUPS},
         "paid_sources": PAID_SOURCES,
         "reconcile": report.reconcile,

@@ -31,12 +31,14 @@ from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
 from batch.service.context import Services
+from batch.service.deposits import DepositPlanner, DepositStats
 from batch.service.engine import Engine, ExecutionStats
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
 from batch.service.report_model import checks
+from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.run")
 
@@ -58,6 +60,8 @@ class RunRequest:
     operator: str = field(default_factory=lambda: os.environ.get("BATCH_OPERATOR") or os.environ.get("USER") or "batch")
     #: processes executing payouts, the planner included (None: ``[run] workers``)
     workers: int | None = None
+    #: which flows this run plans and drives: "withdrawals", "deposits" (default: both, deposits when enabled)
+    flows: tuple[str, ...] = ()
 
 
 class WorkerGroup(Protocol):
@@ -79,6 +83,7 @@ class RunResult:
     execution: list[ExecutionStats] = field(default_factory=list)
     #: payouts this run stalled after transient failures only; the next run resumes them
     stalled: int = 0
+    deposits: DepositStats | None = None
     reconciliation: Reconciliation | None = None
     reconcile_error: str | None = None
 
@@ -119,6 +124,20 @@ def run_job(
         return RunResult(None, business_date, ExitCode.LOCKED, "REFUSED", error="another run holds the lock")
 
 
+def run_flows(app: Services, request: RunRequest) -> frozenset[FlowKind]:
+    """The flows a run plans and drives: what ``--flow`` asks, else withdrawals and (when enabled) deposits.
+
+    ``--portfolio`` re-runs are about withdrawals unless deposits are asked for explicitly.
+    """
+    asked = set(request.flows) or {"withdrawals"} | (
+        {"deposits"} if app.settings.deposits.enabled and not request.portfolio_ids else set()
+    )
+    flows = {FlowKind.WITHDRAWAL} if "withdrawals" in asked else set()
+    if "deposits" in asked:
+        flows |= {FlowKind.DEPOSIT, FlowKind.DEPOSIT_ANNOUNCE}
+    return frozenset(flows)
+
+
 def _locked_run(
     app: Services,
     request: RunRequest,
@@ -135,7 +154,9 @@ def _locked_run(
     # processes executing payouts, the planner included (more only when the caller can start workers)
     can_spawn = spawn_workers is not None and not request.dry_run
     processes = (request.workers or settings.run.worker_processes()) if can_spawn else 1
+    flows = run_flows(app, request)
     parameters = {
+        "flows": sorted(flows),
         "portfolio_ids": list(request.portfolio_ids),
         "dry_run": request.dry_run,
         "workers": processes,
@@ -165,9 +186,11 @@ def _locked_run(
             only = list(request.portfolio_ids) or None
             app.client.authenticate()  # refused credentials stop the run before any payout is touched
             if not request.dry_run:
-                executor = _planner_engine(app, run_id, actor, stop, progress)
+                executor = _planner_engine(app, run_id, actor, stop, progress, flows)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
                 result.execution.append(executor.execute(portfolio_ids=only))
+            if FlowKind.DEPOSIT in flows:
+                result.deposits = _plan_deposits(app, run_id, business_date, request.dry_run, actor)
             planner = Planner(
                 journal=journal,
                 ledger=app.ledger,
@@ -181,7 +204,7 @@ def _locked_run(
                 on_page=lambda s: progress.planned(s.candidates),
             )
             progress.phase("plan", None)
-            result.plan = planner.plan(only)
+            result.plan = planner.plan(only) if FlowKind.WITHDRAWAL in flows else PlanStats()
             journal.mark_planned(
                 run_id,
                 actor,
@@ -190,16 +213,19 @@ def _locked_run(
                     "pages": result.plan.pages,
                     "by_decision": dict(result.plan.by_decision),
                     "ledger_queries": result.plan.ledger_queries,
-                },
+                }
+                | ({"deposits": result.deposits.summary()} if result.deposits else {}),
             )
             if not request.dry_run and not (stop and stop.is_set()):
-                to_execute = result.plan.by_decision.get("PAY", 0)
+                to_execute = result.plan.by_decision.get("PAY", 0) + (
+                    result.deposits.by_decision.get("PAY", 0) if result.deposits else 0
+                )
                 remaining = (lambda: journal.count_open_of_run(run_id)) if processes > 1 else None
                 progress.phase("execute", to_execute, remaining)
                 workers = None
                 if spawn_workers is not None and processes > 1:
                     workers = spawn_workers(run_id, processes - 1, _share_rate_limit(app, processes))
-                executor = _planner_engine(app, run_id, actor, stop, progress)
+                executor = _planner_engine(app, run_id, actor, stop, progress, flows)
                 try:
                     result.execution.append(executor.execute(portfolio_ids=only))
                 finally:
@@ -226,7 +252,9 @@ def _locked_run(
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.reconcile_error:
             report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
-            report.checks = checks(report.totals, report.reconcile, report.dry_run)
+            report.checks = checks(report.totals, report.reconcile, report.dry_run) + (
+                report.deposits.checks() if report.deposits else []
+            )
         if result.status == "RUNNING":
             result.stalled = journal.count_stalled_in_run(run_id)
             if result.stalled:
@@ -291,6 +319,9 @@ def _needs_attention(report: Report, waiting: Mapping[str, int], alert_on_unchan
     earlier runs) only when ``alert_on_unchanged_holds``.
     """
     exceptions = report.exceptions_count - (0 if alert_on_unchanged_holds else report.still_held_count)
+    if report.deposits is not None:  # new deposit holds and deposits needing attention, like withdrawals
+        deposits = report.deposits
+        exceptions += len(deposits.exceptions) if alert_on_unchanged_holds else deposits.new_exceptions
     waiting_states = (
         (PayoutState.HELD, PayoutState.NEEDS_ATTENTION) if alert_on_unchanged_holds else (PayoutState.NEEDS_ATTENTION,)
     )
@@ -338,10 +369,35 @@ def engine_for(
 
 
 def _planner_engine(
-    app: Services, run_id: uuid.UUID, actor: str, stop: threading.Event | None, progress: Progress
+    app: Services,
+    run_id: uuid.UUID,
+    actor: str,
+    stop: threading.Event | None,
+    progress: Progress,
+    flows: frozenset[FlowKind],
 ) -> Engine:
     worker = f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
-    return engine_for(app, run_id, actor=actor, worker=worker, stop=stop, on_done=progress.done)
+    return engine_for(app, run_id, actor=actor, worker=worker, flows=sorted(flows), stop=stop, on_done=progress.done)
+
+
+def _plan_deposits(app: Services, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str) -> DepositStats:
+    """Decide every new (and every still held) incoming credit; record the decisions and operations."""
+    settings = app.settings
+    client_side = settings.deposits.broker_integration is BrokerIntegration.CLIENT
+    planner = DepositPlanner(
+        journal=app.journal,
+        credits=app.deposit_ledger,
+        investsuite=app.client,
+        accounts=settings.policy.account_map(),
+        flow=FlowKind.DEPOSIT if client_side else FlowKind.DEPOSIT_ANNOUNCE,
+        run_id=run_id,
+        business_date=business_date,
+        dry_run=dry_run,
+        actor=actor,
+    )
+    stats = planner.plan()
+    log.info("run.deposits_planned", credits=stats.credits, by_decision=dict(stats.by_decision))
+    return stats
 
 
 def run_worker(

@@ -134,3 +134,39 @@ BEGIN
     END IF;
     RETURN result;
 END $$;
+
+-- The report's helpers (migration 0006) per flow: a withdrawal's decisions are ranked and compared by
+-- portfolio, a deposit's by the incoming credit it decides.
+CREATE OR REPLACE FUNCTION batch.still_held(d batch.decisions) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT d.decision = 'HOLD' AND d.reason <> 'PAYOUT_NEEDS_ATTENTION' AND coalesce((
+        SELECT pd.decision = 'HOLD' AND batch.hold_kind(pd) = batch.hold_kind(d)
+               AND pd.requested_amount IS NOT DISTINCT FROM d.requested_amount
+               AND pd.requested_raw IS NOT DISTINCT FROM d.requested_raw
+          FROM batch.runs cur
+          CROSS JOIN LATERAL (
+                SELECT r.id FROM batch.runs r
+                 WHERE r.dry_run = false AND r.started_at < cur.started_at
+                   AND r.parameters ->> 'role' IS DISTINCT FROM 'worker'
+                   AND (jsonb_array_length(coalesce(r.parameters -> 'portfolio_ids', '[]'::jsonb)) = 0
+                        OR r.parameters -> 'portfolio_ids' ? d.portfolio_id)
+                 ORDER BY r.started_at DESC LIMIT 1) prev
+          JOIN batch.decisions pd ON pd.run_id = prev.id AND pd.flow = d.flow
+               AND CASE WHEN d.flow = 'WITHDRAWAL' THEN pd.portfolio_id = d.portfolio_id
+                        ELSE pd.credit_reference = d.credit_reference END
+         WHERE cur.id = d.run_id), false)
+$$;
+
+CREATE OR REPLACE FUNCTION batch.decision_ranks(p_runs uuid[])
+RETURNS TABLE (decision_id bigint, portfolio_id text, rank bigint) LANGUAGE sql STABLE AS $$
+    SELECT d.id, d.portfolio_id,
+           row_number() OVER (
+               PARTITION BY d.portfolio_id
+               ORDER BY (d.payout_id IS NULL
+                         AND d.reason IN ('AWAITING_APPROVAL', 'PAYOUT_NEEDS_ATTENTION', 'PAYOUT_IN_PROGRESS')
+                         AND EXISTS (SELECT 1 FROM batch.decisions e
+                                      WHERE e.run_id = ANY (p_runs) AND e.portfolio_id = d.portfolio_id
+                                        AND e.flow = 'WITHDRAWAL' AND e.payout_id IS NOT NULL AND e.id < d.id)),
+                        d.created_at DESC, d.id DESC)
+      FROM batch.decisions d
+     WHERE d.run_id = ANY (p_runs) AND d.flow = 'WITHDRAWAL'
+$$;

@@ -54,3 +54,23 @@ UPDATE batch.decisions
        details = details || jsonb_strip_nulls(jsonb_build_object('execution_note', CAST(:note AS text),
                                                                   'revised_because', CAST(:evidence AS jsonb)))
  WHERE payout_id = :payout_id
+
+-- name: deposit_cursor
+-- the ledger transfer id of the last incoming credit a run has decided (credits after it are new)
+SELECT last_credit_id FROM batch.deposit_cursor
+
+-- name: advance_deposit_cursor
+UPDATE batch.deposit_cursor SET last_credit_id = greatest(last_credit_id, :last_credit_id), updated_at = now()
+
+-- name: held_credits
+-- incoming credits whose latest (non dry) decision is HOLD and that no live operation is placing: every run
+-- decides them again, so held money is never forgotten
+SELECT d.credit_reference
+  FROM (SELECT DISTINCT ON (credit_reference) credit_reference, coalesce(final_decision, decision) AS decided
+          FROM batch.decisions
+         WHERE flow <> 'WITHDRAWAL' AND NOT dry_run
+         ORDER BY credit_reference, id DESC) d
+ WHERE d.decided = 'HOLD'
+   AND NOT EXISTS (SELECT 1 FROM batch.payouts p
+                    WHERE p.credit_reference = d.credit_reference AND p.state <> 'CANCELLED')
+ ORDER BY d.credit_reference

@@ -11,7 +11,7 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
          ORDER BY a.id DESC LIMIT 1) AS event_id,
        false AS moved_in_run
   FROM batch.payouts p
- WHERE p.business_date = :business_date
+ WHERE p.business_date = :business_date AND p.flow = 'WITHDRAWAL'
  ORDER BY p.created_at, p.id
 
 -- name: payouts_of_run
@@ -28,8 +28,8 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
                 WHERE a.payout_id = p.id AND a.run_id = :run_id AND a.step = 'LEDGER_POST'
                   AND a.outcome IN ('OK', 'ADOPTED')) AS moved_in_run
   FROM batch.payouts p
- WHERE p.run_id = :run_id
-    OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id)
+ WHERE p.flow = 'WITHDRAWAL'
+   AND (p.run_id = :run_id OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id))
  ORDER BY p.created_at, p.id
 
 -- name: known_payouts

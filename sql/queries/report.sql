@@ -21,7 +21,7 @@ SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.fi
                 WHERE a.payout_id = p.id AND a.run_id = d.run_id AND a.step = 'LEDGER_POST'
                   AND a.outcome IN ('OK', 'ADOPTED')) AS moved
   FROM batch.decisions d LEFT JOIN batch.payouts p ON p.id = d.payout_id
- WHERE d.run_id = :run_id
+ WHERE d.run_id = :run_id AND d.flow = 'WITHDRAWAL'
  ORDER BY d.portfolio_id COLLATE "C"
 
 -- name: candidate_lines_of_date
@@ -71,11 +71,12 @@ SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.fi
   JOIN batch.decisions d ON d.id = p.decision_id
  WHERE p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
    AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
+   AND p.flow = 'WITHDRAWAL'
  ORDER BY d.portfolio_id COLLATE "C", p.created_at
 
 -- name: candidate_totals_of_run
 SELECT coalesce(currency, '???') AS ccy, coalesce(sum(requested_amount), 0) AS requested, count(*) AS n
-  FROM batch.decisions WHERE run_id = :run_id GROUP BY 1
+  FROM batch.decisions WHERE run_id = :run_id AND flow = 'WITHDRAWAL' GROUP BY 1
 
 -- name: candidate_totals_of_date
 -- portfolios are counted once: the candidates are the distinct portfolios of the date's decisions
@@ -90,8 +91,31 @@ SELECT p.currency AS ccy, coalesce(sum(p.amount), 0) AS requested, count(*) AS n
   FROM batch.payouts p
  WHERE p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
    AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
+   AND p.flow = 'WITHDRAWAL'
  GROUP BY 1
 
 -- name: audit_hash_at
 -- the hash of one audit row (the head a run stored must still be in the chain, with the same hash)
 SELECT hash FROM batch.audit_log WHERE seq = :seq
+
+-- name: deposit_lines
+-- every deposit decision of the runs (a credit counted once: its latest decision among them), with its
+-- operation, plus the deposit operations the runs drove that another run decided (carried over)
+WITH latest AS (
+    SELECT DISTINCT ON (d.credit_reference) d.*
+      FROM batch.decisions d
+     WHERE d.run_id = ANY(CAST(:runs AS uuid[])) AND d.flow <> 'WITHDRAWAL'
+     ORDER BY d.credit_reference, d.id DESC)
+SELECT d.credit_reference, d.portfolio_id, coalesce(d.final_decision, d.decision) AS decision,
+       coalesce(d.final_reason, d.reason) AS reason, d.currency, d.requested_amount AS amount, d.details,
+       p.id AS operation_id, p.flow, p.state, p.ledger_reference, p.failing_step, p.last_error,
+       batch.still_held(d) AS still_held, false AS carried_over
+  FROM latest d LEFT JOIN batch.payouts p ON p.id = d.payout_id
+UNION ALL
+SELECT p.credit_reference, p.portfolio_id, 'PAY', 'DEPOSIT', p.currency, p.amount, d.details,
+       p.id, p.flow, p.state, p.ledger_reference, p.failing_step, p.last_error, false, true
+  FROM batch.payouts p JOIN batch.decisions d ON d.id = p.decision_id
+ WHERE p.flow <> 'WITHDRAWAL'
+   AND p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
+   AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
+ORDER BY 1

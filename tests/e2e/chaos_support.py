@@ -30,6 +30,7 @@ from batch.sandbox.scenario import NOT_PENDING_CASES
 from batch.sandbox.seed import libpq_dsn, portfolios_by_case, seed_scenario
 from batch.sandbox.server import SandboxAdmin
 from batch.sandbox.store import loads
+from tests.e2e.chaos_deposits import DepositBook
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUSINESS_DATE = date(2026, 11, 20)
@@ -63,6 +64,8 @@ class ChaosOptions:
     max_runs: int = 400
     run_timeout: float = 300.0
     deadline_seconds: float = 1800.0
+    #: seed incoming credits too, so the kills land in both flows
+    deposits: bool = True
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class ChaosHarness:
         )
         self.seeded_cash: dict[str, tuple[str, Decimal]] = {}
         self.pending: set[str] = set()
+        self.deposits: DepositBook | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def seed(self) -> dict[str, Any]:
@@ -206,6 +210,8 @@ class ChaosHarness:
             self.seeded_cash[portfolio_id] = (currency, Decimal(doc["portfolio"].get(f"${currency}", 0)))
         cases = portfolios_by_case(self.dsns.sandbox)
         self.pending = {p for case, ids in cases.items() if case not in NOT_PENDING_CASES for p in ids}
+        if self.options.deposits:  # incoming credits beside the withdrawals: both flows under the same kills
+            self.deposits = DepositBook.seed(self.dsns, rng_seed=self.options.seed)
         return manifest
 
     def _portfolios(self) -> dict[str, dict[str, Any]]:
@@ -320,16 +326,27 @@ class ChaosHarness:
             for r in _rows(
                 journal,
                 "SELECT id::text, portfolio_id, state, amount, ledger_reference, failing_step, last_error"
-                " FROM batch.payouts",
+                " FROM batch.payouts WHERE flow = 'WITHDRAWAL'",
             )
         }
+        # the withdrawals' side of the books (the deposits are checked by chaos_deposits)
         transfers = _rows(
             ledger,
             "SELECT t.idempotency_key, t.reference, t.amount, a.reference FROM ledger.transfers t"
-            " JOIN ledger.accounts a ON a.id = t.debit_account_id WHERE t.idempotency_key NOT LIKE 'seed-%%'",
+            " JOIN ledger.accounts a ON a.id = t.debit_account_id JOIN ledger.accounts c ON c.id = t.credit_account_id"
+            " WHERE t.idempotency_key NOT LIKE 'seed-%%' AND c.kind = 'PAYOUT_CLEARING'",
         )
-        transactions = _rows(sandbox, "SELECT portfolio_id, external_id, doc::text FROM sandbox.transactions")
-        events = {str(r[0]) for r in _rows(sandbox, "SELECT idempotency_key FROM sandbox.events")}
+        transactions = _rows(
+            sandbox,
+            "SELECT portfolio_id, external_id, doc::text FROM sandbox.transactions"
+            " WHERE doc::jsonb -> 'movements' -> 0 ->> 'type' = 'CASH_WITHDRAWAL'",
+        )
+        events = {
+            str(r[0])
+            for r in _rows(
+                sandbox, "SELECT idempotency_key FROM sandbox.events WHERE response::jsonb ->> 'type' = 'withdraw'"
+            )
+        }
         portfolios = self._portfolios()
 
         # (a) paid exactly once
@@ -419,6 +436,12 @@ class ChaosHarness:
         debited: dict[str, Decimal] = defaultdict(Decimal)
         for _key, _ref, amount, account in transfers:
             debited[str(account)] += Decimal(amount)
+        for account, amount in _rows(  # deposits moved into customer accounts
+            ledger,
+            "SELECT a.reference, t.amount FROM ledger.transfers t JOIN ledger.accounts a ON a.id = t.credit_account_id"
+            " WHERE t.idempotency_key LIKE 'deposit:%%'",
+        ):
+            debited[str(account)] -= Decimal(amount)
         wrong_ledger = [r for r, b in balances.items() if b != seeded_balance.get(r, Decimal(0)) - debited.get(r, 0)]
         check("ledger balance = seeded - paid", not wrong_ledger, f"{len(balances)} accounts; wrong {wrong_ledger[:3]}")
 
@@ -512,4 +535,8 @@ class ChaosHarness:
             "adopted": dict(read_backs),
             "crashed_intents": {s: crashed.get(s, 0) for s in STEPS},
         }
+        if self.deposits is not None:
+            for name, ok, detail in self.deposits.checks():
+                check(name, ok, detail)
+            result.counts["deposits"] = self.deposits.counts
         return checks

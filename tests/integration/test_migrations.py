@@ -318,6 +318,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "counterparty": "text",
         "description": "text",
         "created_at": "timestamp with time zone",
+        "beneficiary_reference": "text",
     },
     "ledger.holds": {
         "id": "bigint",

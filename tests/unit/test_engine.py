@@ -24,12 +24,10 @@ from tests.fakes import Boundaries, Crash, FakeInvestSuite, FakeJournal, FakeLed
 
 TODAY = date(2026, 11, 30)
 NOW = datetime(2026, 11, 30, 1, 30, tzinfo=UTC)
+#: the journal's boundaries around each step: intent committed, outcome about to commit, outcome committed
+MOMENTS = ("intent", "before_outcome", "outcome")
 WITHDRAWAL_POINTS = [
-    *(
-        f"{step.value}.{moment}"
-        for step, _ in FLOW_STEPS[FlowKind.WITHDRAWAL]
-        for moment in ("intent", "before_outcome", "outcome")
-    ),
+    *(f"{step.value}.{moment}" for step, _ in FLOW_STEPS[FlowKind.WITHDRAWAL] for moment in MOMENTS),
     "ledger.applied",
     "create_transaction.applied",
     "patch_portfolio.applied",

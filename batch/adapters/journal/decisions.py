@@ -36,14 +36,18 @@ class DecisionStore(JournalBase):
         dry_run: bool,
         actor: str,
         decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
+        deposit_cursor: int | None = None,
     ) -> int:
         """Record a page of decisions (the payouts they create, and their audit rows) in one transaction.
 
         Batched: a handful of round trips per page whatever its size. Returns how many were new; a
         portfolio already decided in this run (offset paging over a live filter can repeat one) is
-        not recorded twice.
+        not recorded twice. ``deposit_cursor`` (deposits) moves the position in the ledger's incoming credits
+        in the same transaction, so a crash never skips a credit nor loses a decision.
         """
         with self._tx() as conn:
+            if deposit_cursor is not None:
+                conn.execute(Q.advance_deposit_cursor.text, {"last_credit_id": deposit_cursor})
             ids = [row.key for row, _ in decisions]
             seen = set(conn.execute(Q.decided_in_run.text, {"run_id": run_id, "ids": ids}).scalars())
             fresh: list[tuple[DecisionRow, NewPayout | None]] = []
@@ -141,6 +145,16 @@ class DecisionStore(JournalBase):
                 ],
             )
         return len(fresh)
+
+    def deposit_cursor(self) -> int:
+        """The id of the last incoming credit decided (0 before the first)."""
+        with self._read() as conn:
+            return int(conn.execute(Q.deposit_cursor.text).scalar_one())
+
+    def held_credit_references(self) -> list[str]:
+        """Incoming credits still held (latest decision HOLD, no live operation): decided again every run."""
+        with self._read() as conn:
+            return [str(ref) for ref in conn.execute(Q.held_credits.text).scalars()]
 
     @staticmethod
     def revise_decision(

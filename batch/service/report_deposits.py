@@ -1,0 +1,148 @@
+"""The deposits section of a run report: every incoming credit a run decided or drove, with its control equation.
+
+Per currency: credits = announced + in progress + held + deferred, where *announced* are the credits whose
+deposit operation COMPLETED (moved in the ledger, client set-up, and announced to InvestSuite), *held*
+the money that cannot be announced yet (decided again by every run), *deferred* a credit another
+operation is already placing. New holds and operations needing attention are exceptions; a hold
+unchanged since the previous run is "still held".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from batch.adapters.sqlfiles import load_queries
+from batch.service.report_model import Check, quantized
+
+Q = load_queries("report")
+ZERO = Decimal(0)
+DEPOSIT_BUCKETS = ("announced", "in_progress", "held", "deferred")
+
+
+@dataclass(frozen=True)
+class DepositLine:
+    credit_reference: str
+    portfolio_id: str | None
+    decision: str
+    reason: str
+    currency: str | None
+    amount: Decimal | None
+    flow: str | None
+    state: str | None
+    ledger_reference: str | None
+    failing_step: str | None
+    last_error: str | None
+    still_held: bool
+    carried_over: bool
+    note: str | None
+
+    @property
+    def bucket(self) -> str:
+        if self.state == "COMPLETED":
+            return "announced"
+        if self.decision == "PAY" and self.state not in (None, "CANCELLED", "NEEDS_ATTENTION"):
+            return "in_progress"
+        if self.decision == "DEFER":
+            return "deferred"
+        return "held"
+
+    @property
+    def exception_kind(self) -> str | None:
+        if self.state == "NEEDS_ATTENTION":
+            return "needs_attention"
+        if self.bucket == "held":
+            return "still_held" if self.still_held else "held"
+        return None
+
+
+@dataclass
+class DepositTotals:
+    count: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DEPOSIT_BUCKETS, 0))
+    amount: dict[str, Decimal] = field(default_factory=lambda: dict.fromkeys(DEPOSIT_BUCKETS, ZERO))
+    credits: int = 0
+    received: Decimal = ZERO
+
+
+@dataclass
+class DepositSection:
+    lines: list[DepositLine]
+    totals: dict[str, DepositTotals]
+
+    @property
+    def exceptions(self) -> list[DepositLine]:
+        return [line for line in self.lines if line.exception_kind is not None]
+
+    @property
+    def new_exceptions(self) -> int:
+        """Exceptions that are not holds unchanged since the previous run."""
+        return sum(1 for line in self.exceptions if line.exception_kind != "still_held")
+
+    def checks(self) -> list[Check]:
+        found = []
+        for ccy, t in self.totals.items():
+            parts = " + ".join(f"{b} {t.amount[b]}" for b in DEPOSIT_BUCKETS if t.count[b])
+            ok = t.received == sum(t.amount.values(), ZERO) and t.credits == sum(t.count.values())
+            name = "deposits: credits = announced + in_progress + held + deferred"
+            found.append(Check(name, ccy, ok, f"{t.received} = {parts or '0'} ({t.credits} credits)"))
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "credits": len(self.lines),
+            "exceptions": len(self.exceptions),
+            "new_exceptions": self.new_exceptions,
+            "totals": {
+                ccy: {
+                    **{f"{b}_count": t.count[b] for b in DEPOSIT_BUCKETS},
+                    **{b: str(t.amount[b]) for b in DEPOSIT_BUCKETS},
+                }
+                for ccy, t in self.totals.items()
+            },
+        }
+
+
+def _line(row: Any) -> DepositLine:
+    details = row.details or {}
+    return DepositLine(
+        credit_reference=row.credit_reference,
+        portfolio_id=row.portfolio_id,
+        decision=row.decision,
+        reason=row.reason,
+        currency=row.currency,
+        amount=quantized(row.amount, row.currency),
+        flow=row.flow,
+        state=row.state,
+        ledger_reference=row.ledger_reference,
+        failing_step=row.failing_step,
+        last_error=row.last_error,
+        still_held=bool(row.still_held),
+        carried_over=bool(row.carried_over),
+        note=details.get("execution_note") or details.get("note"),
+    )
+
+
+def totals_of(lines: Iterable[DepositLine]) -> dict[str, DepositTotals]:
+    totals: dict[str, DepositTotals] = defaultdict(DepositTotals)
+    for line in lines:
+        t = totals[line.currency or "???"]
+        amount = line.amount or ZERO
+        t.credits += 1
+        t.received += amount
+        t.count[line.bucket] += 1
+        t.amount[line.bucket] += amount
+    return dict(sorted(totals.items()))
+
+
+def build_deposit_section(engine: Engine, run_ids: Sequence[Any]) -> DepositSection | None:
+    """The deposits of these runs (None when they decided and drove none)."""
+    with engine.connect() as conn:
+        lines = [_line(row) for row in conn.execute(Q.deposit_lines.text, {"runs": list(run_ids)})]
+    if not lines:
+        return None
+    return DepositSection(lines, totals_of(lines))

@@ -1,0 +1,99 @@
+"""The engine's deposit flows on in-memory fakes: a crash at every boundary, each credit moved and announced once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from batch.domain.deposit import deposit_flows, move_key
+from batch.domain.payout import FLOW_STEPS, FlowKind, PayoutState
+from batch.domain.records import PayoutRecord
+from tests.unit.test_engine import MOMENTS, World
+
+DEPOSIT_POINTS = [
+    *(f"{step.value}.{moment}" for step, _ in FLOW_STEPS[FlowKind.DEPOSIT] for moment in MOMENTS),
+    "ledger.applied",
+    "post_event.applied",
+]
+
+
+def _deposit(world: World, flow: FlowKind, amount: str = "1500.00", status: str = "ACTIVE") -> PayoutRecord:
+    template = world.withdrawal(cash="200.00", divest="0")  # a portfolio (with cash 200) and its ledger account
+    del world.journal.operations[template.id]
+    world.investsuite.portfolios[template.portfolio_id]["status"] = status
+    world.investsuite.portfolios[template.portfolio_id]["config"]["manager_settings"]["divest_amount"] = None
+    world.ledger.balances["INCOMING-EUR"] += Decimal(amount)
+    deposit = replace(
+        template,
+        id=uuid.uuid4(),
+        flow=flow,
+        amount=Decimal(amount),
+        counter_account=None,
+        divest_snapshot=None,
+        credit_reference=f"LT-CREDIT-{uuid.uuid4().hex[:8]}",
+    )
+    world.journal.add(deposit)
+    return deposit
+
+
+def _deposited_once(world: World, deposit: PayoutRecord, moved: bool) -> None:
+    final = world.journal.operations[deposit.id]
+    assert final.state is PayoutState.COMPLETED, (final.state, final.last_error)
+    assert deposit.credit_reference is not None
+    moves = [t for t in world.ledger.transfers.values() if t.idempotency_key == move_key(deposit.credit_reference)]
+    assert [(t.debit, t.credit, t.amount) for t in moves] == (
+        [("INCOMING-EUR", deposit.ledger_account, deposit.amount)] if moved else []
+    )
+    assert list(world.investsuite.events) == [deposit.credit_reference]
+    doc = world.investsuite.portfolios[deposit.portfolio_id]
+    assert Decimal(str(doc["portfolio"]["$EUR"])) == Decimal("200.00") + deposit.amount
+    assert doc["funded_since"] is not None
+
+
+def _world(point: str | None = None, times: int = 1) -> World:
+    world = World.make(point, times)
+    world.flows.update(deposit_flows())
+    return world
+
+
+@pytest.mark.parametrize("point", DEPOSIT_POINTS)
+def test_a_crash_at_any_boundary_of_a_client_side_deposit_still_moves_and_announces_once(point: str) -> None:
+    """Killed at this boundary of LEDGER_MOVE or SEND_DEPOSIT_EVENT, a restarted engine finishes: once each."""
+    world = _world(point)
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    assert world.run_until_settled() == 1
+    _deposited_once(world, deposit, moved=True)
+
+
+@pytest.mark.parametrize("point", [f"SEND_DEPOSIT_EVENT.{moment}" for moment in MOMENTS] + ["post_event.applied"])
+def test_a_crash_at_any_boundary_of_an_announce_only_deposit_still_announces_once(point: str) -> None:
+    """Broker integration by InvestSuite: no ledger move; a crash anywhere still announces the credit once."""
+    world = _world(point)
+    deposit = _deposit(world, FlowKind.DEPOSIT_ANNOUNCE)
+    assert world.run_until_settled() == 1
+    _deposited_once(world, deposit, moved=False)
+
+
+def test_a_portfolio_archived_before_the_move_holds_the_money_in_the_incoming_account() -> None:
+    """The fresh read before the first effect sees an archived portfolio: CANCELLED, HOLD ARCHIVED, nothing moved."""
+    world = _world()
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    world.investsuite.portfolios[deposit.portfolio_id]["archived"] = True
+    world.engine().execute()
+    assert world.journal.operations[deposit.id].state is PayoutState.CANCELLED
+    assert world.journal.revised[deposit.id] == ("HOLD", "ARCHIVED")
+    assert not world.ledger.transfers and not world.investsuite.events
+
+
+def test_withdrawals_and_deposits_share_one_engine_run() -> None:
+    """One engine drives both flows' operations in the same run, each exactly once."""
+    world = _world("LEDGER_MOVE.intent")
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    payout = world.withdrawal()
+    world.run_until_settled()
+    assert world.journal.operations[deposit.id].state is PayoutState.COMPLETED
+    assert world.journal.operations[payout.id].state is PayoutState.COMPLETED
+    assert sorted(world.investsuite.events) == sorted([str(payout.id), str(deposit.credit_reference)])
