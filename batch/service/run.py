@@ -387,6 +387,7 @@ def _plan_deposits(app: Services, run_id: uuid.UUID, business_date: date, dry_ru
     planner = DepositPlanner(
         journal=app.journal,
         credits=app.deposit_ledger,
+        accounts_of_ledger=app.ledger,
         investsuite=app.client,
         accounts=settings.policy.account_map(),
         flow=FlowKind.DEPOSIT if client_side else FlowKind.DEPOSIT_ANNOUNCE,
