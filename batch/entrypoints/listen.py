@@ -26,7 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from batch.adapters.bus import Bus
 from batch.adapters.journal.bus import BusStore
 from batch.bootstrap import App, build_app
-from batch.service.bus_events import BusEventHandler, NoDepositFlow
+from batch.service.bus_deposits import DepositCheck
+from batch.service.bus_events import BusEventHandler
 from batch.service.bus_withdrawal import AbandonedRuns, ListenerRuns, PlanAndExecute
 from batch.service.listener import Health, Listener, ListenerMetrics
 from batch.service.run import ExitCode
@@ -102,7 +103,7 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             journal=app.journal,
             bus=kind,
             withdrawals=PlanAndExecute(app, store, runs),
-            deposits=NoDepositFlow(),
+            deposits=DepositCheck(app, runs),
             current_run=lambda: runs.current,
             worker=worker,
             lease_seconds=settings.run.lease_seconds,

@@ -62,13 +62,6 @@ class DepositTrigger(Protocol):
     def trigger(self, portfolio_id: str, event_id: str) -> str: ...
 
 
-class NoDepositFlow:
-    """Until the deposit flow exists: the funding event is recorded, nothing else happens."""
-
-    def trigger(self, portfolio_id: str, event_id: str) -> str:
-        return "deposit flow not available"
-
-
 class Verdict(StrEnum):
     ACK = "ACK"
     DEAD_LETTER = "DEAD_LETTER"

@@ -13,7 +13,8 @@ from typing import Any
 
 from batch.adapters.journal.bus import BusStore
 from batch.bootstrap import App
-from batch.service.bus_events import BusEventHandler, NoDepositFlow
+from batch.service.bus_deposits import DepositCheck
+from batch.service.bus_events import BusEventHandler
 from batch.service.bus_withdrawal import ListenerRuns, PlanAndExecute
 
 
@@ -78,7 +79,7 @@ def listener_handler(app: App, *, max_attempts: int = 3) -> Iterator[Wired]:
         journal=app.journal,
         bus="rabbitmq",
         withdrawals=PlanAndExecute(app, store, runs),
-        deposits=NoDepositFlow(),
+        deposits=DepositCheck(app, runs),
         current_run=lambda: runs.current,
         worker=worker,
         max_attempts=max_attempts,

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
+from batch.sandbox.seed_deposits import seed_deposits
 from batch.service.bus_events import Verdict
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.bus_support import Wired, event, listener_handler, minutes_ago, withdrawal
@@ -234,10 +235,24 @@ def test_unknown_events_are_recorded_and_acknowledged(wired: Wired) -> None:
     assert wired.store.registry_entry("P9") is None
 
 
-def test_funding_without_the_deposit_flow_is_recorded(wired: Wired) -> None:
-    """portfolios.funding goes to the deposit trigger; until the flow exists the inbox says so."""
+def test_funding_places_the_new_incoming_credits_now(wired: Wired, dsns: Dsns) -> None:
+    """portfolios.funding runs the deposit check: new credits are moved and announced once, held ones held."""
+    cases = seed_deposits(dsns.sandbox, dsns.ledger)
+    (credit,) = cases["deposit_active"]
     handled = wired.handler.handle(event("funding", {"id": "P7"}, event_id="f1"))
-    assert handled.outcome == "deposit flow not available"
+    assert handled.verdict is Verdict.ACK and "credit(s) decided" in handled.outcome, handled
+    (op,) = journal_rows_of(wired, f"SELECT state, flow FROM batch.payouts WHERE credit_reference = '{credit}'")
+    assert op == {"state": "COMPLETED", "flow": "DEPOSIT"}
+    again = wired.handler.handle(event("funding", {"id": "P7"}, event_id="f2"))  # a second signal moves nothing
+    assert "operations {}" in again.outcome
+    moves = journal_rows_of(wired, "SELECT count(*) AS n FROM batch.payouts WHERE credit_reference IS NOT NULL")
+    assert moves == [
+        {
+            "n": sum(
+                len(cases[c]) for c in ("deposit_active", "deposit_waiting_for_funds", "deposit_jpy", "deposit_twice")
+            )
+        }
+    ]
 
 
 def journal_rows_of(wired: Wired, sql: str) -> list[dict[str, object]]:
