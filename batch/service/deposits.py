@@ -26,6 +26,8 @@ from batch.domain.model import AccountMap, Decision, LedgerView, PortfolioView, 
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import DecisionRow, NewPayout
 from batch.errors import NotFoundError
+from batch.service.context import Services
+from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.deposits")
 PAGE = 100
@@ -228,3 +230,24 @@ class DepositPlanner:
             credit_reference=credit.reference,
         )
         return row, operation
+
+
+def plan_deposits(app: Services, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str) -> DepositStats:
+    """Decide every new (and every still held) incoming credit; record the decisions and operations."""
+    settings = app.settings
+    client_side = settings.deposits.broker_integration is BrokerIntegration.CLIENT
+    planner = DepositPlanner(
+        journal=app.journal,
+        credits=app.deposit_ledger,
+        accounts_of_ledger=app.ledger,
+        investsuite=app.client,
+        accounts=settings.policy.account_map(),
+        flow=FlowKind.DEPOSIT if client_side else FlowKind.DEPOSIT_ANNOUNCE,
+        run_id=run_id,
+        business_date=business_date,
+        dry_run=dry_run,
+        actor=actor,
+    )
+    stats = planner.plan()
+    log.info("run.deposits_planned", credits=stats.credits, by_decision=dict(stats.by_decision))
+    return stats
