@@ -244,6 +244,21 @@ class InvestSuiteClient:
                         matches.setdefault(item.external_id, []).append(item)
         return unambiguous(matches)
 
+    def get_portfolios(self, portfolio_ids: Sequence[str]) -> dict[str, RemotePortfolio]:
+        """The portfolios among ``portfolio_ids`` that exist, by id: ``id in [...]``, 100 per request."""
+        wanted = sorted(set(portfolio_ids))
+        if any("'" in portfolio_id or not portfolio_id for portfolio_id in wanted):
+            raise ValueError("a portfolio id must be non-empty and must not contain a single quote (query language)")
+        found: dict[str, RemotePortfolio] = {}
+        for start in range(0, len(wanted), _MAX_PAGE):
+            chunk = wanted[start : start + _MAX_PAGE]
+            query = "id in [" + ", ".join(f"'{portfolio_id}'" for portfolio_id in chunk) + "]"
+            for page in self.iter_portfolio_pages(query, page_size=_MAX_PAGE):
+                found |= {
+                    item.id: item for item in page.items if isinstance(item, RemotePortfolio) and item.id in chunk
+                }
+        return found
+
     def get_portfolio(self, portfolio_id: str) -> RemotePortfolio:
         """``GET /portfolios/{id}``."""
         document = self._call("GET", ROUTE_GET_PORTFOLIO, self._url(f"portfolios/{segment(portfolio_id)}"), write=False)

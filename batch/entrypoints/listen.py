@@ -109,7 +109,6 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             lease_seconds=settings.run.lease_seconds,
             max_attempts=settings.bus.max_handling_attempts,
             stopping=stopping,
-            sleep=stopping.wait,
         )
         metrics = ListenerMetrics(kind)
         listener = Listener(

@@ -17,7 +17,6 @@ another listener) from opening a second payout.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
+import stamina
 import structlog
 
 from batch.adapters.bus_models import (
@@ -117,7 +117,6 @@ class BusEventHandler:
     lease_seconds: int = 300
     max_attempts: int = 5
     stopping: threading.Event | None = None
-    sleep: Callable[[float], object] = time.sleep
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def __post_init__(self) -> None:
@@ -179,27 +178,45 @@ class BusEventHandler:
             return self._dispatch_with_retries(envelope, kind, data, receipt.attempts)
 
     def _dispatch_with_retries(self, envelope: Envelope, kind: EventKind, data: EventData, attempts: int) -> Handled:
-        failures = attempts - 1  # earlier deliveries cut off by a crash count as attempts
-        while True:
-            try:
-                outcome = self._dispatch(kind, envelope, data)
-            except Exception as exc:  # InvestSuite or the ledger down, a bug: retried, then dead-lettered
-                failures += 1
-                problem = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("bus.handling_failed", kind=kind.value, failures=failures, error=problem)
-                if self.stopping is not None and self.stopping.is_set():
-                    return Handled(Verdict.RETRY, "STOPPED", problem, kind)
-                if failures >= self.max_attempts:
-                    self.store.finish(envelope.id, status="FAILED", outcome=f"failed {failures} times: {problem}")
-                    return Handled(Verdict.DEAD_LETTER, "FAILED", f"failed {failures} times: {problem}", kind)
-                if not isinstance(exc, TransientError):
-                    log.exception("bus.handler_error", kind=kind.value)
-                self.sleep(min(0.5 * 2 ** (failures - 1), 10.0))
-                continue
-            self.store.finish(envelope.id, status="HANDLED", outcome=outcome, run_id=self.current_run())
-            latency = (self.now() - envelope.created).total_seconds()
-            log.info("bus.handled", kind=kind.value, outcome=outcome, latency_seconds=round(latency, 3))
-            return Handled(Verdict.ACK, "HANDLED", outcome, kind, latency)
+        """Handle the event, retrying any failure through stamina; dead-letter it once the budget is spent.
+
+        Earlier deliveries cut off by a crash count as attempts. On SIGTERM no further try is made: the
+        message goes back to the bus unacknowledged.
+        """
+        failures = attempts - 1
+        problem = ""
+
+        def retry(_exc: Exception) -> bool:
+            return not (self.stopping is not None and self.stopping.is_set())
+
+        try:
+            for attempt in stamina.retry_context(
+                on=retry,
+                attempts=max(1, self.max_attempts - failures),
+                timeout=None,
+                wait_initial=0.5,
+                wait_max=10.0,
+                wait_jitter=0.5,
+            ):
+                with attempt:
+                    try:
+                        outcome = self._dispatch(kind, envelope, data)
+                    except Exception as exc:  # InvestSuite or the ledger down, a bug: retried, then dead-lettered
+                        failures += 1
+                        problem = f"{type(exc).__name__}: {exc}"[:500]
+                        log.warning("bus.handling_failed", kind=kind.value, failures=failures, error=problem)
+                        if not isinstance(exc, TransientError):
+                            log.exception("bus.handler_error", kind=kind.value)
+                        raise
+        except Exception:
+            if self.stopping is not None and self.stopping.is_set():
+                return Handled(Verdict.RETRY, "STOPPED", problem, kind)
+            self.store.finish(envelope.id, status="FAILED", outcome=f"failed {failures} times: {problem}")
+            return Handled(Verdict.DEAD_LETTER, "FAILED", f"failed {failures} times: {problem}", kind)
+        self.store.finish(envelope.id, status="HANDLED", outcome=outcome, run_id=self.current_run())
+        latency = (self.now() - envelope.created).total_seconds()
+        log.info("bus.handled", kind=kind.value, outcome=outcome, latency_seconds=round(latency, 3))
+        return Handled(Verdict.ACK, "HANDLED", outcome, kind, latency)
 
     # -- the handlers ------------------------------------------------------------------------------------
     def _dispatch(self, kind: EventKind, envelope: Envelope, data: EventData) -> str:

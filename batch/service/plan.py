@@ -8,17 +8,12 @@ memory stays flat however large the book is.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import queue
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import cast
 
 import stamina
 import structlog
@@ -32,6 +27,7 @@ from batch.domain.model import AccountMap, Decision, LedgerView, PortfolioView, 
 from batch.domain.payout import PayoutState
 from batch.domain.policy import Policy, Verdict, decide
 from batch.errors import BatchError, InvalidRemoteDataError, NotFoundError, TransientError
+from batch.service.read_ahead import read_ahead
 
 log = structlog.get_logger("batch.plan")
 
@@ -120,7 +116,7 @@ class Planner:
         pages: Iterable[PortfolioPage] = (
             self._explicit_pages(portfolio_ids) if portfolio_ids else self.client.iter_pending_pages()
         )
-        for page in _read_ahead(pages):
+        for page in read_ahead(pages, "plan-read-ahead"):
             self._plan_page(page)
             if self.on_page is not None:
                 self.on_page(self.stats)
@@ -266,49 +262,3 @@ class Planner:
             details=details,
         )
         return row, payout
-
-
-_END = object()
-
-
-def _read_ahead(pages: Iterable[PortfolioPage]) -> Iterator[PortfolioPage]:
-    """Fetch the next page while the current one is planned (one page ahead: memory stays flat).
-
-    Nothing executes while planning, so the listing cannot move under the read-ahead. A failure of
-    the fetch is raised here, in the planner's thread, at the page where it happened.
-    """
-    ahead: queue.Queue[object] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    context = contextvars.copy_context()  # the run's bound log context
-
-    def fetch() -> None:
-        try:
-            for page in pages:
-                while not stop.is_set():
-                    try:
-                        ahead.put(page, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ahead.put(_END)
-        except BaseException as exc:  # handed to the planner's thread
-            ahead.put(exc)
-
-    reader = threading.Thread(target=context.run, args=(fetch,), name="plan-read-ahead", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = ahead.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield cast(PortfolioPage, item)
-    finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting to put, then let it finish
-            with contextlib.suppress(queue.Empty):
-                ahead.get_nowait()
-            reader.join(timeout=0.1)

@@ -16,12 +16,9 @@ and one audit row), so a report rendered later shows the same figures.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -31,12 +28,13 @@ from typing import Any
 import structlog
 
 from batch.adapters.investsuite import InvestSuiteClient
-from batch.adapters.investsuite_models import MalformedPortfolio, PortfolioPage, RemotePortfolio, RemoteTransaction
+from batch.adapters.investsuite_models import MalformedPortfolio, RemotePortfolio, RemoteTransaction
 from batch.adapters.ledger_reads import LedgerTransfer
 from batch.domain.money import parse_amount
 from batch.domain.payout import STAMP_COLUMN
 from batch.errors import InvalidAmountError, NotFoundError
 from batch.service.context import Services
+from batch.service.read_ahead import read_ahead
 from batch.service.reconcile import (
     Break,
     LedgerFact,
@@ -54,6 +52,8 @@ from batch.service.reconcile import (
 )
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
 
+#: portfolios read per listing request (the API's page maximum)
+_PORTFOLIOS_PER_READ = 100
 log = structlog.get_logger("batch.reconcile")
 
 #: The documented query for the full book (every real-money portfolio, pending or not).
@@ -158,16 +158,35 @@ def portfolio_fact(remote: RemotePortfolio, currency: str) -> PortfolioFact:
     )
 
 
-def read_back(client: InvestSuiteClient, payout: PayoutFacts) -> RemoteFacts:
-    """InvestSuite as it is now for one payout: its transactions by external_id, and the portfolio."""
+def read_back(client: InvestSuiteClient, payout: PayoutFacts, portfolios: Mapping[str, RemotePortfolio]) -> RemoteFacts:
+    """InvestSuite as it is now for one payout: its transactions by external_id, and the portfolio.
+
+    ``portfolios`` were read beforehand for every payout, 100 per listing request (``id in [...]``); one
+    missing from it is gone.
+    """
     if not needs_investsuite(payout) or payout.ledger_reference is None:
         return RemoteFacts()
+    remote = portfolios.get(payout.portfolio_id)
+    if remote is None:
+        return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
+    portfolio = portfolio_fact(remote, payout.currency)
     try:
-        portfolio = portfolio_fact(client.get_portfolio(payout.portfolio_id), payout.currency)
+        found = client.find_transactions(payout.portfolio_id, payout.ledger_reference)
     except NotFoundError:
         return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
-    found = client.find_transactions(payout.portfolio_id, payout.ledger_reference)
     return RemoteFacts(transactions=tuple(transaction_fact(t) for t in found), portfolio=portfolio)
+
+
+def _portfolios_of(
+    pool: ThreadPoolExecutor, client: InvestSuiteClient, payouts: Sequence[PayoutFacts]
+) -> dict[str, RemotePortfolio]:
+    """Every portfolio the payouts need, read 100 per request, the requests spread over the pool."""
+    ids = sorted({p.portfolio_id for p in payouts if needs_investsuite(p) and p.ledger_reference is not None})
+    chunks = [ids[start : start + _PORTFOLIOS_PER_READ] for start in range(0, len(ids), _PORTFOLIOS_PER_READ)]
+    found: dict[str, RemotePortfolio] = {}
+    for part in pool.map(client.get_portfolios, chunks):
+        found |= part
+    return found
 
 
 def reconcile_payouts(
@@ -211,7 +230,8 @@ def reconcile_payouts(
     remote: list[RemoteFacts]
     workers = max(1, min(app.settings.run.concurrency, len(payouts)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
-        remote = list(pool.map(lambda p: read_back(app.client, p), payouts))
+        portfolios = _portfolios_of(pool, app.client, payouts)
+        remote = list(pool.map(lambda p: read_back(app.client, p, portfolios), payouts))
     for payout, facts in zip(payouts, remote, strict=True):
         transfer = transfers.get(payout.payout_id)
         fact = ledger_fact(transfer) if transfer is not None else None
@@ -265,7 +285,9 @@ def reconcile_book(app: Services, *, actor: str, record: bool = True, page_size:
     queries_before, calls_before = reader.queries, sum(app.client.calls.values())
     mapped: set[str] = set()
     pages = unreadable = 0
-    for page in _read_ahead(app.client.iter_portfolio_pages(BOOK_QUERY, page_size=page_size, embed_owner=False)):
+    for page in read_ahead(
+        app.client.iter_portfolio_pages(BOOK_QUERY, page_size=page_size, embed_owner=False), "book-read-ahead"
+    ):
         pages += 1
         listed: list[BookPortfolio] = []
         for item in page.items:
@@ -328,48 +350,6 @@ def _record(app: Services, result: Reconciliation, actor: str) -> None:
         figures=result.figures(),
         breaks=[b.to_dict() for b in result.breaks],
     )
-
-
-_END = object()
-
-
-def _read_ahead(pages: Iterable[PortfolioPage]) -> Iterator[PortfolioPage]:
-    """Fetch the next page while this one is matched (one page ahead; a fetch error surfaces here)."""
-    ahead: queue.Queue[object] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def fetch() -> None:
-        try:
-            for page in pages:
-                while not stop.is_set():
-                    try:
-                        ahead.put(page, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ahead.put(_END)
-        except BaseException as exc:  # handed to the caller's thread
-            ahead.put(exc)
-
-    reader = threading.Thread(target=fetch, name="book-read-ahead", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = ahead.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, PortfolioPage)
-            yield item
-    finally:
-        stop.set()
-        while reader.is_alive():
-            with contextlib.suppress(queue.Empty):
-                ahead.get_nowait()
-            reader.join(timeout=0.1)
 
 
 def _decimal(value: object) -> Decimal | None:

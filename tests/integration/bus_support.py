@@ -84,7 +84,6 @@ def listener_handler(app: App, *, max_attempts: int = 3) -> Iterator[Wired]:
         worker=worker,
         max_attempts=max_attempts,
         stopping=stopping,
-        sleep=lambda _s: None,
     )
     with store.instance_lock(instance):
         try:

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from batch.errors import TransientError
-from batch.service.plan import _read_ahead
+from batch.service.read_ahead import read_ahead as _read_ahead
 
 
 def _pages(n: int, fail_at: int | None = None, fetched: list[int] | None = None) -> Iterator[Any]:
