@@ -62,6 +62,8 @@ class RunRequest:
     workers: int | None = None
     #: which flows this run plans and drives: "withdrawals", "deposits" (default: both, deposits when enabled)
     flows: tuple[str, ...] = ()
+    #: why a date before the journal's first business date is run (recorded with the run's parameters)
+    backfill_reason: str | None = None
 
 
 class WorkerGroup(Protocol):
@@ -162,7 +164,7 @@ def _locked_run(
         "workers": processes,
         "concurrency": settings.run.concurrency,
         "role": "planner",
-    }
+    } | ({"backfill_reason": request.backfill_reason.strip()} if request.backfill_reason else {})
     journal.start_run(
         run_id=run_id,
         business_date=business_date,
