@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -62,14 +62,17 @@ class LocalWorkers:
         return codes
 
 
-def spawn_local_workers(config: Path | None) -> Callable[[uuid.UUID, int, Mapping[str, str]], LocalWorkers]:
+def spawn_local_workers(
+    config: Path | None, options: Sequence[str] = ()
+) -> Callable[[uuid.UUID, int, Mapping[str, str]], LocalWorkers]:
     """Start ``count`` ``batch worker`` processes for a planned run; they stop when the planner dies.
 
-    ``overrides`` are settings for the workers as ``BATCH_*`` variables (their share of the rate limit).
+    ``options`` are global options for them (the planner's log format and level); ``overrides`` are
+    settings for the workers as ``BATCH_*`` variables (their share of the rate limit).
     """
 
     def spawn(run_id: uuid.UUID, count: int, overrides: Mapping[str, str]) -> LocalWorkers:
-        command = [sys.executable, "-m", "batch"]
+        command = [sys.executable, "-m", "batch", *options]
         if config is not None:
             command += ["--config", str(config)]
         command += ["worker", "--run-id", str(run_id)]
