@@ -145,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(f"refused: {exc}", ExitCode.USAGE, exc, early.debug)
     except BatchError as exc:
         return _failed(f"error: {exc}", ExitCode.TECHNICAL_FAILURE, exc, early.debug)
+    except BrokenPipeError:  # the reader went away (`batch payouts | head`): nobody is left to tell
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python exits
+        return ExitCode.TECHNICAL_FAILURE
     except KeyboardInterrupt as exc:
         return _failed("interrupted", ExitCode.TECHNICAL_FAILURE, exc, early.debug)
     except Exception as exc:  # a technical failure nobody foresaw: still one line (the traceback with --debug)

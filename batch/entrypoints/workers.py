@@ -117,7 +117,9 @@ def worker_main(app: App, run_id: uuid.UUID | None, operator: str, wait_seconds:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
     _stop_with_planner(stop)
-    with structlog.contextvars.bound_contextvars(run_id=str(run_id), worker=name):
+    run = journal.get_run(run_id)
+    business_date = str(run["business_date"]) if run is not None else None
+    with structlog.contextvars.bound_contextvars(run_id=str(run_id), business_date=business_date, worker=name):
         stats = run_worker(app, run_id, actor=operator, worker_name=name, stop=stop)
         log.info("worker.finished", by_state=dict(stats.by_state))
     attention = stats.by_state.get("NEEDS_ATTENTION", 0)

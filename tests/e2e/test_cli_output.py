@@ -27,10 +27,12 @@ class Night:
 
 @pytest.fixture(scope="module")
 def night(new_world: Callable[[], World]) -> Night:
-    """A seeded book (every scenario case) run once with JSON logs at INFO."""
+    """A seeded book (every scenario case) run once with JSON logs at INFO, by the planner and one worker."""
     world = new_world()
     seed_scenario(world.dsns.sandbox, world.dsns.ledger, size=30)
-    run = world.cli("--log-format", "json", "--log-level", "INFO", "run", "--date", BUSINESS_DATE, "--trigger", "test")
+    run = world.cli(
+        "--log-format", "json", "--log-level", "INFO", "run", "--date", BUSINESS_DATE, "--workers", "2", "--trigger", "test"
+    )  # fmt: skip
     assert run.returncode == 3, explain(run)
     (row,) = fetch(world.dsns.journal, "SELECT id FROM batch.runs")
     return Night(world, run, str(row["id"]))
@@ -46,6 +48,7 @@ def test_json_mode_writes_only_json_lines_each_with_run_id_and_business_date(nig
         assert event["level"] in ("info", "warning", "error")
     names = [e["event"] for e in events]
     assert names[0] == "run.started" and names.count("run.finished") == 1
+    assert names.count("worker.finished") == 1  # the worker process's lines carry the run's context too
     assert "ledger.payout_posted" not in names  # per-payout lines are DEBUG
 
 
