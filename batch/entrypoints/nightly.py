@@ -117,9 +117,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> 
         from batch.service.metrics import publish_run_metrics  # noqa: PLC0415
         from batch.service.run_checks import check_run_request  # noqa: PLC0415
 
-        check_run_request(app, request, today=business_today(settings.run.timezone))
+        def check() -> None:
+            check_run_request(app, request, today=business_today(settings.run.timezone))
+
         spawn = spawn_local_workers(args.config, _worker_options(args))
-        result = run_job(app, request, stop=stop, spawn_workers=spawn)
+        result = run_job(app, request, stop=stop, spawn_workers=spawn, check=check)
         print_run_result(result, settings.report.template_dir)
         publish_run_metrics(settings.metrics, result)
         if result.error and result.exit_code in (ExitCode.TECHNICAL_FAILURE, ExitCode.USAGE):

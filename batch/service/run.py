@@ -102,14 +102,21 @@ def run_job(
     *,
     stop: threading.Event | None = None,
     spawn_workers: Callable[[uuid.UUID, int, Mapping[str, str]], WorkerGroup] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> RunResult:
-    """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run."""
+    """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run.
+
+    ``check`` (the CLI's input checks) runs under the run lock before the run is recorded: what it
+    raises (a UsageError) leaves no run behind, and no concurrent run can move the journal's first date.
+    """
     settings = app.settings
     business_date = request.business_date or business_today(settings.run.timezone)
     journal = app.journal
     actor = request.operator
     try:
         with journal.run_lock():
+            if check is not None:
+                check()
             return _locked_run(app, request, business_date, stop, spawn_workers)
     except RunLockedError:
         journal.audit(

@@ -38,7 +38,7 @@ def window_problem(
 
 
 def check_run_request(app: Services, request: RunRequest, *, today: date) -> None:
-    """Raise UsageError for a request a run must refuse before it writes its run row."""
+    """Raise UsageError for a request a run must refuse before it writes its run row (call it under the lock)."""
     if request.backfill_reason is not None and not request.backfill_reason.strip():
         raise UsageError("--backfill-reason is blank: say why this date is run")
     if request.business_date is not None:

@@ -30,9 +30,8 @@ def night(new_world: Callable[[], World]) -> Night:
     """A seeded book (every scenario case) run once with JSON logs at INFO, by the planner and one worker."""
     world = new_world()
     seed_scenario(world.dsns.sandbox, world.dsns.ledger, size=30)
-    run = world.cli(
-        "--log-format", "json", "--log-level", "INFO", "run", "--date", BUSINESS_DATE, "--workers", "2", "--trigger", "test"
-    )  # fmt: skip
+    logs = ("--log-format", "json", "--log-level", "INFO")
+    run = world.cli(*logs, "run", "--date", BUSINESS_DATE, "--workers", "2", "--trigger", "test")
     assert run.returncode == 3, explain(run)
     (row,) = fetch(world.dsns.journal, "SELECT id FROM batch.runs")
     return Night(world, run, str(row["id"]))
