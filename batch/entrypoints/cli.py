@@ -44,10 +44,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _level(text: str) -> str:
-    return text.upper()
-
-
 def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
@@ -57,7 +53,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        type=_level,
+        type=str.upper,
         choices=LOG_LEVELS,
         default=os.environ.get("BATCH_LOG_LEVEL", "INFO").upper(),
         help="INFO: a run's milestones and progress; DEBUG: every payout's steps too (env BATCH_LOG_LEVEL)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -30,8 +31,6 @@ from batch.adapters.journal.listings import Page
 from batch.domain.money import format_amount
 from batch.errors import UnknownCurrencyError, UsageError
 from batch.logs import json_logging, scrub
-
-log = structlog.get_logger("batch.cli")
 
 Justify = Literal["left", "right"]
 
@@ -72,7 +71,7 @@ def print_table(columns: Sequence[Column], rows: Iterable[Sequence[str]], *, out
         pad_edge=False,
         header_style="bold" if terminal else "",
     )
-    cells = [list(row) for row in rows]
+    cells = [[" ".join(cell.splitlines()) for cell in row] for row in rows]  # one line per row
     for column in columns:
         table.add_column(column.name, justify=column.justify, no_wrap=not (terminal and column.fold), overflow="fold")
     for row in cells:
@@ -118,7 +117,9 @@ def report_error(message: str, exit_code: int, *, exc_info: BaseException | None
     """
     line = " ".join(scrub(message).split())
     if json_logging():
-        log.error("cli.error", error=line, exit_code=exit_code, exc_info=exc_info)
+        # whatever --log-level says (even CRITICAL), the error line is written
+        unfiltered = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        unfiltered.error("cli.error", error=line, exit_code=exit_code, exc_info=exc_info)
     else:
         if exc_info is not None:
             import traceback  # noqa: PLC0415

@@ -104,7 +104,7 @@ def writable_file_arg(text: str) -> Path:
 def _payout_row(p: PayoutRecord) -> tuple[str, ...]:
     why = p.failing_step or p.hold_reason or ""
     if p.last_error:
-        why += f": {p.last_error[:80]}"
+        why += f": {' '.join(p.last_error.split())[:80]}"
     return (
         str(p.id),
         p.portfolio_id,
@@ -143,10 +143,9 @@ def cmd_payouts(settings: Settings, args: argparse.Namespace, with_app: WithApp)
             if held.items:
                 print_table(HELD_COLUMNS, [_held_row(d) for d in held.items])
             print(paging_line(held, "held decision"))
-            print(
-                f"held: {page.total + held.total:,} ({page.total:,} held payouts waiting for approval,"
-                f" {held.total:,} held decisions without a payout)"
-            )
+            payouts = f"{page.total:,} HELD payout{'' if page.total == 1 else 's'} awaiting approval"
+            decisions = f"{held.total:,} HOLD decision{'' if held.total == 1 else 's'} without a payout"
+            print(f"held: {page.total + held.total:,} = {payouts} + {decisions} (the report's held)")
         return ExitCode.OK
 
     return with_app(settings, go)

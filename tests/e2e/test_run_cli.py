@@ -519,7 +519,8 @@ def test_payouts_held_lists_the_payout_above_the_cap(nightly: Nightly) -> None:
     assert lines[start + 2 + len(without_payout)] == f"{len(without_payout)} held decisions"
     report_held = sum(t["held"]["count"] for t in nightly.report["totals"].values())
     assert lines[-1] == (
-        f"held: {report_held} (1 held payouts waiting for approval, {report_held - 1} held decisions without a payout)"
+        f"held: {report_held} = 1 HELD payout awaiting approval + {report_held - 1} HOLD decisions without a payout"
+        " (the report's held)"
     )
 
 

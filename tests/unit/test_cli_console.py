@@ -70,11 +70,11 @@ def test_amounts_are_shown_at_the_currency_minor_unit(
 
 
 def test_plain_table_is_one_unfolded_line_per_row_without_colour_or_markup() -> None:
-    """Off a terminal: a header, one line per row, ids whole, no escape codes, '[...]' printed as it is."""
+    """Off a terminal: a header, one line per row (even a multi-line error), ids whole, no colour, '[...]' as is."""
     out = io.StringIO()
-    print_table(COLUMNS, [ROW, (*ROW[:6], "x" * 300)], out=out)
+    print_table(COLUMNS, [ROW, (*ROW[:6], "x" * 300), (*ROW[:6], "HTTP 409:\nversion conflict")], out=out)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4 and lines[3].endswith("HTTP 409: version conflict")
     assert lines[0].split("  ")[0] == "payout id"
     assert lines[1].split() == [*ROW[:6], "[bold]OVER_PAYOUT_CAP[/]"]
     assert lines[2].endswith("x" * 300)
@@ -136,10 +136,11 @@ def test_an_error_is_one_plain_line_in_console_mode(capsys: pytest.CaptureFixtur
     assert captured.err == "error: cannot connect to postgresql://job:***@db:5432/journal second line\n"
 
 
-def test_an_error_is_one_cli_error_json_event_in_json_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    """JSON logs: the error is one cli.error event with error and exit_code, nothing else written."""
+@pytest.mark.parametrize("level", ["INFO", "CRITICAL"])
+def test_an_error_is_one_cli_error_json_event_in_json_mode(capsys: pytest.CaptureFixture[str], level: str) -> None:
+    """JSON logs: the error is one cli.error event with error and exit_code, whatever the log level."""
     stream = io.StringIO()
-    configure_logging("INFO", "json", stream=stream)
+    configure_logging(level, "json", stream=stream)
     assert report_error("usage error: batch payouts: argument --limit: bad", 2) == 2
     (line,) = stream.getvalue().splitlines()
     event = json.loads(line)
