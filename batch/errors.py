@@ -14,7 +14,8 @@
     │   ├── RemotePermanentError    InvestSuite: 4xx other than 401/429
     │   │   └── NotFoundError       404
     │   ├── PayloadError            a response that does not match the documented shape
-    │   └── LedgerConflictError     an idempotency key reused with a different payout
+    │   ├── LedgerConflictError     an idempotency key reused with a different payout
+    │   └── LedgerAccountError      a customer's ledger account missing, of the wrong kind or currency
     └── DomainError                 a business rule said no
         ├── InsufficientFundsError  the ledger's available cash is short at posting time
         ├── InvalidAmountError      negative, NaN, non-numeric or absurd amount
@@ -103,6 +104,10 @@ class PayloadError(PermanentError):
 
 class LedgerConflictError(PermanentError):
     """A ledger idempotency key was reused for a different payout."""
+
+
+class LedgerAccountError(PermanentError):
+    """The customer's ledger account is missing, of the wrong kind, or in another currency."""
 
 
 class DomainError(BatchError):

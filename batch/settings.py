@@ -191,6 +191,54 @@ class MetricsSettings(_Section):
     timeout_seconds: float = Field(default=5.0, gt=0)
 
 
+BusKind = Literal["rabbitmq", "mqtt", "kafka", "nats"]
+
+
+class BusSettings(_Section):
+    """InvestSuite's outbound events on the bank's message bus (``batch listen``; one process per bus).
+
+    One topic carries every event (DESIGN §9.7). RabbitMQ: InvestSuite publishes to ``exchange``; the
+    listener consumes the durable ``queue`` bound to it. MQTT: ``topic`` with QoS 1 and a persistent
+    session named ``client_id``. Kafka: ``topic``, consumer group ``client_id``. NATS: JetStream ``stream``
+    on subject ``topic``, durable consumer ``client_id``. Poison goes to ``dead_letter`` (a queue, topic or
+    subject of that name) with the reason.
+    """
+
+    kind: BusKind = "rabbitmq"
+    rabbitmq_url: str = "amqp://127.0.0.1:5672/"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    kafka_url: str = "127.0.0.1:9092"
+    nats_url: str = "nats://127.0.0.1:4222"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: TLS: on when ``tls`` is true or any file is given; ``tls_verify = false`` only for a test bus
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_verify: bool = True
+    exchange: str = Field(default="investsuite.events", min_length=1, max_length=200)
+    queue: str = Field(default="batch.investsuite-events", min_length=1, max_length=200)
+    topic: str = Field(default="investsuite.events", min_length=1, max_length=200)
+    stream: str = Field(default="INVESTSUITE_EVENTS", min_length=1, max_length=200)
+    dead_letter: str = Field(default="investsuite.events.dead-letter", min_length=1, max_length=200)
+    client_id: str = Field(default="batch-listener", min_length=1, max_length=100)
+    #: messages the bus may hand over before they are acknowledged (RabbitMQ prefetch, Kafka/NATS batch)
+    prefetch: int = Field(default=64, ge=1, le=1000)
+    #: events handled at once (threads); events of one portfolio are handled one after the other
+    concurrency: int = Field(default=32, ge=1, le=256)
+    #: attempts at handling one event that failed for a transient reason before it is dead-lettered
+    max_handling_attempts: int = Field(default=5, ge=1, le=50)
+    #: MQTT persistent session: how long the broker keeps it (and the QoS 1 messages) while disconnected
+    mqtt_session_expiry_seconds: int = Field(default=7 * 24 * 3600, ge=0, le=4_294_967_295)
+    #: readiness / liveness / Prometheus metrics HTTP endpoint
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=9464, ge=0, le=65535)
+
+    def url(self, kind: BusKind | None = None) -> str:
+        return str(getattr(self, f"{kind or self.kind}_url"))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCH_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -203,6 +251,7 @@ class Settings(BaseSettings):
     report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
+    bus: BusSettings = BusSettings()
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:
@@ -226,6 +275,7 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["investsuite"].pop("secret_access_key", None)
         data["investsuite"].pop("access_key_id", None)
+        data["bus"].pop("password", None)
         for key in ("journal_dsn", "ledger_dsn", "sandbox_dsn"):
             data["database"].pop(key, None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

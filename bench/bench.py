@@ -240,6 +240,7 @@ def run_job(
     pyspy_after: float | None = None,
     extra_faults: dict[str, Any] | None = None,
     workers: int | None = None,
+    run_args: tuple[str, ...] = (),
 ) -> Measurement:
     m = Measurement(label, data.size, concurrency, latency_ms, dry_run, client_rate, server_rate)
     work = env.root / f"{label}-{int(time.time() * 1000)}"
@@ -265,6 +266,7 @@ def run_job(
         BUSINESS_DATE,
         "--trigger",
         "test",
+        *run_args,
     ]
     if dry_run:
         command.append("--dry-run")
@@ -816,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenario",
         default="all",
-        help="comma list of throughput, capacity, ratelimit, dryrun, memory, book (bench/book.py), or all",
+        help="comma list of throughput, capacity, ratelimit, dryrun, memory, book (bench/book.py),"
+        " deposits (bench/deposits.py), or all",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes to validate the harness")
     parser.add_argument("--throughput-max", type=int, default=20000, help="largest N run with injected latency")
@@ -878,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
                     found[name] = scenario_memory(env, args, results)
             except Exception as exc:  # report what we have
                 log(f"scenario {name} failed: {type(exc).__name__}: {exc}")
+        if "deposits" in chosen:  # the deposit flow (issue 16) at the same latency, in the same table
+            from bench.deposits import scenario_deposits  # noqa: PLC0415
+
+            found["deposits"] = scenario_deposits(env, args, results)
         if "book" in chosen:  # the full-book cash reconciliation (issue 13), one N per --sizes
             from bench.book import scenario_book  # noqa: PLC0415
 

@@ -39,9 +39,9 @@ from batch.errors import (
     ConfigError,
     InsufficientFundsError,
     InvalidAmountError,
+    LedgerAccountError,
     LedgerConflictError,
     LedgerUnavailableError,
-    PermanentError,
     UnknownCurrencyError,
 )
 from batch.settings import LedgerSettings
@@ -58,10 +58,6 @@ _LEDGER_EXPONENT = -8
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _INSUFFICIENT_CONSTRAINTS = frozenset({"insufficient_available_balance", "customer_balance_not_negative"})
 _LEDGER = "core banking ledger"  # how messages name it
-
-
-class LedgerAccountError(PermanentError):
-    """The customer's ledger account is missing, of the wrong kind, or in another currency."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from batch.adapters.ledger import (
     _SELECT_TRANSFER_BY_KEY,
     CUSTOMER_KIND,
     HOUSE_KIND,
-    LedgerAccountError,
     LedgerAdmin,
     Transfer,
     _check_amount,
@@ -47,6 +46,7 @@ from batch.domain.model import mask_account
 from batch.errors import (
     ConfigError,
     InsufficientFundsError,
+    LedgerAccountError,
     LedgerConflictError,
     LedgerUnavailableError,
     PermanentError,

@@ -6,7 +6,9 @@ investment cash account. The job decides each new credit once (DESIGN §9.6):
 1. no beneficiary, or no portfolio maps to it                       -> HOLD (NO_BENEFICIARY / UNMAPPED_ACCOUNT)
 2. the portfolio may not be funded: deleted, PAPER_MONEY, archived,
    status not ACTIVE or WAITING_FOR_FUNDS                            -> HOLD (DELETED / PAPER_MONEY / ...)
-3. the credit's currency is not the portfolio's base currency       -> HOLD CURRENCY_MISMATCH
+3. the credit's currency is not the portfolio's base currency, the
+   beneficiary is no customer account of the ledger, or in another
+   currency than the credit                                           -> HOLD (CURRENCY_MISMATCH / NO_LEDGER_ACCOUNT)
 4. the amount is not a positive amount at the currency's minor unit -> HOLD INVALID_AMOUNT / BELOW_MINOR_UNIT
 5. otherwise                                                        -> PAY DEPOSIT: move it and announce it
 
@@ -83,8 +85,11 @@ def fundable(view: PortfolioView) -> tuple[Reason, str] | None:
     return None
 
 
-def decide_deposit(credit: Credit, portfolio: PortfolioView | None) -> DepositVerdict:
-    """What to do with one incoming credit (see the module docstring). Pure."""
+def decide_deposit(credit: Credit, portfolio: PortfolioView | None, account_currency: str | None) -> DepositVerdict:
+    """What to do with one incoming credit (see the module docstring). Pure.
+
+    ``account_currency``: the currency of the beneficiary's customer account in the ledger (None: none).
+    """
     if credit.beneficiary is None:
         return DepositVerdict(Decision.HOLD, Reason.NO_BENEFICIARY, "the credit names no customer account")
     if portfolio is None:
@@ -96,6 +101,11 @@ def decide_deposit(credit: Credit, portfolio: PortfolioView | None) -> DepositVe
         return DepositVerdict(Decision.HOLD, refused[0], refused[1])
     if credit.currency != portfolio.base_currency:
         note = f"credit in {credit.currency}, portfolio in {portfolio.base_currency}"
+        return DepositVerdict(Decision.HOLD, Reason.CURRENCY_MISMATCH, note)
+    if account_currency is None:
+        return DepositVerdict(Decision.HOLD, Reason.NO_LEDGER_ACCOUNT, "no customer account of that reference")
+    if account_currency != credit.currency:
+        note = f"credit in {credit.currency}, customer account in {account_currency}"
         return DepositVerdict(Decision.HOLD, Reason.CURRENCY_MISMATCH, note)
     if credit.currency not in MINOR_UNITS or credit.amount <= 0:
         return DepositVerdict(Decision.HOLD, Reason.INVALID_AMOUNT, f"{credit.amount} {credit.currency}")

@@ -50,6 +50,8 @@ class Reason(StrEnum):
     DELETED = "DELETED"
     STATUS_NOT_ALLOWED = "STATUS_NOT_ALLOWED"
     NO_DIVEST_AMOUNT = "NO_DIVEST_AMOUNT"
+    PORTFOLIO_INACTIVE = "PORTFOLIO_INACTIVE"  # a bus status-update to INACTIVE cancelled the open payout
+    PORTFOLIO_REMOVED = "PORTFOLIO_REMOVED"  # a bus removal event cancelled the open payout
     # HOLD
     INVALID_AMOUNT = "INVALID_AMOUNT"
     UNKNOWN_CURRENCY = "UNKNOWN_CURRENCY"

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reset", action="store_true", help="start from empty databases")
     demo.add_argument("--keep-running", action="store_true", help="leave the database server running")
 
+    listen = sub.add_parser("listen", help="react to InvestSuite's bus events (long-running; one process per bus)")
+    listen.add_argument("--bus", choices=["rabbitmq", "mqtt", "kafka", "nats"], help="default: [bus] kind")
+
     schedule = sub.add_parser("schedule", help="resident scheduler (APScheduler) calling the same run")
     schedule.add_argument("--once-in", type=float, help=argparse.SUPPRESS)
     return parser
@@ -264,6 +267,12 @@ def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     return run_scheduler(settings, config_path=args.config)
 
 
+def cmd_listen(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.entrypoints.listen import listen  # noqa: PLC0415
+
+    return listen(settings, args.bus)
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     **nightly.commands(_with_app),
     "migrate": cmd_migrate,
@@ -273,6 +282,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "db": cmd_db,
     "demo": cmd_demo,
     "schedule": cmd_schedule,
+    "listen": cmd_listen,
     **oversight.commands(_with_app),
 }
 

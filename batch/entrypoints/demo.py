@@ -1,9 +1,10 @@
 """``batch demo``: the real job on the embedded PostgreSQL and the local sandbox, ending with a report.
 
 1. start the embedded PostgreSQL (data under ``database.data_dir``) and migrate the three schemas;
-2. start the InvestSuite-compatible sandbox on 127.0.0.1 and seed a scenario (once: a second demo
-   reuses it, which is how it shows that nothing is paid twice);
-3. run the nightly job for today, print the summary and where the reports are;
+2. start the InvestSuite-compatible sandbox on 127.0.0.1 and seed a scenario — withdrawals of every
+   case and incoming credits of every deposit case (once: a second demo reuses it, which is how it
+   shows that nothing is paid twice);
+3. run the nightly job for today (both flows), print the summary and where the reports are;
 4. run the same business date again and show that it paid nothing new;
 5. stop the sandbox and the database server.
 """
@@ -19,6 +20,7 @@ from batch.adapters.migrations import migrate
 from batch.adapters.postgres import EmbeddedServer, make_engine, resolve_dsns
 from batch.bootstrap import build_app
 from batch.sandbox.seed import seed_scenario
+from batch.sandbox.seed_deposits import seed_deposits
 from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, run_job
 from batch.settings import Settings
@@ -27,17 +29,24 @@ DEMO_ACCESS_KEY = "demo-access-key"
 DEMO_SECRET = "demo-secret-key"  # noqa: S105 - the sandbox's published demo credential, not a secret
 
 
-def _ledger_payouts(ledger_dsn: str) -> tuple[int, Decimal]:
+def _ledger_movements(ledger_dsn: str) -> tuple[int, Decimal, int, Decimal]:
+    """Payouts (customer -> payout clearing) and deposit moves (incoming -> customer): count and sum each."""
     engine = make_engine(ledger_dsn, pool_size=1)
     try:
         with engine.connect() as conn:
             row = conn.execute(
                 sa.text(
-                    "SELECT count(*), coalesce(sum(t.amount), 0) FROM ledger.transfers t"
-                    " JOIN ledger.accounts a ON a.id = t.credit_account_id WHERE a.kind = 'PAYOUT_CLEARING'"
+                    "SELECT count(*) FILTER (WHERE c.kind = 'PAYOUT_CLEARING'),"
+                    " coalesce(sum(t.amount) FILTER (WHERE c.kind = 'PAYOUT_CLEARING'), 0),"
+                    " count(*) FILTER (WHERE d.kind = 'INCOMING_FUNDS' AND c.kind = 'CUSTOMER_INVESTMENT_CASH'),"
+                    " coalesce(sum(t.amount) FILTER (WHERE d.kind = 'INCOMING_FUNDS'"
+                    " AND c.kind = 'CUSTOMER_INVESTMENT_CASH'), 0)"
+                    " FROM ledger.transfers t JOIN ledger.accounts a ON a.id = t.credit_account_id"
+                    " JOIN ledger.accounts c ON c.id = t.credit_account_id"
+                    " JOIN ledger.accounts d ON d.id = t.debit_account_id"
                 )
             ).one()
-        return int(row[0]), Decimal(row[1])
+        return int(row[0]), Decimal(row[1]), int(row[2]), Decimal(row[3])
     finally:
         engine.dispose()
 
@@ -63,6 +72,8 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
             manifest = seed_scenario(dsns.sandbox, dsns.ledger, size=size)
             seeded = "reused" if manifest.get("already_seeded") else "seeded"
             print(f"== scenario {seeded}: {manifest['size']} portfolios over {len(manifest['cases'])} cases")
+            credits = seed_deposits(dsns.sandbox, dsns.ledger)
+            print(f"== incoming credits: {sum(map(len, credits.values()))} over {len(credits)} deposit cases")
             demo_settings = settings.model_copy(
                 update={
                     "investsuite": settings.investsuite.model_copy(
@@ -76,21 +87,25 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
             )
             app = build_app(demo_settings, dsns=dsns)
             try:
-                before = _ledger_payouts(dsns.ledger)
+                before = _ledger_movements(dsns.ledger)
                 print("== nightly run")
                 first = run_job(app, RunRequest(trigger="manual", operator="demo"))
                 from batch.entrypoints.nightly import print_run_result  # noqa: PLC0415 - the CLI prints, the service does not
 
                 print_run_result(first)
-                middle = _ledger_payouts(dsns.ledger)
+                middle = _ledger_movements(dsns.ledger)
                 print(f"\n== the same business date again ({first.business_date})")
                 second = run_job(app, RunRequest(business_date=first.business_date, trigger="manual", operator="demo"))
-                after = _ledger_payouts(dsns.ledger)
-                print(f"  ledger payouts before the demo: {before[0]} ({before[1]})")
-                print(f"  after the first run:            {middle[0]} ({middle[1]})")
+                after = _ledger_movements(dsns.ledger)
+                for label, (n, _total, moves, _moved) in (
+                    ("before the demo", before),
+                    ("after the first run", middle),
+                    ("after the second run", after),
+                ):
+                    print(f"  {label + ':':<22} ledger payouts {n}, deposits moved {moves}")
                 print(
-                    f"  after the second run:           {after[0]} ({after[1]})"
-                    f"  -> {after[0] - middle[0]} new payout(s): nothing is paid twice"
+                    f"  -> {after[0] - middle[0]} new payout(s), {after[2] - middle[2]} new deposit move(s):"
+                    " nothing is paid or moved twice"
                 )
                 print(
                     f"  second run exit code {int(second.exit_code)} ({second.status}); reports in "

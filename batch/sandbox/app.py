@@ -12,6 +12,7 @@ Routes (a trailing slash is optional on each)::
     GET|PUT /_sandbox/faults, GET /_sandbox/stats, POST /_sandbox/stats/reset (also clears the writes),
     GET /_sandbox/writes?route=   the write requests received (route, path, status, raw body),
     POST  /_sandbox/expire-tokens, GET /_sandbox/health              (admin: no auth, no faults)
+    POST|PUT|DELETE /_sandbox/portfolios..., GET /_sandbox/bus: act as the app, publish events (bus_events.py)
 
 Choices where the reference is silent (documented in the final report and tested):
 
@@ -45,6 +46,7 @@ from batch import codec
 from batch.adapters.migrations import migrate
 from batch.adapters.postgres import make_engine
 from batch.codec import JsonInputError
+from batch.sandbox.bus_events import EventPublisher, admin_routes
 from batch.sandbox.deposits import book_deposit, unknown_portfolio
 from batch.sandbox.faults import FaultInjector, FaultSettings, RequestStats
 from batch.sandbox.query import Expression, QuerySyntaxError, parse_query
@@ -111,6 +113,7 @@ class Sandbox:
         pool_size: int,
         faults: FaultSettings | None,
         migrate_on_start: bool,
+        events: EventPublisher,
     ) -> None:
         if next_style not in ("relative", "absolute", "alternate"):
             raise ValueError(f"next_style must be relative, absolute or alternate, not {next_style!r}")
@@ -126,6 +129,7 @@ class Sandbox:
         #: the last write requests (method, route, path, status, raw body), newest last
         self.writes: deque[dict[str, Any]] = deque(maxlen=WRITES_KEPT)
         self.migrate_on_start = migrate_on_start
+        self.events = events  # InvestSuite's outbound bus events (off unless a bus is configured)
         #: access token -> expiry (epoch seconds); a cache of sandbox.tokens
         self._access_tokens: dict[str, float] = {}
 
@@ -267,21 +271,10 @@ class Sandbox:
         self, request: Request, path: str, page: Page, limit: int, offset: int, embedded: dict[str, str]
     ) -> Response:
         next_url = self._next_url(request, path, limit, offset) if page.has_more else None
-        text = "".join(
-            (
-                '{"next":',
-                dumps(next_url),
-                ',"count":',
-                dumps(str(len(page.documents))),
-                ',"offset":',
-                dumps(str(offset)),
-                ',"results":[',
-                ",".join(page.documents),
-                "]",
-                ',"_embedded":{',
-                ",".join(f"{dumps(k)}:{v}" for k, v in embedded.items()),
-                "}}",
-            )
+        embedded_text = ",".join(f"{dumps(k)}:{v}" for k, v in embedded.items())
+        text = (
+            f'{{"next":{dumps(next_url)},"count":{dumps(str(len(page.documents)))},"offset":{dumps(str(offset))},'
+            f'"results":[{",".join(page.documents)}],"_embedded":{{{embedded_text}}}}}'
         )
         return text_json_response(text)
 
@@ -307,11 +300,11 @@ class Sandbox:
     async def patch_portfolio(self, request: Request) -> Response:
         portfolio_id = request.path_params["portfolio_id"]
         patch = validate_portfolio_patch(await _json_body(request))
-        status, outcome = await self.store.patch_portfolio(
-            portfolio_id, lambda document: apply_portfolio_patch(document, patch)
-        )
+        watch = self.events.watch(lambda document: apply_portfolio_patch(document, patch))
+        status, outcome = await self.store.patch_portfolio(portfolio_id, watch)
         if status == 404:
             raise not_found(f"portfolio {portfolio_id} not found")
+        watch.committed(status, outcome)  # divest, status or deletion changed: the events go to the bus
         return json_response(outcome, status)
 
     async def get_user(self, request: Request) -> Response:
@@ -415,6 +408,7 @@ class Sandbox:
             Route("/_sandbox/writes", self.get_writes, methods=["GET"]),
             Route("/_sandbox/expire-tokens", self.expire_tokens, methods=["POST"]),
             Route("/_sandbox/health", self.health, methods=["GET"]),
+            *admin_routes(self),
         ]
 
         def api(path: str, method: str, handler: Handler, *, authenticated: bool = True) -> None:
@@ -467,8 +461,11 @@ def create_app(
     pool_size: int = 10,
     faults: FaultSettings | None = None,
     migrate_on_start: bool = True,
+    bus: str | None = None,
+    bus_url: str | None = None,
 ) -> Starlette:
-    """The sandbox ASGI application over the PostgreSQL database ``dsn`` (migrated on start)."""
+    """The sandbox ASGI application over the PostgreSQL database ``dsn`` (migrated on start); ``bus``
+    (rabbitmq|mqtt|kafka|nats, default ``$INVESTSUITE_SANDBOX_BUS``) turns the event publishing on."""
     sandbox = Sandbox(
         dsn,
         access_key_id=access_key_id,
@@ -479,6 +476,7 @@ def create_app(
         pool_size=pool_size,
         faults=faults,
         migrate_on_start=migrate_on_start,
+        events=EventPublisher.from_options(bus, bus_url),
     )
 
     @asynccontextmanager
@@ -486,9 +484,11 @@ def create_app(
         if sandbox.migrate_on_start:
             await asyncio.to_thread(_migrate, dsn)
         await sandbox.store.open()
+        await sandbox.events.start()
         try:
             yield
         finally:
+            await sandbox.events.stop()
             await sandbox.store.close()
 
     app = Starlette(routes=sandbox.routes(), lifespan=lifespan)

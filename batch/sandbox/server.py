@@ -91,7 +91,7 @@ class SandboxProcess:
     """The sandbox in a child process (``python -m batch.sandbox.server``), stopped on exit.
 
     Options are ``create_app`` keyword arguments that the command line carries: ``next_style``,
-    ``token_ttl_seconds``, ``access_key_id``, ``secret_access_key``, ``pool_size``.
+    ``token_ttl_seconds``, ``access_key_id``, ``secret_access_key``, ``pool_size``, ``bus``, ``bus_url``.
     """
 
     def __init__(
@@ -161,7 +161,15 @@ class SandboxProcess:
 
 
 _OPTION_FLAGS = frozenset(
-    {"--next-style", "--token-ttl-seconds", "--access-key-id", "--secret-access-key", "--pool-size"}
+    {
+        "--next-style",
+        "--token-ttl-seconds",
+        "--access-key-id",
+        "--secret-access-key",
+        "--pool-size",
+        "--bus",
+        "--bus-url",
+    }
 )
 
 
@@ -175,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--access-key-id", default=None)
     parser.add_argument("--secret-access-key", default=None)
     parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--bus", help="publish InvestSuite's events: rabbitmq|mqtt|kafka|nats or a JSON [bus] object")
+    parser.add_argument("--bus-url", help="the bus to publish to (default: the bus's local default)")
     args = parser.parse_args(argv)
     dsn = args.dsn or os.environ.get(DSN_ENV)
     if not dsn:
@@ -184,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         "next_style": next_style,
         "token_ttl_seconds": args.token_ttl_seconds,
         "pool_size": args.pool_size,
+        "bus": args.bus,
+        "bus_url": args.bus_url,
     }
     if args.access_key_id:
         options["access_key_id"] = args.access_key_id

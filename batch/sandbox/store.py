@@ -213,6 +213,14 @@ class SandboxStore:
             )
             return 200, outcome
 
+    async def insert_portfolio(self, portfolio: Document, user: Document) -> None:
+        """A new portfolio and its owner (the admin's "create", as InvestSuite's app would)."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("INSERT INTO sandbox.users (id, doc) VALUES (%s, %s::json)", [user["id"], dumps(user)])
+            await conn.execute(
+                "INSERT INTO sandbox.portfolios (id, doc) VALUES (%s, %s::json)", [portfolio["id"], dumps(portfolio)]
+            )
+
     # -- transactions ---------------------------------------------------------------------------
 
     async def insert_transaction(self, transaction: Document) -> None:

@@ -22,10 +22,12 @@ import structlog
 
 from batch.adapters.investsuite_models import RemotePortfolio
 from batch.domain.deposit import Credit, decide_deposit
-from batch.domain.model import AccountMap, Decision, PortfolioView, mask_account
+from batch.domain.model import AccountMap, Decision, LedgerView, PortfolioView, mask_account
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import DecisionRow, NewPayout
 from batch.errors import NotFoundError
+from batch.service.context import Services
+from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.deposits")
 PAGE = 100
@@ -100,10 +102,17 @@ class DepositStats:
         }
 
 
+class CustomerAccounts(Protocol):
+    """The ledger's customer accounts (``Ledger.available_balances``): which exist, in which currency."""
+
+    def available_balances(self, account_references: Sequence[str]) -> Mapping[str, LedgerView]: ...
+
+
 @dataclass
 class DepositPlanner:
     journal: DepositJournal
     credits: IncomingCredits
+    accounts_of_ledger: CustomerAccounts
     investsuite: PortfolioFinder
     accounts: AccountMap
     flow: FlowKind  # DEPOSIT (broker integration by the client) or DEPOSIT_ANNOUNCE (by InvestSuite)
@@ -152,12 +161,15 @@ class DepositPlanner:
     def _plan_page(self, page: list[IncomingCreditRead], advance_to: int | None) -> None:
         self.stats.pages += 1
         portfolios = self._portfolios(page)
+        self.stats.ledger_queries += 1
+        ledger = self.accounts_of_ledger.available_balances(sorted({c.beneficiary for c in page if c.beneficiary}))
         rows: list[tuple[DecisionRow, NewPayout | None]] = []
         for credit in page:
             self.stats.credits += 1
             remote = portfolios.get(credit.beneficiary) if credit.beneficiary else None
             view = None if remote is None else remote.to_view(None)
-            rows.append(self._row(credit, view))
+            account = ledger.get(credit.beneficiary) if credit.beneficiary else None
+            rows.append(self._row(credit, view, None if account is None else account.currency))
         self.journal.record_decisions(
             run_id=self.run_id,
             business_date=self.business_date,
@@ -167,9 +179,13 @@ class DepositPlanner:
             deposit_cursor=advance_to,
         )
 
-    def _row(self, credit: IncomingCreditRead, view: PortfolioView | None) -> tuple[DecisionRow, NewPayout | None]:
+    def _row(
+        self, credit: IncomingCreditRead, view: PortfolioView | None, account_currency: str | None
+    ) -> tuple[DecisionRow, NewPayout | None]:
         verdict = decide_deposit(
-            Credit(credit.reference, credit.beneficiary, credit.amount, credit.currency, credit.value_date), view
+            Credit(credit.reference, credit.beneficiary, credit.amount, credit.currency, credit.value_date),
+            view,
+            account_currency,
         )
         self.stats.by_decision[verdict.decision] += 1
         pay = verdict.decision is Decision.PAY
@@ -214,3 +230,24 @@ class DepositPlanner:
             credit_reference=credit.reference,
         )
         return row, operation
+
+
+def plan_deposits(app: Services, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str) -> DepositStats:
+    """Decide every new (and every still held) incoming credit; record the decisions and operations."""
+    settings = app.settings
+    client_side = settings.deposits.broker_integration is BrokerIntegration.CLIENT
+    planner = DepositPlanner(
+        journal=app.journal,
+        credits=app.deposit_ledger,
+        accounts_of_ledger=app.ledger,
+        investsuite=app.client,
+        accounts=settings.policy.account_map(),
+        flow=FlowKind.DEPOSIT if client_side else FlowKind.DEPOSIT_ANNOUNCE,
+        run_id=run_id,
+        business_date=business_date,
+        dry_run=dry_run,
+        actor=actor,
+    )
+    stats = planner.plan()
+    log.info("run.deposits_planned", credits=stats.credits, by_decision=dict(stats.by_decision))
+    return stats

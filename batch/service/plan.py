@@ -12,7 +12,6 @@ import contextlib
 import contextvars
 import queue
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +20,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import cast
 
+import stamina
 import structlog
 
 from batch.adapters.investsuite import InvestSuiteClient
@@ -141,16 +141,16 @@ class Planner:
             yield PortfolioPage(items=items, users=users, page_number=start // 100 + 1)
 
     def _balances(self, references: list[str]) -> dict[str, LedgerView]:
-        for attempt in range(4):
-            try:
+        """One ledger query for the page; an unreachable ledger is retried (stamina: 4 tries, jittered backoff)."""
+        for attempt in stamina.retry_context(
+            on=TransientError, attempts=4, timeout=None, wait_initial=0.5, wait_max=4.0, wait_jitter=0.5
+        ):
+            with attempt:
+                if attempt.num > 1:
+                    log.warning("plan.ledger_retry", attempt=attempt.num - 1)
                 self.stats.ledger_queries += 1
                 return self.ledger.available_balances(references)
-            except TransientError:
-                if attempt == 3:
-                    raise
-                log.warning("plan.ledger_retry", attempt=attempt + 1)
-                time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: stamina re-raises the last error")
 
     def _user(self, page: PortfolioPage, user_id: str | None) -> RemoteUser | None:
         if user_id is None:

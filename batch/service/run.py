@@ -31,14 +31,13 @@ from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
 from batch.service.context import Services
-from batch.service.deposits import DepositPlanner, DepositStats
+from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
 from batch.service.report_model import checks
-from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.run")
 
@@ -199,7 +198,7 @@ def _locked_run(
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
                 result.execution.append(executor.execute(portfolio_ids=only))
             if FlowKind.DEPOSIT in flows:
-                result.deposits = _plan_deposits(app, run_id, business_date, request.dry_run, actor)
+                result.deposits = plan_deposits(app, run_id, business_date, request.dry_run, actor)
             planner = Planner(
                 journal=journal,
                 ledger=app.ledger,
@@ -387,26 +386,6 @@ def _planner_engine(
 ) -> Engine:
     worker = f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
     return engine_for(app, run_id, actor=actor, worker=worker, flows=sorted(flows), stop=stop, on_done=progress.done)
-
-
-def _plan_deposits(app: Services, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str) -> DepositStats:
-    """Decide every new (and every still held) incoming credit; record the decisions and operations."""
-    settings = app.settings
-    client_side = settings.deposits.broker_integration is BrokerIntegration.CLIENT
-    planner = DepositPlanner(
-        journal=app.journal,
-        credits=app.deposit_ledger,
-        investsuite=app.client,
-        accounts=settings.policy.account_map(),
-        flow=FlowKind.DEPOSIT if client_side else FlowKind.DEPOSIT_ANNOUNCE,
-        run_id=run_id,
-        business_date=business_date,
-        dry_run=dry_run,
-        actor=actor,
-    )
-    stats = planner.plan()
-    log.info("run.deposits_planned", credits=stats.credits, by_decision=dict(stats.by_decision))
-    return stats
 
 
 def run_worker(

@@ -8,9 +8,10 @@ SELECT pg_try_advisory_lock(hashtext(:key))
 SELECT pg_advisory_unlock(hashtext(:key))
 
 -- name: abandon_stale
+-- a listener's long-lived run is not the nightly run's to judge: listeners abandon their own dead ones
 UPDATE batch.runs
    SET status = 'ABANDONED', finished_at = now(), error = coalesce(error, 'process died while running')
- WHERE status = 'RUNNING' AND parameters->>'role' IS DISTINCT FROM 'worker'
+ WHERE status = 'RUNNING' AND parameters->>'role' IS DISTINCT FROM 'worker' AND trigger <> 'listener'
 RETURNING id
 
 -- name: release_planner_leases

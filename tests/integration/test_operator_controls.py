@@ -269,3 +269,33 @@ def test_payouts_command_lists_held_attention_and_open(world: World) -> None:
     assert _listed(world, "open") == _ids(world, *open_states)
     assert held | attention <= _listed(world, "open")
     assert not _listed(world, "open") & _ids(world, PayoutState.COMPLETED)
+
+
+def test_cancel_of_a_payout_a_worker_holds_or_whose_ledger_post_is_unknown_is_refused(world: World) -> None:
+    """cancel exits 2 while an engine holds the payout, or when an earlier ledger post has no outcome."""
+    held = world.held[3]
+    assert _cli(world, "payout", "approve", str(held), "--reason", "ok", role="alice").returncode == 0
+    with world.app.journal_engine.begin() as conn:  # an engine claimed it and recorded its ledger intent
+        conn.execute(
+            sa.text(
+                "UPDATE batch.payouts SET lease_owner = 'some-worker', lease_expires_at = now() + interval '5 minutes'"
+                " WHERE id = :p"
+            ),
+            {"p": held},
+        )
+    done = _cli(world, "payout", "cancel", str(held), "--reason", "customer withdrew", role="bob")
+    assert done.returncode == 2 and "being executed" in done.stderr, done.stderr
+    with world.app.journal_engine.begin() as conn:  # the worker died after its intent: the outcome is unknown
+        conn.execute(
+            sa.text("UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL WHERE id = :p"), {"p": held}
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO batch.step_attempts (payout_id, run_id, step, intent)"
+                " SELECT id, run_id, 'LEDGER_POST', '{}' FROM batch.payouts WHERE id = :p"
+            ),
+            {"p": held},
+        )
+    done = _cli(world, "payout", "cancel", str(held), "--reason", "customer withdrew", role="bob")
+    assert done.returncode == 2 and "no known outcome" in done.stderr, done.stderr
+    assert world.payout(held).state is PayoutState.PLANNED

@@ -1,11 +1,16 @@
-"""Unit tests of the InvestSuite client against scripted responses (httpx.MockTransport, no sleeping)."""
+"""Unit tests of the InvestSuite client against scripted responses (httpx.MockTransport, no sleeping).
+
+Retries are stamina's: most tests run in its testing mode (``tests/conftest.py``: no waits). Tests that
+observe the waits take the ``clock`` fixture: testing mode off and tenacity's sleep (stamina's) on a fake
+clock, so a wait is recorded and advances the clock the client's time bound reads, and nothing waits.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+import stamina
+import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -61,6 +68,15 @@ class FakeClock:
         with self.lock:
             self.sleeps.append(seconds)
             self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    """A fake clock that stamina's waits advance too (stamina sleeps with tenacity's ``time.sleep``)."""
+    fake = FakeClock()
+    monkeypatch.setattr(tenacity.nap, "time", fake)
+    with stamina.set_testing(False):
+        yield fake
 
 
 class FakeApi:
@@ -125,7 +141,6 @@ def make_client(
         sleep=clock.sleep,
         monotonic=clock.monotonic,
         retry_writes=retry_writes,
-        jitter=lambda: 0.5,
     )
 
 
@@ -530,16 +545,33 @@ def test_concurrent_401s_relogin_once() -> None:
 # --------------------------------------------------------------------------- retries
 
 
-def test_429_retry_after_is_honoured() -> None:
+def test_429_retry_after_is_honoured(clock: FakeClock) -> None:
     """A 429 with Retry-After: 7 is retried after waiting at least 7 seconds."""
-    clock = FakeClock()
     answers = [json_response(429, "{}", **{"Retry-After": "7"}), json_response(200, json.dumps(portfolio_doc()))]
     api = FakeApi(lambda r: answers.pop(0))
     with make_client(api, clock) as client:
         assert client.get_portfolio(PID).id == PID
     assert sum(clock.sleeps) >= 7
     assert max(clock.sleeps) >= 7
+    assert clock.sleeps == [7]  # stamina's wait; the shared pause has passed when the retry goes out
     assert client.calls["GET /portfolios/{id}"] == 2
+
+
+def test_503_retry_after_is_stamina_s_wait(clock: FakeClock) -> None:
+    """A 503 with Retry-After: 3 makes stamina wait exactly 3 s (not its backoff) before the retry."""
+    answers = [json_response(503, "busy", **{"Retry-After": "3"}), json_response(200, json.dumps(user_doc()))]
+    api = FakeApi(lambda r: answers.pop(0))
+    scheduled: list[stamina.instrumentation.RetryDetails] = []
+    stamina.instrumentation.set_on_retry_hooks([scheduled.append])
+    try:
+        with make_client(api, clock) as client:
+            client.get_user(UID)
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(None)
+    assert [(d.retry_num, d.wait_for) for d in scheduled] == [(1, 3.0)]
+    assert isinstance(scheduled[0].caused_by, RemoteTransientError) and scheduled[0].caused_by.status == 503
+    assert clock.sleeps == [3]
+    assert client.calls["GET /users/{id}"] == 2
 
 
 def test_429_pauses_every_thread_until_retry_after() -> None:
@@ -576,15 +608,17 @@ def test_parse_retry_after_http_date() -> None:
     assert parse_retry_after("Wed, 01 Jan 2025 11:00:00 GMT", now=now) == 0.0
 
 
-def test_5xx_is_retried_with_backoff_then_succeeds() -> None:
+def test_5xx_is_retried_with_backoff_then_succeeds(clock: FakeClock) -> None:
     """503, 500 then 200: the GET is retried with growing backoff and the result returned."""
-    clock = FakeClock()
     answers = [json_response(503, "busy"), json_response(500, "oops"), json_response(200, json.dumps(user_doc()))]
     api = FakeApi(lambda r: answers.pop(0))
     with capture_logs() as logs, make_client(api, clock) as client:
         client.get_user(UID)
     assert client.calls["GET /users/{id}"] == 3
-    assert clock.sleeps == [0.375, 0.75]  # equal jitter with jitter()=0.5: 0.5*(0.5+0.25), 1.0*(0.75)
+    # stamina's backoff: 0.5 * 2 ** (n - 1) s plus a jitter of up to 0.5 s
+    assert len(clock.sleeps) == 2
+    assert 0.5 <= clock.sleeps[0] <= 1.0
+    assert 1.0 <= clock.sleeps[1] <= 1.5
     retries = [e for e in logs if e["event"] == "investsuite.retry"]
     assert retries[0] == {
         "event": "investsuite.retry",
@@ -592,11 +626,32 @@ def test_5xx_is_retried_with_backoff_then_succeeds() -> None:
         "method": "GET",
         "route": "GET /users/{id}",
         "attempt": 1,
-        "delay_seconds": 0.375,
+        "delay_seconds": round(clock.sleeps[0], 3),
         "status": 503,
         "retry_after": None,
         "error": "GET /users/{id}: HTTP 503: busy",
     }
+    assert (retries[1]["attempt"], retries[1]["delay_seconds"]) == (2, round(clock.sleeps[1], 3))
+
+
+def test_backoff_doubles_with_jitter_up_to_a_30_s_cap(clock: FakeClock) -> None:
+    """Eight 503s: the waits double from 0.5 s (each plus at most 0.5 s of jitter) until they stay at 30 s."""
+    answers = [json_response(503, "busy") for _ in range(8)] + [json_response(200, json.dumps(user_doc()))]
+    api = FakeApi(lambda r: answers.pop(0))
+    with make_client(api, clock, max_attempts=10, max_retry_seconds=1000.0) as client:
+        client.get_user(UID)
+    assert client.calls["GET /users/{id}"] == 9
+    for n, wait in enumerate(clock.sleeps[:6]):
+        assert 0.5 * 2**n <= wait <= 0.5 * 2**n + 0.5
+    assert clock.sleeps[6:] == [30.0, 30.0]
+
+
+def test_retries_follow_stamina_s_switches() -> None:
+    """With stamina's testing mode at one attempt, a 503 on a read is final: the retries are stamina's."""
+    api = FakeApi(lambda r: json_response(503, "busy"))
+    with stamina.set_testing(True, attempts=1), make_client(api) as client, pytest.raises(RemoteTransientError):
+        client.get_user(UID)
+    assert client.calls["GET /users/{id}"] == 1
 
 
 def test_transport_errors_on_reads_are_retried() -> None:
@@ -628,14 +683,32 @@ def test_attempts_are_bounded() -> None:
     assert [e["attempts"] for e in logs if e["event"] == "investsuite.gave_up"] == [3]
 
 
-def test_retry_time_is_bounded() -> None:
+def test_retry_time_is_bounded(clock: FakeClock) -> None:
     """Retrying stops when the next wait would exceed max_retry_seconds, even with attempts left."""
-    clock = FakeClock()
     api = FakeApi(lambda r: json_response(429, "{}", **{"Retry-After": "30"}))
-    with make_client(api, clock, max_attempts=50, max_retry_seconds=100) as client, pytest.raises(NotProcessedError):
+    with (
+        capture_logs() as logs,
+        make_client(api, clock, max_attempts=50, max_retry_seconds=100) as client,
+        pytest.raises(NotProcessedError),
+    ):
         client.get_portfolio(PID)
     assert client.calls["GET /portfolios/{id}"] == 4
     assert sum(clock.sleeps) <= 100
+    assert clock.sleeps == [30, 30, 30]
+    assert [(e["attempts"], e["elapsed_seconds"]) for e in logs if e["event"] == "investsuite.gave_up"] == [(4, 90.0)]
+
+
+def test_a_backoff_that_could_end_past_the_time_bound_is_not_waited(clock: FakeClock) -> None:
+    """With max_retry_seconds=1.9 the first backoff (0.5-1 s) is waited, the second (could end at 2.5 s) is not."""
+    api = FakeApi(lambda r: json_response(503, "busy"))
+    with (
+        make_client(api, clock, max_attempts=10, max_retry_seconds=1.9) as client,
+        pytest.raises(RemoteTransientError),
+    ):
+        client.get_user(UID)
+    assert client.calls["GET /users/{id}"] == 2
+    assert len(clock.sleeps) == 1
+    assert sum(clock.sleeps) <= 1.9
 
 
 @pytest.mark.parametrize("status", [400, 403, 409, 422])
