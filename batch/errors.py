@@ -3,6 +3,7 @@
     BatchError
     ├── ConfigError                 broken or missing configuration (exit code 2)
     │   └── CredentialsError        InvestSuite refused the login, or wants one and none is configured
+    ├── UsageError                  an operator's input refused before anything is recorded (exit code 2)
     ├── RunLockedError              another run holds the run lock (exit code 75)
     ├── AuditChainBrokenError       the audit hash chain does not verify: no money moves (exit code 1)
     ├── TransientError              worth retrying: the same call may succeed later
@@ -42,6 +43,11 @@ class CredentialsError(ConfigError):
     """InvestSuite refused the configured credentials, or asked for some and none are configured.
 
     Retrying cannot help (exit code 2); the message says which case it is, never the secret."""
+
+
+class UsageError(BatchError):
+    """An operator's input refused before anything is recorded: a date outside the run window, an unknown
+    portfolio, a limit out of range, an output folder that does not exist (exit code 2, one line)."""
 
 
 class RunLockedError(BatchError):

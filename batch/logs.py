@@ -6,7 +6,8 @@ Records of the standard library's ``logging`` (uvicorn, APScheduler, SQLAlchemy,
 through the same processors and renderer, with the bound context, so in JSON mode every line on
 stderr is one JSON object; they are shown from WARNING up (as Python does by default), or all of
 them at DEBUG (httpx alone would log every request at INFO). A last processor masks anything that
-looks like a secret or a full account number.
+looks like a secret or a full account number. Without ``tracebacks`` (the CLI's ``--debug``) an
+exception is logged as one ``error`` field (``Type: message``), not as a traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _exception_in_one_line(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace ``exc_info`` by ``error: "Type: message"`` on one line (tracebacks only when asked for)."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        exc = exc_info if isinstance(exc_info, BaseException) else exc_info[1]
+        if exc is not None:
+            event.setdefault("error", " ".join(f"{type(exc).__name__}: {exc}".split()))
+    return event
+
+
+_json_output = False
+
+
+def json_logging() -> bool:
+    """Whether the last ``configure_logging`` chose JSON lines (then nothing else may draw on stderr)."""
+    return _json_output
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is at the time (a live progress display may redirect it)."""
 
@@ -72,25 +93,31 @@ def wants_json(fmt: LogFormat, stream: TextIO | None = None) -> bool:
     return fmt == "json"
 
 
-def configure_logging(level: str = "INFO", fmt: LogFormat = "auto", *, stream: TextIO | None = None) -> bool:
+def configure_logging(
+    level: str = "INFO", fmt: LogFormat = "auto", *, stream: TextIO | None = None, tracebacks: bool = True
+) -> bool:
     """Send structlog events and standard ``logging`` records to ``stream`` (default: stderr) as ``fmt``.
 
     ``level`` is one of ``LOG_LEVELS`` (any case); ``fmt`` one of ``LOG_FORMATS``. Returns True when
-    the output is JSON. May be called again: the previous set-up is replaced.
+    the output is JSON. ``tracebacks=False`` logs exceptions as one ``error`` field. May be called
+    again: the previous set-up is replaced.
     """
+    global _json_output  # noqa: PLW0603 - the process's one logging set-up, as structlog's own is
     numeric = logging.getLevelName(level.upper())
     if level.upper() not in LOG_LEVELS or not isinstance(numeric, int):
         raise ConfigError(f"unknown log level {level!r} (one of {', '.join(LOG_LEVELS)})")
     json_output = wants_json(fmt, stream)
     target: Any = stream if stream is not None else _CurrentStderr()
-    renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    colors = bool(getattr(target, "isatty", lambda: False)())  # no escape codes in a file or a pipe
+    renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=colors)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    exceptions: Any = structlog.processors.format_exc_info if tracebacks else _exception_in_one_line
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             timestamper,
-            structlog.processors.format_exc_info,
+            exceptions,
             _redact,
             renderer,
         ],
@@ -100,11 +127,14 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto", *, stream: T
         logger_factory=structlog.WriteLoggerFactory(file=target),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib_logging(target, renderer, timestamper, numeric, capture_warnings=json_output)
+    _route_stdlib_logging(target, renderer, timestamper, exceptions, numeric, capture_warnings=json_output)
+    _json_output = json_output
     return json_output
 
 
-def _route_stdlib_logging(target: Any, renderer: Any, timestamper: Any, level: int, *, capture_warnings: bool) -> None:
+def _route_stdlib_logging(
+    target: Any, renderer: Any, timestamper: Any, exceptions: Any, level: int, *, capture_warnings: bool
+) -> None:
     """One root handler rendering ``logging`` records like structlog events (bound context included)."""
     handler = _StdlibHandler(target)  # StreamHandler writes the line and its newline in one write()
     handler.setFormatter(
@@ -117,7 +147,7 @@ def _route_stdlib_logging(target: Any, renderer: Any, timestamper: Any, level: i
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
+                exceptions,
                 _redact,
                 renderer,
             ],
@@ -138,6 +168,8 @@ def owns_stdlib_logging() -> bool:
 
 def reset_logging() -> None:
     """Undo ``configure_logging``: structlog's defaults, our root handler removed, warnings printed again."""
+    global _json_output  # noqa: PLW0603
+    _json_output = False
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:

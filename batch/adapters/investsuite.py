@@ -450,7 +450,7 @@ class InvestSuiteClient:
             if status == 429:
                 if retry_after is not None:
                     self._throttle.pause_until(self._monotonic() + retry_after)
-                log.info("investsuite.rate_limited", route=route, retry_after=retry_after)
+                log.debug("investsuite.rate_limited", route=route, retry_after=retry_after)
                 raise NotProcessedError(f"{route}: HTTP 429", status=429, retry_after=retry_after)
             raise RemoteTransientError(
                 f"{route}: HTTP {status}: {self._body_excerpt(response)}",

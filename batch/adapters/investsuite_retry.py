@@ -163,7 +163,7 @@ class CallRetries:
         """The next try starts: log the failure it follows and the wait it had."""
         assert self._last is not None  # stamina starts another try only after the hook asked for one
         exc, failed_at = self._last
-        log.info(
+        log.debug(
             "investsuite.retry",
             method=self.method,
             route=self.route,

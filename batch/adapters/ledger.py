@@ -295,7 +295,7 @@ class Ledger:
             if not _is_insufficient(exc):
                 raise
             available = self._available(account_reference)
-            log.info(
+            log.debug(
                 "ledger.payout_refused",
                 account=masked,
                 idempotency_key=idempotency_key,
@@ -309,7 +309,7 @@ class Ledger:
                 available=available,
                 requested=amount,
             ) from exc
-        log.info(
+        log.debug(
             "ledger.payout_posted",
             account=masked,
             counterparty=mask_account(counterparty),
@@ -348,7 +348,7 @@ class Ledger:
                 f"ledger idempotency key {key} was already used for another payout "
                 f"({mask_account(transfer.account_reference)}, {transfer.amount} {transfer.currency})"
             )
-        log.info(
+        log.debug(
             "ledger.payout_already_posted",
             idempotency_key=key,
             account=mask_account(account_reference),

@@ -217,7 +217,7 @@ class DepositLedger:
             if not _is_insufficient(exc):
                 raise
             available = self._available(incoming)
-            log.info(
+            log.debug(
                 "ledger.deposit_refused",
                 incoming_account=incoming,
                 idempotency_key=idempotency_key,
@@ -231,7 +231,7 @@ class DepositLedger:
                 available=available,
                 requested=amount,
             ) from exc
-        log.info(
+        log.debug(
             "ledger.deposit_moved" if inserted is not None else "ledger.deposit_already_moved",
             account=mask_account(account_reference),
             credit_reference=credit_reference,

@@ -90,7 +90,7 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
                 before = _ledger_movements(dsns.ledger)
                 print("== nightly run")
                 first = run_job(app, RunRequest(trigger="manual", operator="demo"))
-                from batch.entrypoints.cli import print_run_result  # noqa: PLC0415 - the CLI prints, the service does not
+                from batch.entrypoints.nightly import print_run_result  # noqa: PLC0415 - the CLI prints, the service does not
 
                 print_run_result(first)
                 middle = _ledger_movements(dsns.ledger)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any
 from batch.adapters.anchors import append_anchor, read_anchors
 from batch.bootstrap import App
 from batch.domain.audit import Anchor, AnchorError, AuditVerification, parse_expect
-from batch.errors import ConfigError
+from batch.errors import ConfigError, UsageError
 from batch.service.run import ExitCode
 from batch.settings import Settings
 
@@ -156,8 +155,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -
             print(_verified_line(result))
             return ExitCode.OK
         if result.head_seq == 0:
-            print("nothing to anchor: the audit log is empty", file=sys.stderr)
-            return ExitCode.USAGE
+            raise UsageError("nothing to anchor: the audit log is empty")
         run_id = journal.last_finished_run()
         at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         anchor = Anchor(
@@ -177,8 +175,7 @@ def _reanchor(app: App, reason: str, name: str | None) -> int:
     """Accept the first broken row the run's verification finds; runs verify from the new checkpoint on."""
     found = app.journal.verify_audit(since_checkpoint=True)
     if found.ok or found.first_broken_seq is None:
-        print("nothing to re-anchor: the audit chain verifies", file=sys.stderr)
-        return ExitCode.USAGE
+        raise UsageError("nothing to re-anchor: the audit chain verifies")
     anchor = app.journal.reanchor(
         broken_seq=found.first_broken_seq, problem=found.problem or "", reason=reason, display_name=name
     )

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -62,14 +62,17 @@ class LocalWorkers:
         return codes
 
 
-def spawn_local_workers(config: Path | None) -> Callable[[uuid.UUID, int, Mapping[str, str]], LocalWorkers]:
+def spawn_local_workers(
+    config: Path | None, options: Sequence[str] = ()
+) -> Callable[[uuid.UUID, int, Mapping[str, str]], LocalWorkers]:
     """Start ``count`` ``batch worker`` processes for a planned run; they stop when the planner dies.
 
-    ``overrides`` are settings for the workers as ``BATCH_*`` variables (their share of the rate limit).
+    ``options`` are global options for them (the planner's log format and level); ``overrides`` are
+    settings for the workers as ``BATCH_*`` variables (their share of the rate limit).
     """
 
     def spawn(run_id: uuid.UUID, count: int, overrides: Mapping[str, str]) -> LocalWorkers:
-        command = [sys.executable, "-m", "batch"]
+        command = [sys.executable, "-m", "batch", *options]
         if config is not None:
             command += ["--config", str(config)]
         command += ["worker", "--run-id", str(run_id)]
@@ -114,7 +117,9 @@ def worker_main(app: App, run_id: uuid.UUID | None, operator: str, wait_seconds:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
     _stop_with_planner(stop)
-    with structlog.contextvars.bound_contextvars(run_id=str(run_id), worker=name):
+    run = journal.get_run(run_id)
+    business_date = str(run["business_date"]) if run is not None else None
+    with structlog.contextvars.bound_contextvars(run_id=str(run_id), business_date=business_date, worker=name):
         stats = run_worker(app, run_id, actor=operator, worker_name=name, stop=stop)
         log.info("worker.finished", by_state=dict(stats.by_state))
     attention = stats.by_state.get("NEEDS_ATTENTION", 0)

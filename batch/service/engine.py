@@ -186,7 +186,7 @@ class Engine:
                             # the failed attempt may have recorded its intent (e.g. a holdings target) on the
                             # row: the read-back must compare against that, not against the claimed record
                             operation = self.journal.get_payout(operation.id) or operation
-                            log.info("payout.step_retry", step=spec.step.value, attempt=attempt.num, error=last_error)
+                            log.debug("payout.step_retry", step=spec.step.value, attempt=attempt.num, error=last_error)
                         try:
                             return self._attempt(operation, spec, through)
                         except TransientError as exc:
@@ -316,7 +316,7 @@ class Engine:
         )
 
     def _cancel(self, operation: PayoutRecord, stop: Cancel, attempt: int | None = None) -> PayoutRecord:
-        log.info("payout.cancelled_before_money_moved", reason=stop.reason, what=stop.what)
+        log.debug("payout.cancelled_before_money_moved", reason=stop.reason, what=stop.what)
         return self.journal.cancel_before_ledger(
             operation,
             run_id=self.run_id,

@@ -2,8 +2,9 @@
 
 One phase at a time (``resume``, ``plan``, ``execute``), each with what is done, the total when it is
 known, the rate and the time left. On a terminal every phase gets its own bar (refreshed by rich a
-few times a second, log lines printed above it); off a terminal (cron, Kubernetes) an INFO event
-``run.progress`` is logged at most every ``interval`` seconds.
+few times a second, log lines printed above it); off a terminal (cron, Kubernetes), or when the logs
+are JSON lines (``--log-format json``: nothing else may draw on stderr), an INFO event ``run.progress``
+is logged at most every ``interval`` seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.progress import Progress as RichProgress
 from rich.text import Text
 
 from batch.adapters.journal import PayoutRecord
+from batch.logs import json_logging
 
 log = structlog.get_logger("batch.progress")
 
@@ -56,7 +58,7 @@ class Progress:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) and not json_logging()
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()

@@ -61,6 +61,8 @@ class RunRequest:
     workers: int | None = None
     #: which flows this run plans and drives: "withdrawals", "deposits" (default: both, deposits when enabled)
     flows: tuple[str, ...] = ()
+    #: why a date before the journal's first business date is run (recorded with the run's parameters)
+    backfill_reason: str | None = None
 
 
 class WorkerGroup(Protocol):
@@ -99,14 +101,21 @@ def run_job(
     *,
     stop: threading.Event | None = None,
     spawn_workers: Callable[[uuid.UUID, int, Mapping[str, str]], WorkerGroup] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> RunResult:
-    """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run."""
+    """The nightly job. Never raises for a run that started: failures become exit code 1 and a FAILED run.
+
+    ``check`` (the CLI's input checks) runs under the run lock before the run is recorded: what it
+    raises (a UsageError) leaves no run behind, and no concurrent run can move the journal's first date.
+    """
     settings = app.settings
     business_date = request.business_date or business_today(settings.run.timezone)
     journal = app.journal
     actor = request.operator
     try:
         with journal.run_lock():
+            if check is not None:
+                check()
             return _locked_run(app, request, business_date, stop, spawn_workers)
     except RunLockedError:
         journal.audit(
@@ -161,7 +170,7 @@ def _locked_run(
         "workers": processes,
         "concurrency": settings.run.concurrency,
         "role": "planner",
-    }
+    } | ({"backfill_reason": request.backfill_reason.strip()} if request.backfill_reason else {})
     journal.start_run(
         run_id=run_id,
         business_date=business_date,

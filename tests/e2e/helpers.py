@@ -104,6 +104,19 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
 
 
+def cli_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one ``cli.error`` line of a failed command (JSON logs: every stderr line is JSON); its error text.
+
+    No traceback anywhere, and the event's exit code is the process's.
+    """
+    assert "Traceback" not in result.stdout + result.stderr, explain(result)
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # raises on a line that is not JSON
+    errors = [e for e in events if e["event"] == "cli.error"]
+    assert len(errors) == 1, explain(result)
+    assert (errors[0]["level"], errors[0]["exit_code"]) == ("error", result.returncode), explain(result)
+    return str(errors[0]["error"])
+
+
 def report_paths(stdout: str) -> dict[str, Path]:
     """``report (json): /path`` lines printed by ``batch run``."""
     return {m["fmt"]: Path(m["path"]) for m in REPORT_PATH_RE.finditer(stdout)}

@@ -23,6 +23,7 @@ from batch.sandbox.scenario import CASES, NOT_PENDING_CASES
 from batch.sandbox.seed import portfolios_by_case, seed_scenario
 from tests.e2e.conftest import World
 from tests.e2e.helpers import (
+    MINOR_UNITS,
     Cli,
     Portfolio,
     State,
@@ -448,9 +449,9 @@ def test_runs_lists_both_runs(nightly: Nightly) -> None:
     result = nightly.ops["runs"]
     assert result.returncode == EXIT_OK, explain(result)
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("run id")
-    assert [line.split()[0] for line in lines[1:]] == [nightly.second_run_id, nightly.first_run_id]
-    second, first = lines[1:]
+    assert lines[0].startswith("run id") and lines[-1] == "2 runs"
+    assert [line.split()[0] for line in lines[1:-1]] == [nightly.second_run_id, nightly.first_run_id]
+    second, first = lines[1:-1]
     assert BUSINESS_DATE in first and "SUCCEEDED_WITH_EXCEPTIONS" in first and " 3 " in first, first
     assert BUSINESS_DATE in second and "SUCCEEDED " in second and " 0 " in second, second  # only holds, unchanged
 
@@ -488,16 +489,39 @@ def test_report_by_date_covers_both_runs(nightly: Nightly) -> None:
 
 
 def test_payouts_held_lists_the_payout_above_the_cap(nightly: Nightly) -> None:
-    """``batch payouts --state held`` lists the over-cap payout waiting for approval, and only it."""
+    """``batch payouts --state held``: the over-cap payout at 2 decimals, then the HOLD decisions without a payout.
+
+    Together they make the report's "held" figure.
+    """
     result = nightly.ops["payouts_held"]
     assert result.returncode == EXIT_OK, explain(result)
     (above_cap,) = nightly.cases["above_cap"]
     held = nightly.after_second.payouts_of(above_cap)[0]
-    rows = [line for line in result.stdout.splitlines()[1:-1] if line.strip()]
-    assert len(rows) == 1, result.stdout
-    assert str(held["id"]) in rows[0] and above_cap in rows[0] and "HELD" in rows[0] and "60000" in rows[0]
-    assert "OVER_PAYOUT_CAP" in rows[0]
-    assert result.stdout.splitlines()[-1] == "1 payout(s)"
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["payout", "id", "portfolio", "state", "amount", "ccy", "date", "step", "/", "reason"]
+    assert lines[1].split() == [str(held["id"]), above_cap, "HELD", "60000.00", "EUR", BUSINESS_DATE, "OVER_PAYOUT_CAP"]
+    assert lines[2] == "1 payout"
+
+    # each portfolio's latest decision (the second run's) when it is a HOLD that created no payout
+    second = nightly.after_second.decisions_of(nightly.second_run_id)
+    without_payout = {pid for pid, d in second.items() if d["decision"] == "HOLD" and pid != above_cap}
+    assert without_payout
+    start = lines.index(next(line for line in lines if line.startswith("held decisions without a payout (")))
+    assert lines[start].startswith(f"held decisions without a payout ({len(without_payout)};")
+    assert lines[start + 1].split() == ["portfolio", "reason", "amount", "ccy", "run", "date"]
+    rows = [line.split() for line in lines[start + 2 : start + 2 + len(without_payout)]]
+    assert {row[0] for row in rows} == without_payout
+    for pid, reason, amount, ccy, run_id, day in rows:
+        decision = second[pid]
+        assert (reason, run_id, day) == (decision["reason"], nightly.second_run_id, BUSINESS_DATE)
+        if decision["requested_amount"] is not None and ccy in MINOR_UNITS:
+            assert amount == amount_text(decision["requested_amount"], ccy), (pid, amount)
+    assert lines[start + 2 + len(without_payout)] == f"{len(without_payout)} held decisions"
+    report_held = sum(t["held"]["count"] for t in nightly.report["totals"].values())
+    assert lines[-1] == (
+        f"held: {report_held} = 1 HELD payout awaiting approval + {report_held - 1} HOLD decisions without a payout"
+        " (the report's held)"
+    )
 
 
 def test_audit_verify_accepts_the_chain(nightly: Nightly) -> None:

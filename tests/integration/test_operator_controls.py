@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -144,8 +145,9 @@ def _listed(world: World, state: str) -> set[str]:
     done = _cli(world, "payouts", "--state", state)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-1] == f"{len(lines) - 2} payout(s)"
-    return {line.split()[0] for line in lines[1:-1]}
+    end = next(i for i, line in enumerate(lines) if re.fullmatch(r"[\d,]+ payouts?", line))
+    assert int(lines[end].split()[0].replace(",", "")) == end - 1  # the whole listing: counted, not cut
+    return {line.split()[0] for line in lines[1:end]}
 
 
 def _ids(world: World, *states: PayoutState) -> set[str]:

@@ -487,10 +487,14 @@ def test_cli_runs_lists_the_history(world: World) -> None:
     done = _cli(world, "runs")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("run id")
-    ids = [line.split()[0] for line in lines[1:]]
+    assert lines[0].startswith("run id") and lines[-1] == "3 runs"
+    ids = [line.split()[0] for line in lines[1:-1]]
     assert ids == [str(world.later.run_id), str(world.rerun.run_id), str(world.first.run_id)]
     first_line = lines[3]
     assert "SUCCEEDED_WITH_EXCEPTIONS" in first_line and "EUR paid" in first_line
-    only_d2 = _cli(world, "runs", "--date", str(D2))
-    assert [line.split()[0] for line in only_d2.stdout.splitlines()[1:]] == [str(world.later.run_id)]
+    only_d2 = _cli(world, "runs", "--date", str(D2)).stdout.splitlines()
+    assert [line.split()[0] for line in only_d2[1:]] == [str(world.later.run_id), "1"]
+    assert only_d2[-1] == "1 run"
+    page = _cli(world, "runs", "--limit", "2", "--offset", "1").stdout.splitlines()
+    assert [line.split()[0] for line in page[1:-1]] == [str(world.rerun.run_id), str(world.first.run_id)]
+    assert page[-1] == "showing 2 of 3 runs from offset 1"

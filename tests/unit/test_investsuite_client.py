@@ -622,7 +622,7 @@ def test_5xx_is_retried_with_backoff_then_succeeds(clock: FakeClock) -> None:
     retries = [e for e in logs if e["event"] == "investsuite.retry"]
     assert retries[0] == {
         "event": "investsuite.retry",
-        "log_level": "info",
+        "log_level": "debug",
         "method": "GET",
         "route": "GET /users/{id}",
         "attempt": 1,

@@ -10,6 +10,7 @@ from typing import Any, cast
 from structlog.testing import capture_logs
 
 from batch.adapters.journal import PayoutRecord
+from batch.logs import configure_logging, reset_logging
 from batch.service.progress import Progress
 
 PAYOUT = cast(PayoutRecord, object())  # Progress only counts payouts; it never reads them
@@ -124,3 +125,19 @@ def test_close_twice_and_without_phase_is_harmless() -> None:
     progress.close()
     progress.close()
     assert stream.getvalue() == ""
+
+
+def test_json_logs_on_a_terminal_get_progress_events_and_no_bars() -> None:
+    """With JSON logs (--log-format json) even a terminal gets run.progress events, never a drawn bar."""
+    terminal = Terminal()
+    configure_logging("INFO", "json", stream=io.StringIO())
+    try:
+        progress = Progress(interval=10.0, stream=terminal, clock=FakeClock())
+        with capture_logs() as logs:
+            progress.phase("execute", 10)
+            progress.done(PAYOUT)
+            progress.close()
+    finally:
+        reset_logging()
+    assert terminal.getvalue() == ""
+    assert [(e["event"], e["done"], e["total"]) for e in logs] == [("run.progress", 1, 10)]

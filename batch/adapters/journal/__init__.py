@@ -8,6 +8,7 @@ Split by concern, each store with its SQL in ``sql/queries/journal_<concern>.sql
     oversight.py   who acts (as the database says), operators' approve / retry / cancel, four-eyes policy
     audit.py       the hash chain's verification (incremental from checkpoints, anchors), its head
     reconciliations.py  the payouts a reconciliation checks, and its recorded result
+    listings.py    operators' paged listings (payouts, held decisions, runs), the first business date
     base.py        transactions, one-statement calls, audit rows
 
 ``Journal`` is all of them on one engine: what the service layer is given.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from batch.adapters.journal.audit import AuditStore
 from batch.adapters.journal.base import LOST_RACE
 from batch.adapters.journal.decisions import DecisionStore
+from batch.adapters.journal.listings import ListingStore
 from batch.adapters.journal.oversight import OversightStore
 from batch.adapters.journal.payouts import PayoutStore
 from batch.adapters.journal.reconciliations import ReconciliationStore
@@ -43,5 +45,5 @@ __all__ = [
 ]
 
 
-class Journal(RunStore, DecisionStore, PayoutStore, OversightStore, AuditStore, ReconciliationStore):
+class Journal(RunStore, DecisionStore, PayoutStore, OversightStore, AuditStore, ReconciliationStore, ListingStore):
     """All reads and writes of the job's journal go through here."""
