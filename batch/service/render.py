@@ -82,7 +82,6 @@ def _head(report: Report) -> dict[str, Any]:
                 | {"credits": t.credits, "received": t.received}
                 for ccy, t in report.deposits.totals.items()
             },
-            "lines": [vars(line) for line in report.deposits.lines],
         },
         "audit": report.audit,
     }
@@ -108,6 +107,9 @@ def write_json(report: Report, out: TextIO) -> None:
     out.write(head[: head.rindex("}")].rstrip() + ',\n  "lines": [')
     for index, line in enumerate(_ordered_lines(report)):
         out.write(("\n    " if index == 0 else ",\n    ") + json.dumps(vars(line), default=_default))
+    out.write('\n  ],\n  "deposit_lines": [')
+    for index, deposit in enumerate(report.deposits.lines if report.deposits else ()):
+        out.write(("\n    " if index == 0 else ",\n    ") + json.dumps(vars(deposit), default=_default))
     out.write("\n  ]\n}\n")
 
 

@@ -10,7 +10,7 @@ unchanged since the previous run is "still held".
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -71,12 +71,16 @@ class DepositTotals:
 
 @dataclass
 class DepositSection:
-    lines: list[DepositLine]
+    """Totals and exceptions kept; every line streamed again from the journal when a writer asks (flat memory)."""
+
+    stream: Callable[[], Iterator[DepositLine]]
     totals: dict[str, DepositTotals]
+    exceptions: list[DepositLine]
+    count: int
 
     @property
-    def exceptions(self) -> list[DepositLine]:
-        return [line for line in self.lines if line.exception_kind is not None]
+    def lines(self) -> Iterator[DepositLine]:
+        return self.stream()
 
     @property
     def new_exceptions(self) -> int:
@@ -94,7 +98,7 @@ class DepositSection:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "credits": len(self.lines),
+            "credits": self.count,
             "exceptions": len(self.exceptions),
             "new_exceptions": self.new_exceptions,
             "totals": {
@@ -140,9 +144,29 @@ def totals_of(lines: Iterable[DepositLine]) -> dict[str, DepositTotals]:
 
 
 def build_deposit_section(engine: Engine, run_ids: Sequence[Any]) -> DepositSection | None:
-    """The deposits of these runs (None when they decided and drove none)."""
-    with engine.connect() as conn:
-        lines = [_line(row) for row in conn.execute(Q.deposit_lines.text, {"runs": list(run_ids)})]
-    if not lines:
+    """The deposits of these runs (None when they decided and drove none): one streaming pass for the totals."""
+    runs = list(run_ids)
+
+    def stream() -> Iterator[DepositLine]:
+        with engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                Q.deposit_lines.text, {"runs": runs}
+            )
+            for row in rows:
+                yield _line(row)
+
+    exceptions: list[DepositLine] = []
+    count = 0
+
+    def counted() -> Iterator[DepositLine]:
+        nonlocal count
+        for line in stream():
+            count += 1
+            if line.exception_kind is not None:
+                exceptions.append(line)
+            yield line
+
+    totals = totals_of(counted())
+    if not count:
         return None
-    return DepositSection(lines, totals_of(lines))
+    return DepositSection(stream, totals, exceptions, count)

@@ -26,7 +26,7 @@ from batch import __version__
 from batch.domain.money import MINOR_UNITS
 from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 ZERO = Decimal(0)
 BUCKETS = ("paid", "in_progress", "would_pay", "deferred", "skipped", "held")
 GROUPS = ("planned", "carried_over", "approved", "retried")
