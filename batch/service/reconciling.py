@@ -5,10 +5,11 @@ limiter and bounded concurrency (threads). The rules are pure functions in ``bat
 this module only gathers their inputs and records the result in the journal (``batch.reconciliations``
 and one audit row), so a report rendered later shows the same figures.
 
-- ``reconcile_payouts``: the payouts of a business date, or those one run created or drove. Ledger:
-  one query for all their keys and one for every payout transfer of each value date (to find those the
-  journal does not know). InvestSuite: per payout that reached the ledger, the transactions with its
-  external_id and the portfolio (two GETs).
+- ``reconcile_payouts``: the payouts of a business date, or those one run created or drove, streamed from
+  the journal and matched 1,000 at a time (memory flat). Ledger: one query per chunk for their keys and
+  one for every payout transfer of each value date (to find those the journal does not know).
+  InvestSuite: per payout that reached the ledger, the transactions with its external_id (one GET), and
+  its portfolio, read 100 per listing request (``id in [...]``).
 - ``reconcile_book``: every REAL_MONEY portfolio (listed page by page, following ``next``), its ``$CCY``
   cash against the balance of the ledger account it maps to: one ledger query per page, then one
   streamed query for the customer accounts no portfolio maps to.
@@ -16,14 +17,15 @@ and one audit row), so a report rendered later shows the same figures.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -55,10 +57,12 @@ from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio
 #: portfolios read per listing request (the API's page maximum)
 _PORTFOLIOS_PER_READ = 100
 log = structlog.get_logger("batch.reconcile")
+T = TypeVar("T")
 
 #: The documented query for the full book (every real-money portfolio, pending or not).
 BOOK_QUERY = "money_type eq 'REAL_MONEY'"
-_KEY_CHUNK = 5000
+#: payouts matched at a time (one ledger query, ten portfolio listings, a transaction lookup each)
+_PAYOUT_CHUNK = 1000
 
 
 @dataclass
@@ -212,31 +216,24 @@ def reconcile_payouts(
     calls_before = sum(app.client.calls.values())
     reader = app.ledger_reader
     queries_before = reader.queries
-    payouts = [payout_facts(row) for row in journal.payouts_to_reconcile(business_date=business_date, run_id=run_id)]
-    result.checked = len(payouts)
-    transfers: dict[str, LedgerTransfer] = {}
-    keys = [p.payout_id for p in payouts]
-    for start in range(0, len(keys), _KEY_CHUNK):
-        transfers |= reader.transfers_by_keys(keys[start : start + _KEY_CHUNK])
+    known: set[str] = set()
+    moved_dates: set[date | None] = set()
+    rows = journal.payouts_to_reconcile(business_date=business_date, run_id=run_id)
+    workers = max(1, app.settings.run.concurrency)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
+        for chunk in _chunks(rows, _PAYOUT_CHUNK):  # memory flat in the number of payouts
+            payouts = [payout_facts(row) for row in chunk]
+            result.checked += len(payouts)
+            known.update(p.payout_id for p in payouts)
+            moved_dates |= _moved_dates(payouts)
+            _match_chunk(app, pool, payouts, result)
 
     # payout transfers the journal does not know, on every value date in scope
-    value_dates = {result.business_date} if run_id is None else {run_date} | _moved_dates(payouts)
-    known = {p.payout_id for p in payouts}
+    value_dates = {result.business_date} if run_id is None else {run_date} | moved_dates
     for value_date in sorted(d for d in value_dates if d is not None):
         on_date = [ledger_fact(t) for t in reader.payout_transfers_on(value_date) if t.idempotency_key not in known]
         known |= {str(i) for i in journal.known_payout_ids(_uuids(t.idempotency_key for t in on_date))}
         result.breaks += unknown_ledger_payouts(on_date, known)
-
-    remote: list[RemoteFacts]
-    workers = max(1, min(app.settings.run.concurrency, len(payouts)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
-        portfolios = _portfolios_of(pool, app.client, payouts)
-        remote = list(pool.map(lambda p: read_back(app.client, p, portfolios), payouts))
-    for payout, facts in zip(payouts, remote, strict=True):
-        transfer = transfers.get(payout.payout_id)
-        fact = ledger_fact(transfer) if transfer is not None else None
-        result.breaks += match_payout(payout, fact, facts)
-        add_paid(result.paid, payout, fact, facts)
     add_unknown(result.paid, result.breaks)
     result.stats = {
         "investsuite_calls": sum(app.client.calls.values()) - calls_before,
@@ -255,6 +252,27 @@ def reconcile_payouts(
         break_types=count_by_type(result.breaks),
     )
     return result
+
+
+def _match_chunk(
+    app: Services, pool: ThreadPoolExecutor, payouts: Sequence[PayoutFacts], result: Reconciliation
+) -> None:
+    """One chunk: its ledger transfers (one query), its portfolios (100 per GET), transactions per payout."""
+    transfers = app.ledger_reader.transfers_by_keys([p.payout_id for p in payouts])
+    portfolios = _portfolios_of(pool, app.client, payouts)
+    remote = list(pool.map(lambda p: read_back(app.client, p, portfolios), payouts))
+    for payout, facts in zip(payouts, remote, strict=True):
+        transfer = transfers.get(payout.payout_id)
+        fact = ledger_fact(transfer) if transfer is not None else None
+        result.breaks += match_payout(payout, fact, facts)
+        add_paid(result.paid, payout, fact, facts)
+
+
+def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``rows`` in lists of ``size`` (``itertools.batched`` is Python 3.12)."""
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def _moved_dates(payouts: Sequence[PayoutFacts]) -> set[date | None]:
