@@ -19,7 +19,6 @@ from batch.bootstrap import App
 from batch.sandbox.server import SandboxProcess
 from batch.service import reconciling
 from batch.service.reconciling import reconcile_payouts
-from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     ACTOR,
@@ -31,11 +30,6 @@ from tests.integration.payout_support import (
     set_portfolio_doc,
     the_payout,
 )
-
-
-@pytest.fixture(scope="module")
-def module_dsns(pg_admin_dsn: str, pg_templates: dict[str, str]) -> Dsns:
-    return fresh_dsns(pg_admin_dsn, pg_templates)
 
 
 @pytest.fixture

@@ -14,23 +14,10 @@ import pytest
 from batch.adapters.postgres import Dsns
 from batch.sandbox.server import SandboxProcess
 from batch.sandbox.store import loads
-from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 
 PENDING = "config.manager_settings.divest_amount neq 0 and config.manager_settings.divest_amount neq null"
 KEYS = {"access_key_id": "demo-access-key", "secret_access_key": "demo-secret-key"}
-
-
-@pytest.fixture(scope="module")
-def module_dsns(pg_admin_dsn: str, pg_templates: dict[str, str]) -> Dsns:
-    return fresh_dsns(pg_admin_dsn, pg_templates)
-
-
-@pytest.fixture(scope="module")
-def shared(module_dsns: Dsns) -> Iterator[RunningSandbox]:
-    """One sandbox for the read-mostly tests of this module (each test makes its own portfolios)."""
-    with SandboxProcess(module_dsns.sandbox) as process:
-        yield RunningSandbox(process, module_dsns.sandbox)
 
 
 @pytest.fixture
@@ -39,9 +26,9 @@ def store(module_dsns: Dsns) -> SandboxState:
 
 
 @pytest.fixture
-def client(shared: RunningSandbox) -> Iterator[httpx.Client]:
-    shared.admin.set_faults()
-    with shared.client() as http:
+def client(module_sandbox: RunningSandbox) -> Iterator[httpx.Client]:
+    module_sandbox.admin.set_faults()
+    with module_sandbox.client() as http:
         yield http
 
 
@@ -49,34 +36,38 @@ def parse(response: httpx.Response) -> Any:
     return loads(response.content)
 
 
-def test_login_returns_bearer_token_with_string_expiry(shared: RunningSandbox) -> None:
+def test_login_returns_bearer_token_with_string_expiry(module_sandbox: RunningSandbox) -> None:
     """Login answers the documented shape, expires_in being a string of seconds."""
-    body = httpx.post(shared.base_url + "/auth/login/", json=KEYS).json()
+    body = httpx.post(module_sandbox.base_url + "/auth/login/", json=KEYS).json()
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == "300"
     assert body["access_token"] and body["refresh_token"]
 
 
-def test_wrong_keys_and_missing_token_are_401(shared: RunningSandbox) -> None:
+def test_wrong_keys_and_missing_token_are_401(module_sandbox: RunningSandbox) -> None:
     """Wrong access keys and requests without a valid Bearer token get 401 with the documented body."""
-    wrong = httpx.post(shared.base_url + "/auth/login/", json={**KEYS, "secret_access_key": "nope"})
+    wrong = httpx.post(module_sandbox.base_url + "/auth/login/", json={**KEYS, "secret_access_key": "nope"})
     assert wrong.status_code == 401
     for headers in ({}, {"Authorization": "Bearer unknown"}):
-        response = httpx.get(shared.base_url + "/portfolios/", headers=headers)
+        response = httpx.get(module_sandbox.base_url + "/portfolios/", headers=headers)
         assert response.status_code == 401
         body = response.json()
         assert body["title"] == "Unauthorized" and body["description"] == "JWT invalid"
         assert body["request_id"] and body["timestamp"]
 
 
-def test_refresh_gives_new_tokens_and_rotates(shared: RunningSandbox) -> None:
+def test_refresh_gives_new_tokens_and_rotates(module_sandbox: RunningSandbox) -> None:
     """A refresh token yields a working access token once; reusing it is refused."""
-    tokens = httpx.post(shared.base_url + "/auth/login/", json=KEYS).json()
-    fresh = httpx.post(shared.base_url + "/auth/refresh-token/", json={"refresh_token": tokens["refresh_token"]})
+    tokens = httpx.post(module_sandbox.base_url + "/auth/login/", json=KEYS).json()
+    fresh = httpx.post(
+        module_sandbox.base_url + "/auth/refresh-token/", json={"refresh_token": tokens["refresh_token"]}
+    )
     assert fresh.status_code == 200 and fresh.json()["expires_in"] == "300"
     headers = {"Authorization": f"Bearer {fresh.json()['access_token']}"}
-    assert httpx.get(shared.base_url + "/portfolios/?limit=1", headers=headers).status_code == 200
-    again = httpx.post(shared.base_url + "/auth/refresh-token/", json={"refresh_token": tokens["refresh_token"]})
+    assert httpx.get(module_sandbox.base_url + "/portfolios/?limit=1", headers=headers).status_code == 200
+    again = httpx.post(
+        module_sandbox.base_url + "/auth/refresh-token/", json={"refresh_token": tokens["refresh_token"]}
+    )
     assert again.status_code == 401
 
 
@@ -95,13 +86,15 @@ def test_tokens_expire_after_their_ttl(dsns: Dsns) -> None:
         assert refreshed.status_code == 200
 
 
-def test_expire_tokens_admin_call_invalidates_every_token(shared: RunningSandbox) -> None:
+def test_expire_tokens_admin_call_invalidates_every_token(module_sandbox: RunningSandbox) -> None:
     """POST /_sandbox/expire-tokens makes current access and refresh tokens answer 401."""
-    tokens = httpx.post(shared.base_url + "/auth/login/", json=KEYS).json()
+    tokens = httpx.post(module_sandbox.base_url + "/auth/login/", json=KEYS).json()
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-    assert shared.admin.expire_tokens() >= 2
-    assert httpx.get(shared.base_url + "/portfolios/", headers=headers).status_code == 401
-    refresh = httpx.post(shared.base_url + "/auth/refresh-token/", json={"refresh_token": tokens["refresh_token"]})
+    assert module_sandbox.admin.expire_tokens() >= 2
+    assert httpx.get(module_sandbox.base_url + "/portfolios/", headers=headers).status_code == 401
+    refresh = httpx.post(
+        module_sandbox.base_url + "/auth/refresh-token/", json={"refresh_token": tokens["refresh_token"]}
+    )
     assert refresh.status_code == 401
 
 
@@ -127,7 +120,7 @@ def test_next_style_absolute_and_relative_are_selectable(dsns: Dsns) -> None:
 
 
 def test_paging_follows_relative_and_absolute_next(
-    client: httpx.Client, store: SandboxState, shared: RunningSandbox
+    client: httpx.Client, store: SandboxState, module_sandbox: RunningSandbox
 ) -> None:
     """Pages are ordered by id, next alternates relative/absolute and keeps query and embed; last next is null."""
     tag = uuid.uuid4().hex[:8].upper()
@@ -145,7 +138,7 @@ def test_paging_follows_relative_and_absolute_next(
         seen += [item["id"] for item in body["results"]]
         url = body["next"]
         if url is not None:
-            styles.add("absolute" if url.startswith(shared.base_url) else "relative")
+            styles.add("absolute" if url.startswith(module_sandbox.base_url) else "relative")
             assert "query=" in url and "embed=owned_by_user_id" in url
     assert seen == sorted(p["id"] for p in made)
     assert styles == {"absolute", "relative"}

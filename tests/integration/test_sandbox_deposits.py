@@ -13,21 +13,8 @@ import psycopg
 import pytest
 
 from batch.adapters.postgres import Dsns
-from batch.sandbox.server import SandboxProcess
 from batch.sandbox.store import dumps
-from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
-
-
-@pytest.fixture(scope="module")
-def module_dsns(pg_admin_dsn: str, pg_templates: dict[str, str]) -> Dsns:
-    return fresh_dsns(pg_admin_dsn, pg_templates)
-
-
-@pytest.fixture(scope="module")
-def shared(module_dsns: Dsns) -> Iterator[RunningSandbox]:
-    with SandboxProcess(module_dsns.sandbox) as process:
-        yield RunningSandbox(process, module_dsns.sandbox)
 
 
 @pytest.fixture
@@ -36,11 +23,11 @@ def store(module_dsns: Dsns) -> SandboxState:
 
 
 @pytest.fixture
-def client(shared: RunningSandbox) -> Iterator[httpx.Client]:
-    shared.admin.set_faults()
-    with shared.client() as http:
+def client(module_sandbox: RunningSandbox) -> Iterator[httpx.Client]:
+    module_sandbox.admin.set_faults()
+    with module_sandbox.client() as http:
         yield http
-    shared.admin.set_faults()
+    module_sandbox.admin.set_faults()
 
 
 def _portfolio(store: SandboxState, *, funded_since: Any = "keep", **fields: Any) -> dict[str, Any]:
@@ -214,14 +201,14 @@ def _portfolio_replaced(store: SandboxState, document: dict[str, Any]) -> dict[s
 
 
 def test_lost_response_applies_the_deposit_once(
-    client: httpx.Client, shared: RunningSandbox, store: SandboxState
+    client: httpx.Client, module_sandbox: RunningSandbox, store: SandboxState
 ) -> None:
     """A deposit whose response is lost (504) was applied; resending it with the same key replays, once."""
     made = _portfolio(store)
     key = _key()
-    shared.admin.set_faults(lose_response_rate=1.0, path_prefixes=["/events/"])
+    module_sandbox.admin.set_faults(lose_response_rate=1.0, path_prefixes=["/events/"])
     assert _deposit(client, made, "250.00", key).status_code == 504
-    shared.admin.set_faults()
+    module_sandbox.admin.set_faults()
     after = store.portfolio(made["id"])
     assert after is not None and after["portfolio"]["$EUR"] == Decimal("1250.00")
     resent = _deposit(client, made, "250.00", key)
@@ -231,14 +218,14 @@ def test_lost_response_applies_the_deposit_once(
 
 
 def test_injected_5xx_applies_nothing_and_a_retry_applies_once(
-    client: httpx.Client, shared: RunningSandbox, store: SandboxState
+    client: httpx.Client, module_sandbox: RunningSandbox, store: SandboxState
 ) -> None:
     """A 5xx answered before the deposit books nothing; the retry with the same key books it once."""
     made = _portfolio(store)
     key = _key()
-    shared.admin.set_faults(error_rate=1.0, path_prefixes=["/events/"])
+    module_sandbox.admin.set_faults(error_rate=1.0, path_prefixes=["/events/"])
     assert _deposit(client, made, "250.00", key).status_code in (500, 503)
-    shared.admin.set_faults()
+    module_sandbox.admin.set_faults()
     assert store.portfolio(made["id"]) == made and _deposits(store, made["id"]) == []
     assert _deposit(client, made, "250.00", key).status_code == 201
     assert _deposit(client, made, "250.00", key).status_code == 201

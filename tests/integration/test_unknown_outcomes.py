@@ -18,9 +18,7 @@ import pytest
 from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
 from batch.domain.payout import PayoutState
-from batch.sandbox.server import SandboxProcess
 from batch.sandbox.store import dumps, new_id
-from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     PATCH_ROUTE,
@@ -47,17 +45,6 @@ from tests.integration.payout_support import (
 
 # One sandbox and one set of databases per module (starting them per test is most of a test's time);
 # each test adds its own portfolios and plans only those, so the tests stay independent.
-@pytest.fixture(scope="module")
-def module_dsns(pg_admin_dsn: str, pg_templates: dict[str, str]) -> Dsns:
-    return fresh_dsns(pg_admin_dsn, pg_templates)
-
-
-@pytest.fixture(scope="module")
-def module_sandbox(module_dsns: Dsns) -> Iterator[RunningSandbox]:
-    with SandboxProcess(module_dsns.sandbox) as process:
-        yield RunningSandbox(process, module_dsns.sandbox)
-
-
 @pytest.fixture
 def dsns(module_dsns: Dsns) -> Dsns:
     return module_dsns
