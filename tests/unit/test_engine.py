@@ -20,6 +20,7 @@ from batch.errors import RemotePermanentError, RemoteTransientError
 from batch.sandbox.seed import portfolio_document
 from batch.sandbox.store import new_id
 from batch.service.engine import Engine
+from tests.factories import planned_payout
 from tests.fakes import Boundaries, Crash, FakeInvestSuite, FakeJournal, FakeLedger
 
 TODAY = date(2026, 11, 30)
@@ -85,35 +86,14 @@ class World:
         self.investsuite.portfolios[pid] = doc
         account = f"CASH-{pid[-6:]}"
         self.ledger.balances[account] = Decimal(ledger)
-        payout = PayoutRecord(
-            id=uuid.uuid4(),
-            portfolio_id=pid,
+        payout = planned_payout(
+            pid,
             business_date=TODAY,
-            run_id=uuid.uuid4(),
-            decision_id=1,
-            state=PayoutState.PLANNED,
-            stopped_in_state=None,
-            currency="EUR",
+            at=NOW,
             amount=Decimal(divest),
-            full_withdrawal=False,
+            cash=Decimal(cash),
+            divest=divest,
             ledger_account=account,
-            counter_account="BE71096123456769",
-            cash_snapshot=Decimal(cash),
-            divest_snapshot=divest,
-            hold_reason=None,
-            approved_by=None,
-            ledger_reference=None,
-            transaction_id=None,
-            divest_target=None,
-            holdings_base_cash=None,
-            holdings_target_cash=None,
-            failing_step=None,
-            last_error=None,
-            attempts=0,
-            lease_owner=None,
-            created_at=NOW,
-            updated_at=NOW,
-            ledger_posted_at=None,
         )
         self.journal.add(payout)
         return payout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal as D
@@ -10,41 +9,20 @@ from decimal import Decimal as D
 import pytest
 
 from batch.domain.model import Decision, PortfolioView, Reason
-from batch.domain.payout import PayoutState
 from batch.domain.policy import Policy
 from batch.domain.recheck import recheck
 from batch.domain.records import PayoutRecord
+from tests.factories import planned_payout
 
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
-PAYOUT = PayoutRecord(
-    id=uuid.uuid4(),
-    portfolio_id="P1",
+PAYOUT = planned_payout(
+    "P1",
     business_date=date(2026, 11, 30),
-    run_id=uuid.uuid4(),
-    decision_id=1,
-    state=PayoutState.PLANNED,
-    stopped_in_state=None,
-    currency="EUR",
+    at=NOW,
     amount=D("500.00"),
-    full_withdrawal=False,
+    cash=D("1000.00"),
+    divest="500.00",
     ledger_account="CASH-1",
-    counter_account="BE71096123456769",
-    cash_snapshot=D("1000.00"),
-    divest_snapshot="500.00",
-    hold_reason=None,
-    approved_by=None,
-    ledger_reference=None,
-    transaction_id=None,
-    divest_target=None,
-    holdings_base_cash=None,
-    holdings_target_cash=None,
-    failing_step=None,
-    last_error=None,
-    attempts=0,
-    lease_owner=None,
-    created_at=NOW,
-    updated_at=NOW,
-    ledger_posted_at=None,
 )
 VIEW = PortfolioView(
     portfolio_id="P1",
