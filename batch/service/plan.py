@@ -63,7 +63,7 @@ def _open_payout_verdict(verdict: Verdict, payout_id: uuid.UUID, state: PayoutSt
     )
 
 
-def _writable(verdict: Verdict, remote: RemotePortfolio, view: PortfolioView) -> Verdict:
+def hold_unwritable(verdict: Verdict, remote: RemotePortfolio, view: PortfolioView) -> Verdict:
     """A payout whose InvestSuite writes would be refused is held before it is planned (DESIGN §9.2)."""
     assert verdict.pay_amount is not None
     try:
@@ -209,7 +209,7 @@ class Planner:
                 verdict = _open_payout_verdict(verdict, *open_payouts[candidate.portfolio_id])
             elif verdict.pay_amount is not None:
                 assert isinstance(item, RemotePortfolio)
-                verdict = _writable(verdict, item, candidate)
+                verdict = hold_unwritable(verdict, item, candidate)
             rows.append(self._row(candidate, ref, verdict))
             self.stats.by_decision[verdict.decision] += 1
         inserted = self.journal.record_decisions(

@@ -27,6 +27,7 @@ from batch.errors import InvalidRemoteDataError
 from batch.sandbox import rules
 from batch.sandbox.seed import portfolio_document
 from batch.sandbox.store import dumps, new_id
+from batch.service.plan import hold_unwritable
 from tests.fixtures.books import BookPortfolio, books
 
 TODAY = date(2026, 11, 30)
@@ -140,21 +141,9 @@ def test_over_generated_books_no_payout_ends_past_the_ledger_because_of_a_4xx(bo
         verdict = decide(view, ledger, Policy(), TODAY)
         if verdict.decision is not Decision.PAY:
             continue
-        assert verdict.pay_amount is not None
-        try:  # the planner's check: a refusal is a HOLD, no payout
-            writes.prepare_withdrawal(
-                portfolio_id=view.portfolio_id,
-                currency=view.base_currency,
-                amount=verdict.pay_amount,
-                full_withdrawal=verdict.full_withdrawal,
-                divest_planned=str(view.divest_raw),
-                divest_now=view.divest_raw,
-                config=remote.config,
-                holdings=remote.portfolio,
-                when=datetime.now(UTC),
-            )
-        except InvalidRemoteDataError:
+        if hold_unwritable(verdict, remote, view).decision is not Decision.PAY:  # the planner's check
             continue
+        assert verdict.pay_amount is not None
         world.investsuite.portfolios[view.portfolio_id] = doc
         payout = replace(
             world.withdrawal(),
