@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batch.domain.model import Decision, LedgerView, PortfolioView, Reason
+from batch.domain.model import Decision, LedgerView, PortfolioView, Reason, ReconciliationPolicy
 from batch.domain.money import MINOR_UNITS, minor_unit
 from batch.domain.policy import Policy, Verdict, decide
-from batch.settings import PolicySettings, ReconciliationPolicy
+from batch.settings import PolicySettings
 
 D = Decimal
 TODAY = date(2026, 11, 21)

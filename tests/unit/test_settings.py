@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from batch.domain.model import ReconciliationPolicy
 from batch.errors import ConfigError
-from batch.settings import ReconciliationPolicy, Settings, load_settings
+from batch.settings import Settings, load_settings
 
 SECRET = "s3cr3t-Value-9f8e7d"
 DSN_PASSWORD = "pw-Hunter2-xyz"
