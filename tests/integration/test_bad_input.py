@@ -211,7 +211,7 @@ def test_portfolio_deleted_after_planning_is_cancelled_before_any_money_moves(
 
 
 def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_payout_stands(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A portfolio gone (404) after the ledger post stops at RECORD_TRANSACTION; the ledger payout stands."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
@@ -225,7 +225,7 @@ def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_p
         delete_portfolio(store, doc["id"])
         return transfer
 
-    executor.ports.ledger.post_payout = post_then_vanish  # type: ignore[method-assign]
+    monkeypatch.setattr(executor.ports.ledger, "post_payout", post_then_vanish)
     executor.execute()
 
     payout = the_payout(app, doc["id"])

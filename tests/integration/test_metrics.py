@@ -145,13 +145,14 @@ def test_failed_run_keeps_the_last_success_on_the_gateway(gateway: FakePushgatew
 
 def test_failed_run_keeps_the_last_success_in_the_textfile(tmp_path: Path) -> None:
     """After a success then a failure, the textfile still carries the success's timestamp."""
-    settings = MetricsSettings(textfile_path=tmp_path / "payout.prom")
+    path = tmp_path / "payout.prom"
+    settings = MetricsSettings(textfile_path=path)
     assert publish_run_metrics(settings, _result(ExitCode.OK)) is True
-    first = _samples(settings.textfile_path.read_text(encoding="utf-8"))  # type: ignore[union-attr]
+    first = _samples(path.read_text(encoding="utf-8"))
     success = first[("batch_run_last_success_timestamp_seconds", ())]
     failed = RunResult(None, date(2026, 3, 3), ExitCode.TECHNICAL_FAILURE, "FAILED", error="boom")
     assert publish_run_metrics(settings, failed) is True
-    second = _samples(settings.textfile_path.read_text(encoding="utf-8"))  # type: ignore[union-attr]
+    second = _samples(path.read_text(encoding="utf-8"))
     assert second[("batch_run_exit_code", ())] == 1
     assert second[("batch_run_last_success_timestamp_seconds", ())] == success
 
