@@ -171,17 +171,18 @@ def main() -> int:
     try:
         for size in sizes:
             with psycopg.connect(libpq(dsn)) as conn:
-                have = int(conn.execute("SELECT coalesce(max(seq), 0) FROM batch.audit_log").fetchone()[0])  # type: ignore[index]
+                ((max_seq,),) = conn.execute("SELECT coalesce(max(seq), 0) FROM batch.audit_log").fetchall()
+                have = int(max_seq)
             load = extend_chain(dsn, size)
             log(f"history {size:,}: loaded {size - have:,} rows in {load:.1f} s ({(size - have) / load:,.0f} rows/s)")
             with psycopg.connect(libpq(dsn), autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE batch.audit_log")
-                table_mb = conn.execute("SELECT pg_total_relation_size('batch.audit_log') / 1048576.0").fetchone()[0]  # type: ignore[index]
+                ((table_mb,),) = conn.execute("SELECT pg_total_relation_size('batch.audit_log') / 1048576.0").fetchall()
             full = measured(root, [PYTHON, __file__, "--child", "full", "--dsn", dsn])
             rate = full["rows"] / full["seconds"]
             log(f"  full: {full['rows']:,} rows in {full['seconds']:.2f} s = {rate:,.0f} rows/s")
             log(f"        peak RSS {full['maxrss_mb']:.0f} MB, ok={full['ok']}")
-            nights = []
+            nights: list[dict[str, Any]] = []
             for _ in range(args.repeat):
                 extend_chain(dsn, size + (len(nights) + 1) * args.night)
                 nights.append(measured(root, [PYTHON, __file__, "--child", "incremental", "--dsn", dsn]))

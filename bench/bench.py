@@ -455,15 +455,15 @@ def collect(m: Measurement, journal_dsn: str) -> None:
         ).fetchone()
         if row and row[0] is not None:
             m.p50, m.p95, m.exec_seconds = float(row[0]), float(row[1]), float(row[2])
-        m.failures_429 = int(
-            conn.execute(
-                "SELECT count(*) FROM batch.payouts WHERE state IN ('NEEDS_ATTENTION', 'CANCELLED') "
-                "AND coalesce(last_error, '') LIKE '%429%'"
-            ).fetchone()[0]
-        )
-        m.transient_429_attempts = int(
-            conn.execute("SELECT count(*) FROM batch.step_attempts WHERE detail::text LIKE '%HTTP 429%'").fetchone()[0]
-        )
+        ((failures_429,),) = conn.execute(
+            "SELECT count(*) FROM batch.payouts WHERE state IN ('NEEDS_ATTENTION', 'CANCELLED') "
+            "AND coalesce(last_error, '') LIKE '%429%'"
+        ).fetchall()
+        m.failures_429 = int(failures_429)
+        ((attempts_429,),) = conn.execute(
+            "SELECT count(*) FROM batch.step_attempts WHERE detail::text LIKE '%HTTP 429%'"
+        ).fetchall()
+        m.transient_429_attempts = int(attempts_429)
 
 
 # --------------------------------------------------------------------------- report

@@ -83,11 +83,11 @@ class Connection:
             line = await self.reader.readline()
             if line in (b"\r\n", b"\n", b""):
                 break
-            name, _, value = line.partition(b":")
-            lname = name.strip().lower()
+            field_name, _, field_value = line.partition(b":")
+            lname = field_name.strip().lower()
             if lname == b"content-length":
-                length = int(value.strip())
-            elif lname == b"connection" and value.strip().lower() == b"close":
+                length = int(field_value.strip())
+            elif lname == b"connection" and field_value.strip().lower() == b"close":
                 close = True
             elif lname == b"transfer-encoding":
                 raise HttpError("chunked responses are not supported by this load generator")

@@ -113,7 +113,7 @@ class FakeJournal:
         not_stalled_in: uuid.UUID | None = None,
     ) -> list[PayoutRecord]:
         with self._lock:
-            claimed = []
+            claimed: list[PayoutRecord] = []
             for op in self.operations.values():
                 if len(claimed) >= limit:
                     break
@@ -199,7 +199,9 @@ class FakeJournal:
             for target in through:
                 check_transition(state, target, current.flow)
                 state = target
-            stamps = {"ledger_posted_at": datetime.now(UTC)} if PayoutState.LEDGER_POSTED in through else {}
+            stamps: dict[str, Any] = (
+                {"ledger_posted_at": datetime.now(UTC)} if PayoutState.LEDGER_POSTED in through else {}
+            )
             updated = replace(current, state=state, **_known(payout_updates), **stamps)
             self.operations[payout.id] = updated
             if state is PayoutState.COMPLETED:

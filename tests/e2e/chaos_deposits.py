@@ -7,7 +7,7 @@ InvestSuite, the cash raised by exactly the credit); every held credit must have
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -87,7 +87,7 @@ class DepositBook:
         )
         once = [r for r in eligible if (moves[r], events[r], deposits[r], ops.get(r)) != (1, 1, 1, "COMPLETED")]
         moved_held = [r for r in held if moves[r] or events[r] or deposits[r]]
-        raised: dict[str, Decimal] = Counter()  # type: ignore[assignment]
+        raised: defaultdict[str, Decimal] = defaultdict(Decimal)
         for ref in eligible:
             raised[str(owners[ref])] += Decimal(amounts[ref])
         cash_now = self._cash()

@@ -171,7 +171,7 @@ def batch_env(crash_points: str | None = None) -> dict[str, str]:
 
 def _rows(dsn: str, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(libpq_dsn(dsn)) as conn:
-        return conn.execute(sql, params or []).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params or []).fetchall()
 
 
 class ChaosHarness:
@@ -216,7 +216,7 @@ class ChaosHarness:
 
     def _portfolios(self) -> dict[str, dict[str, Any]]:
         rows = _rows(self.dsns.sandbox, "SELECT id, doc::text FROM sandbox.portfolios")
-        return {str(pid): loads(text) for pid, text in rows}  # type: ignore[misc]
+        return {str(pid): loads(text) for pid, text in rows}
 
     # -- running ----------------------------------------------------------------------------------
     def run_once(self, number: int, *, crash: bool, timer: float | None) -> RunOutcome:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,7 +120,7 @@ def world(new_world: Callable[[], World]) -> World:
     return new_world()
 
 
-def _runs(world: World) -> list[dict[str, object]]:
+def _runs(world: World) -> list[dict[str, Any]]:
     return fetch(world.dsns.journal, "SELECT id, business_date, parameters FROM batch.runs ORDER BY started_at")
 
 
@@ -173,7 +174,7 @@ def test_a_date_before_the_first_business_date_needs_a_backfill_reason_which_is_
     backfill = world.cli("run", "--date", earlier, "--backfill-reason", reason, "--trigger", "test")
     assert backfill.returncode == ExitCode.OK, explain(backfill)
     (run,) = [r for r in _runs(world) if r["business_date"] == date.fromisoformat(earlier)]
-    assert run["parameters"]["backfill_reason"] == reason  # type: ignore[index]
+    assert run["parameters"]["backfill_reason"] == reason
     (started,) = fetch(
         world.dsns.journal,
         "SELECT details::text AS details FROM batch.audit_log WHERE action = 'run.started' AND run_id = %s",

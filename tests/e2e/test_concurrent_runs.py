@@ -23,7 +23,7 @@ DATE = date(2026, 11, 20)
 
 def _rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(libpq_dsn(dsn)) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 def _start_together(config: Path, cwd: Path, dates: list[date]) -> list[tuple[int, int, str]]:

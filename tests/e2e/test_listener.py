@@ -38,11 +38,11 @@ pytestmark = pytest.mark.slow
 
 
 @contextmanager
-def _world(dsns: Dsns, kind: str, tmp_path: Path, **kw: object) -> Iterator[ListenerWorld]:
+def _world(dsns: Dsns, kind: str, tmp_path: Path, **kw: int) -> Iterator[ListenerWorld]:
     reason = broker_missing(kind)
     if reason:
         pytest.skip(reason)
-    with listener_world(dsns, kind, tmp_path / kind, **kw) as world:  # type: ignore[arg-type]
+    with listener_world(dsns, kind, tmp_path / kind, **kw) as world:
         yield world
 
 

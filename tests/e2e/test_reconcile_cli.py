@@ -65,7 +65,7 @@ def test_ledger_payout_posted_outside_the_job_is_named(paid: Paid) -> None:
     """A payout transfer inserted straight into the ledger: exit 3, UNKNOWN_LEDGER_PAYOUT with its reference."""
     account = paid.paid[0]["ledger_account"]
     with psycopg.connect(libpq_dsn(paid.world.dsns.ledger)) as conn:
-        (reference,) = conn.execute(
+        inserted = conn.execute(
             """INSERT INTO ledger.transfers (idempotency_key, debit_account_id, credit_account_id, amount, currency,
                                              value_date, counterparty, description)
                SELECT 'manual-outside-the-job', d.id, c.id, 12.34, 'EUR', %s, 'BE00 0000 0000 0000', 'by hand'
@@ -73,6 +73,8 @@ def test_ledger_payout_posted_outside_the_job_is_named(paid: Paid) -> None:
                RETURNING reference""",
             [BUSINESS_DATE, account],
         ).fetchone()
+    assert inserted is not None  # INSERT ... SELECT found the customer and clearing accounts
+    (reference,) = inserted
     done, document = _reconcile(paid.world, "--date", BUSINESS_DATE)
     assert done.returncode == 3
     found = [b for b in document["breaks"] if b["type"] == "UNKNOWN_LEDGER_PAYOUT"]

@@ -29,7 +29,8 @@ def _sums(rows: list[dict[str, Any]], key: str = "amount") -> dict[str, Decimal]
 
 
 def _report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    return json.loads(report_paths(result.stdout)["json"].read_text(encoding="utf-8"))
+    report: dict[str, Any] = json.loads(report_paths(result.stdout)["json"].read_text(encoding="utf-8"))
+    return report
 
 
 def _stopped_run(cli: Cli) -> None:

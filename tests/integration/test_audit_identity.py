@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -37,7 +38,7 @@ def _libpq(dsn: str) -> str:
     return dsn.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def _rows(engine: Engine, sql: str) -> list[sa.Row[tuple[object, ...]]]:
+def _rows(engine: Engine, sql: str) -> list[sa.Row[Any]]:
     with engine.connect() as conn:
         return list(conn.execute(sa.text(sql)).all())
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -368,6 +369,6 @@ def test_reanchoring_accepts_the_broken_row_and_verification_walks_on(
     assert nothing.returncode == 2 and "nothing to re-anchor" in nothing.stderr
 
 
-def _rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
+def _rows(engine: Engine) -> list[sa.Row[Any]]:
     with engine.connect() as conn:
         return list(conn.execute(sa.text("SELECT seq, actor, action, details FROM batch.audit_log ORDER BY seq")))

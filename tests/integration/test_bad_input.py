@@ -21,8 +21,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.engine import Engine
 
+from batch.adapters.banking import CoreBanking
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.postgres import Dsns, make_engine
 from batch.bootstrap import App
 from batch.domain.payout import PayoutState
@@ -54,6 +57,11 @@ from tests.integration.payout_support import (
 )
 
 DEAD_LEDGER_DSN = "postgresql://postgres:x@/nowhere?host=/nonexistent/batch-dead-socket&connect_timeout=1"
+
+
+def _unreachable_ledger(dead: Engine, app: App) -> CoreBanking:
+    """The core banking ledger as the composition root builds it, on an engine that cannot connect."""
+    return CoreBanking(Ledger(dead, app.settings.ledger), DepositLedger(dead, app.settings.ledger))
 
 
 # -- shared sandbox for the planner-level cases ----------------------------------------------------------
@@ -203,7 +211,7 @@ def test_portfolio_deleted_after_planning_is_cancelled_before_any_money_moves(
 
 
 def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_payout_stands(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A portfolio gone (404) after the ledger post stops at RECORD_TRANSACTION; the ledger payout stands."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
@@ -217,7 +225,7 @@ def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_p
         delete_portfolio(store, doc["id"])
         return transfer
 
-    executor.ports.ledger.post_payout = post_then_vanish  # type: ignore[method-assign]
+    monkeypatch.setattr(executor.ports.ledger, "post_payout", post_then_vanish)
     executor.execute()
 
     payout = the_payout(app, doc["id"])
@@ -283,13 +291,14 @@ def test_ledger_unreachable_for_a_while_then_pays_exactly_once(
     run.plan([doc["id"]])
     dead = make_engine(DEAD_LEDGER_DSN, pool_size=1)
     executor = run.executor(max_step_attempts=5)
-    executor.ports = replace(executor.ports, ledger=Ledger(dead, app.settings.ledger))
+    live = executor.ports.ledger
+    executor.ports = replace(executor.ports, ledger=_unreachable_ledger(dead, app))
     pauses: list[float] = []
 
     def pause() -> None:
         pauses.append(0.0)
         if len(pauses) == 2:  # the ledger comes back
-            executor.ports = replace(executor.ports, ledger=app.ledger)
+            executor.ports = replace(executor.ports, ledger=live)
 
     executor.between_tries = pause
     try:
@@ -313,7 +322,7 @@ def _ledger_down_through_every_attempt(app: App, store: SandboxState, dsns: Dsns
     run.plan([doc["id"]])
     dead = make_engine(DEAD_LEDGER_DSN, pool_size=1)
     executor = run.executor(max_step_attempts=app.settings.run.max_step_attempts)
-    executor.ports = replace(executor.ports, ledger=Ledger(dead, app.settings.ledger))
+    executor.ports = replace(executor.ports, ledger=_unreachable_ledger(dead, app))
     try:
         executor.execute()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -255,6 +256,6 @@ def test_funding_places_the_new_incoming_credits_now(wired: Wired, dsns: Dsns) -
     ]
 
 
-def journal_rows_of(wired: Wired, sql: str) -> list[dict[str, object]]:
+def journal_rows_of(wired: Wired, sql: str) -> list[dict[str, Any]]:
     with wired.store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.text(sql))]

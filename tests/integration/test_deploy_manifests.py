@@ -52,9 +52,8 @@ def _rules(job_spec: dict[str, Any]) -> dict[int, str]:
 
 def _disruption_rule_first(job_spec: dict[str, Any]) -> bool:
     first = job_spec["podFailurePolicy"]["rules"][0]
-    return first["action"] == "Ignore" and first.get("onPodConditions") == [
-        {"type": "DisruptionTarget", "status": "True"}
-    ]
+    disruption = [{"type": "DisruptionTarget", "status": "True"}]
+    return (first["action"], first.get("onPodConditions")) == ("Ignore", disruption)
 
 
 def test_manifests_exist() -> None:
@@ -107,7 +106,7 @@ def _check_cronjob_spec(cron: dict[str, Any]) -> dict[str, Any]:
     assert spec["startingDeadlineSeconds"] > 0
     assert spec["successfulJobsHistoryLimit"] >= 1
     assert spec["failedJobsHistoryLimit"] >= 1
-    job = spec["jobTemplate"]["spec"]
+    job: dict[str, Any] = spec["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] > 0
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"  # required by podFailurePolicy

@@ -15,12 +15,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from structlog.testing import capture_logs
 
-from batch.adapters.ledger import Ledger, LedgerAccountError, LedgerAdmin, Transfer, mask_account
+from batch.adapters.ledger import Ledger, LedgerAdmin, Transfer
 from batch.adapters.postgres import make_engine
+from batch.domain.model import mask_account
 from batch.errors import (
     ConfigError,
     InsufficientFundsError,
     InvalidAmountError,
+    LedgerAccountError,
     LedgerConflictError,
     LedgerUnavailableError,
 )

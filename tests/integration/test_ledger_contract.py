@@ -26,7 +26,7 @@ TODAY = date(2026, 11, 30)
 
 def _grants_block() -> str:
     """The ```sql block of the document that starts with the batch_ledger comment."""
-    blocks = re.findall(r"```sql\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+    blocks: list[str] = re.findall(r"```sql\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
     (block,) = [b for b in blocks if b.startswith("-- batch_ledger:")]
     return block
 

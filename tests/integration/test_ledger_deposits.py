@@ -14,10 +14,16 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from structlog.testing import capture_logs
 
-from batch.adapters.ledger import Ledger, LedgerAccountError, Transfer
+from batch.adapters.ledger import Ledger, Transfer
 from batch.adapters.ledger_deposits import DepositLedger, IncomingCredit, IncomingCreditError, IncomingFundsAdmin
 from batch.adapters.postgres import Dsns, make_engine, sqlalchemy_url
-from batch.errors import ConfigError, InsufficientFundsError, InvalidAmountError, LedgerConflictError
+from batch.errors import (
+    ConfigError,
+    InsufficientFundsError,
+    InvalidAmountError,
+    LedgerAccountError,
+    LedgerConflictError,
+)
 from batch.settings import LedgerSettings
 from tests.integration.test_ledger_adapter import _race
 from tests.integration.test_ledger_contract import _grants_block

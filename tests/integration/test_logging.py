@@ -130,7 +130,8 @@ def test_per_payout_events_at_debug_carry_the_payout_and_mask_accounts(
     events = _events(debug_stream)
     run_id = str(result.run_id)
     posted = [e for e in events if e["event"] == "ledger.payout_posted"]
-    assert len(posted) == result.report.log_totals()["paid"] > 0  # type: ignore[union-attr]
+    assert result.report is not None
+    assert len(posted) == result.report.log_totals()["paid"] > 0
     for event in posted:
         assert (event["run_id"], event["level"]) == (run_id, "debug")
         assert event["portfolio_id"].startswith("P")
@@ -172,7 +173,8 @@ def test_one_summary_event_per_run_with_the_totals(
     for summary, result in zip(summaries, (first, second), strict=True):
         assert summary["status"] == result.status
         assert summary["exit_code"] == int(result.exit_code)
-        assert summary["candidates"] == result.report.candidates  # type: ignore[union-attr]
+        assert result.report is not None
+        assert summary["candidates"] == result.report.candidates
         assert {"paid", "deferred", "skipped", "held", "in_progress"} <= summary.keys()
     assert summaries[0]["paid"] > 0
     assert summaries[1]["paid"] == 0  # nothing is paid twice

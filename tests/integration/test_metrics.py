@@ -23,7 +23,6 @@ from structlog.testing import capture_logs
 from batch.adapters.postgres import Dsns
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn, seed_scenario
-from batch.service import metrics as metrics_module
 from batch.service.metrics import publish_run_metrics
 from batch.service.report import Report, Totals
 from batch.service.run import ExitCode, RunResult
@@ -146,13 +145,14 @@ def test_failed_run_keeps_the_last_success_on_the_gateway(gateway: FakePushgatew
 
 def test_failed_run_keeps_the_last_success_in_the_textfile(tmp_path: Path) -> None:
     """After a success then a failure, the textfile still carries the success's timestamp."""
-    settings = MetricsSettings(textfile_path=tmp_path / "payout.prom")
+    path = tmp_path / "payout.prom"
+    settings = MetricsSettings(textfile_path=path)
     assert publish_run_metrics(settings, _result(ExitCode.OK)) is True
-    first = _samples(settings.textfile_path.read_text(encoding="utf-8"))  # type: ignore[union-attr]
+    first = _samples(path.read_text(encoding="utf-8"))
     success = first[("batch_run_last_success_timestamp_seconds", ())]
     failed = RunResult(None, date(2026, 3, 3), ExitCode.TECHNICAL_FAILURE, "FAILED", error="boom")
     assert publish_run_metrics(settings, failed) is True
-    second = _samples(settings.textfile_path.read_text(encoding="utf-8"))  # type: ignore[union-attr]
+    second = _samples(path.read_text(encoding="utf-8"))
     assert second[("batch_run_exit_code", ())] == 1
     assert second[("batch_run_last_success_timestamp_seconds", ())] == success
 
@@ -193,7 +193,7 @@ def test_textfile_is_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
         assert path.read_text(encoding="utf-8") == "old content\n"  # readers still see the whole old file
         real_replace(src, dst)
 
-    monkeypatch.setattr(metrics_module.os, "replace", spy_replace)
+    monkeypatch.setattr("batch.service.metrics.os.replace", spy_replace)  # the os module the writer calls
     assert publish_run_metrics(MetricsSettings(textfile_path=path), _result(ExitCode.OK)) is True
     ((src, dst),) = renames
     assert Path(src).parent == path.parent and dst == str(path)

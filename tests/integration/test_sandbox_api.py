@@ -217,7 +217,8 @@ def test_patch_replaces_nested_objects_whole_and_bumps_version(client: httpx.Cli
     config = {"manager": "ROBO_ADVISOR_DISCRETIONARY", "manager_settings": {"divest_amount": 0}}
     doc = parse(client.patch(f"/portfolios/{made['id']}", json={"config": config}))
     assert doc["config"] == config and doc["version"] == 3
-    assert store.portfolio(made["id"])["config"] == config  # type: ignore[index]
+    stored = store.portfolio(made["id"])
+    assert stored is not None and stored["config"] == config
 
 
 def test_patch_refuses_unknown_read_only_and_write_once_fields(client: httpx.Client, store: SandboxState) -> None:
@@ -236,7 +237,8 @@ def test_patch_refuses_unknown_read_only_and_write_once_fields(client: httpx.Cli
     assert client.patch(path, json={"config": {"manager": "USER_MANAGED"}}).status_code == 409
     assert client.patch(path, json={"config": {"manager_settings": {}}}).status_code == 409
     assert client.patch(path, json={"portfolio": {"$EUR": "12.00"}}).status_code == 400
-    assert store.portfolio(made["id"])["version"] == 1  # type: ignore[index]
+    stored = store.portfolio(made["id"])
+    assert stored is not None and stored["version"] == 1
 
 
 def test_users_expose_counter_account(client: httpx.Client, store: SandboxState) -> None:
@@ -274,7 +276,8 @@ def test_transactions_are_created_and_found_by_external_id_duplicates_allowed(
     found = client.get(path, params={"query": "external_id eq 'LT-1'"}).json()
     assert found["count"] == "2" and {t["external_id"] for t in found["results"]} == {"LT-1"}
     assert client.get(path, params={"query": "external_id eq 'LT-9'"}).json()["results"] == []
-    assert store.portfolio(made["id"])["portfolio"] == made["portfolio"]  # type: ignore[index]
+    stored = store.portfolio(made["id"])
+    assert stored is not None and stored["portfolio"] == made["portfolio"]
 
 
 def test_transaction_validation(client: httpx.Client, store: SandboxState) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ def _walk(rows: list[AuditRow]) -> ChainWalk:
     return walk
 
 
-def _rehashed(row: AuditRow, **changes: object) -> AuditRow:
+def _rehashed(row: AuditRow, **changes: Any) -> AuditRow:
     changed = row._replace(**changes)
     return changed._replace(hash=row_hash(changed))
 

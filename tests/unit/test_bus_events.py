@@ -109,7 +109,8 @@ def test_poison_names_its_reason(body: bytes, reason: str) -> None:
 
 def test_poison_without_an_id_is_keyed_by_its_content() -> None:
     """The same poison body always gets the same inbox key; one with an id keeps the id."""
-    assert parse_envelope(b"{oops") == Poison(parse_envelope(b"{oops").reason, body_key(b"{oops"))  # type: ignore[union-attr]
+    oops = parse_envelope(b"{oops")
+    assert isinstance(oops, Poison) and oops == Poison(oops.reason, body_key(b"{oops"))
     with_id = parse_envelope(b'{"id": "e9", "created": "nope"}')
     assert isinstance(with_id, Poison) and with_id.key == "e9"
 

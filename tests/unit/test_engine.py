@@ -204,7 +204,7 @@ def test_invalid_remote_data_holds_the_payout_before_any_money_moves() -> None:
     assert not world.ledger.transfers
 
 
-def test_a_raise_before_the_patch_keeps_the_unpaid_rest_pending() -> None:
+def test_a_raise_before_the_patch_keeps_the_unpaid_rest_pending(monkeypatch: pytest.MonkeyPatch) -> None:
     """Divest raised 500 -> 800 while the payout is in flight: 500 paid, 300 left for later."""
     world = World.make()
     payout = world.withdrawal(cash="2000.00")
@@ -214,7 +214,7 @@ def test_a_raise_before_the_patch_keeps_the_unpaid_rest_pending() -> None:
         world.investsuite.portfolios[portfolio_id]["config"]["manager_settings"]["divest_amount"] = Decimal(800)
         return original(portfolio_id, body)
 
-    world.investsuite.create_transaction = raise_then_record  # type: ignore[method-assign]
+    monkeypatch.setattr(world.investsuite, "create_transaction", raise_then_record)
     world.engine().execute()
     doc = world.investsuite.portfolios[payout.portfolio_id]
     assert doc["config"]["manager_settings"]["divest_amount"] == Decimal("300.00")

@@ -562,7 +562,11 @@ def test_503_retry_after_is_stamina_s_wait(clock: FakeClock) -> None:
     answers = [json_response(503, "busy", **{"Retry-After": "3"}), json_response(200, json.dumps(user_doc()))]
     api = FakeApi(lambda r: answers.pop(0))
     scheduled: list[stamina.instrumentation.RetryDetails] = []
-    stamina.instrumentation.set_on_retry_hooks([scheduled.append])
+
+    def on_retry(details: stamina.instrumentation.RetryDetails) -> None:
+        scheduled.append(details)
+
+    stamina.instrumentation.set_on_retry_hooks([on_retry])
     try:
         with make_client(api, clock) as client:
             client.get_user(UID)

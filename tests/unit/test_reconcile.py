@@ -40,7 +40,9 @@ SETTLED = TransactionFact("T1", "SETTLED", (("CASH_WITHDRAWAL", "SETTLED", "$EUR
 REMOTE = RemoteFacts((SETTLED,), PortfolioFact("P1", True, Decimal(0), "0", Decimal("900.00")))
 
 
-def _types(payout: PayoutFacts = PAYOUT, transfer: LedgerFact | None = TRANSFER, remote: RemoteFacts = REMOTE) -> list:
+def _types(
+    payout: PayoutFacts = PAYOUT, transfer: LedgerFact | None = TRANSFER, remote: RemoteFacts = REMOTE
+) -> list[BreakType]:
     return [b.type for b in match_payout(payout, transfer, remote)]
 
 
@@ -110,6 +112,7 @@ def test_a_smaller_new_request_is_not_a_divest_break() -> None:
 
 def test_cash_above_the_target_is_holdings_not_updated() -> None:
     """InvestSuite's cash above the recorded absolute target: HOLDINGS_NOT_UPDATED with both figures."""
+    assert REMOTE.portfolio is not None
     (found,) = match_payout(PAYOUT, TRANSFER, replace(REMOTE, portfolio=replace(REMOTE.portfolio, cash=Decimal(1000))))
     assert (found.type, found.expected, found.found) == (
         BreakType.HOLDINGS_NOT_UPDATED,

@@ -10,6 +10,7 @@ import pytest
 
 from batch import codec
 from batch.domain import writes
+from batch.domain.money import FULL_WITHDRAWAL_THRESHOLD
 from batch.errors import InvalidRemoteDataError
 
 PID = "P01KDVDNA165SCD45Z50N9MQEHR"
@@ -140,7 +141,7 @@ def test_divest_after_a_payout(now: D | str | None, planned: str, paid: D, full:
 
 def test_a_full_withdrawal_marker_is_written_in_plain_notation() -> None:
     """1e100 goes back as a plain JSON number (no exponent form), still a full withdrawal."""
-    assert codec.dumps(writes.FULL_WITHDRAWAL_THRESHOLD) == "1" + "0" * 100
+    assert codec.dumps(FULL_WITHDRAWAL_THRESHOLD) == "1" + "0" * 100
 
 
 def test_transaction_and_event_refuse_what_the_api_would() -> None:
