@@ -44,7 +44,7 @@ def fresh_databases(admin_dsn: str) -> Dsns:
             migrate(engine, component)
         finally:
             engine.dispose()
-    return Dsns(**made)
+    return Dsns(journal=made["journal"], ledger=made["ledger"], sandbox=made["sandbox"])
 
 
 def main(argv: list[str] | None = None) -> int:
