@@ -247,23 +247,24 @@ def test_dockerignore_keeps_local_state_out() -> None:
     assert {".git", ".venv", ".data", "reports", ".env"} <= lines
 
 
-def test_crontab_example_has_a_nightly_batch_run() -> None:
-    """crontab.example sets the time zone and config, and has one valid 5-field entry calling `batch run`."""
+def test_crontab_example_has_a_nightly_batch_run_and_an_audit_anchor() -> None:
+    """crontab.example sets the time zone and config: a valid 5-field `batch run` entry, then `batch audit anchor`."""
     text = (ROOT / "crontab.example").read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     env = dict(ln.split("=", 1) for ln in lines if re.match(r"^[A-Z_]+=", ln))
     assert env["CRON_TZ"] == env["TZ"] == "Europe/Brussels"
     assert env["BATCH_CONFIG"].endswith(".toml")
     entries = [ln for ln in lines if not re.match(r"^[A-Z_]+=", ln)]
-    assert len(entries) == 1
-    fields = entries[0].split(None, 5)
+    assert len(entries) == 2
     field_re = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\d+(-\d+)?))*$")
     limits = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
-    for value, (low, high) in zip(fields[:5], limits, strict=True):
-        assert field_re.match(value), value
-        for number in re.findall(r"\d+", value.split("/")[0]):
-            assert low <= int(number) <= high
-    command = fields[5]
+    for entry in entries:
+        for value, (low, high) in zip(entry.split(None, 5)[:5], limits, strict=True):
+            assert field_re.match(value), value
+            for number in re.findall(r"\d+", value.split("/")[0]):
+                assert low <= int(number) <= high
+    command, anchor = (entry.split(None, 5)[5] for entry in entries)
+    assert "batch audit anchor --to " in anchor
     assert command.startswith("cd ")
     assert "batch run --trigger cron" in command
     assert "2>> /var/log/" in command and ".jsonl" in command
