@@ -74,12 +74,13 @@ class LedgerReader:
             rows = conn.execute(Q.transfers_by_keys.text, {"keys": wanted}).all()
         return {row.idempotency_key: _transfer(row) for row in rows}
 
-    def payout_transfers_on(self, value_date: date) -> list[LedgerTransfer]:
-        """Every customer -> payout clearing transfer of the value date, whoever posted it."""
+    def payout_transfers_on(self, value_date: date) -> Iterator[LedgerTransfer]:
+        """Every customer -> payout clearing transfer of the value date, whoever posted it (streamed)."""
         self.queries += 1
         with translated(self._engine.url), self._engine.connect() as conn:
-            rows = conn.execute(Q.payout_transfers_on.text, {"value_date": value_date}).all()
-        return [_transfer(row) for row in rows]
+            streamed = conn.execution_options(stream_results=True, yield_per=1000)
+            for row in streamed.execute(Q.payout_transfers_on.text, {"value_date": value_date}):
+                yield _transfer(row)
 
     def accounts(self, references: Sequence[str]) -> dict[str, LedgerAccount]:
         """Balance and available cash of these accounts, in one query (unknown references are missing)."""

@@ -7,7 +7,8 @@ and one audit row), so a report rendered later shows the same figures.
 
 - ``reconcile_payouts``: the payouts of a business date, or those one run created or drove, streamed from
   the journal and matched 1,000 at a time (memory flat). Ledger: one query per chunk for their keys and
-  one for every payout transfer of each value date (to find those the journal does not know).
+  one streamed query for every payout transfer of each value date, whose keys are looked up in the
+  journal 1,000 at a time (to find those the journal does not know).
   InvestSuite: per payout that reached the ledger, the transactions with its external_id (one GET), and
   its portfolio, read 100 per listing request (``id in [...]``).
 - ``reconcile_book``: every REAL_MONEY portfolio (listed page by page, following ``next``), its ``$CCY``
@@ -216,7 +217,6 @@ def reconcile_payouts(
     calls_before = sum(app.client.calls.values())
     reader = app.ledger_reader
     queries_before = reader.queries
-    known: set[str] = set()
     moved_dates: set[date | None] = set()
     rows = journal.payouts_to_reconcile(business_date=business_date, run_id=run_id)
     workers = max(1, app.settings.run.concurrency)
@@ -224,16 +224,17 @@ def reconcile_payouts(
         for chunk in _chunks(rows, _PAYOUT_CHUNK):  # memory flat in the number of payouts
             payouts = [payout_facts(row) for row in chunk]
             result.checked += len(payouts)
-            known.update(p.payout_id for p in payouts)
             moved_dates |= _moved_dates(payouts)
             _match_chunk(app, pool, payouts, result)
 
-    # payout transfers the journal does not know, on every value date in scope
+    # payout transfers the journal does not know, on every value date in scope: the ledger's transfers are
+    # streamed and their keys looked up in the journal 1,000 at a time (no set of every key in memory)
     value_dates = {result.business_date} if run_id is None else {run_date} | moved_dates
     for value_date in sorted(d for d in value_dates if d is not None):
-        on_date = [ledger_fact(t) for t in reader.payout_transfers_on(value_date) if t.idempotency_key not in known]
-        known |= {str(i) for i in journal.known_payout_ids(_uuids(t.idempotency_key for t in on_date))}
-        result.breaks += unknown_ledger_payouts(on_date, known)
+        for transfers in _chunks(reader.payout_transfers_on(value_date), _PAYOUT_CHUNK):
+            facts = [ledger_fact(t) for t in transfers]
+            known = {str(i) for i in journal.known_payout_ids(_uuids(f.idempotency_key for f in facts))}
+            result.breaks += unknown_ledger_payouts(facts, known)
     add_unknown(result.paid, result.breaks)
     result.stats = {
         "investsuite_calls": sum(app.client.calls.values()) - calls_before,

@@ -63,8 +63,14 @@ def test_clean_night_reconciles_with_zero_breaks(paid: Paid) -> None:
 
 def test_ledger_payout_posted_outside_the_job_is_named(paid: Paid) -> None:
     """A payout transfer inserted straight into the ledger: exit 3, UNKNOWN_LEDGER_PAYOUT with its reference."""
-    account = paid.paid[0]["ledger_account"]
     with psycopg.connect(libpq_dsn(paid.world.dsns.ledger)) as conn:
+        # a paid customer whose account still holds the amount (a full withdrawal may have emptied it)
+        row = conn.execute(
+            "SELECT reference FROM ledger.accounts WHERE reference = ANY(%s) AND balance >= 100 ORDER BY reference",
+            [[p["ledger_account"] for p in paid.paid]],
+        ).fetchone()
+        assert row is not None
+        (account,) = row
         inserted = conn.execute(
             """INSERT INTO ledger.transfers (idempotency_key, debit_account_id, credit_account_id, amount, currency,
                                              value_date, counterparty, description)

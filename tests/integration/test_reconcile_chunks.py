@@ -1,8 +1,9 @@
 """The run's reconciliation streams the journal's payouts and matches them a chunk at a time.
 
-Real PostgreSQL and the sandbox over HTTP: one run pays seven portfolios, one divest is set back
-afterwards (outside the job); matched three at a time (three chunks) the reconciliation finds the
-same break and the same figures as in one chunk.
+Real PostgreSQL and the sandbox over HTTP: one run pays seven portfolios; outside the job one divest is
+set back and one payout transfer is posted in the ledger by hand. Matched three at a time (three chunks,
+the ledger's transfers looked up three at a time too) the reconciliation finds the same breaks and the
+same figures as in one chunk.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
+from batch.sandbox.seed import libpq_dsn
 from batch.sandbox.server import SandboxProcess
 from batch.service import reconciling
 from batch.service.reconciling import reconcile_payouts
@@ -55,7 +58,7 @@ def app(sandbox: RunningSandbox, module_dsns: Dsns, tmp_path: Path) -> Iterator[
 def test_reconciliation_in_chunks_finds_what_one_chunk_finds(
     app: App, sandbox_store: SandboxState, module_dsns: Dsns, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seven payouts matched three at a time: same checked count, same break, same paid figures as all at once."""
+    """Seven payouts and eight ledger transfers matched three at a time: the same breaks and figures as at once."""
     customers = [add_customer(sandbox_store, module_dsns, divest=Decimal(f"{10 + i}.00")) for i in range(7)]
     run = OneRun(app)
     run.plan([c["id"] for c in customers])
@@ -67,6 +70,16 @@ def test_reconciliation_in_chunks_finds_what_one_chunk_finds(
         doc["config"]["manager_settings"]["divest_amount"] = 14.0
 
     set_portfolio_doc(sandbox_store, changed, divest_back)
+    first = the_payout(app, customers[0]["id"])
+    with psycopg.connect(libpq_dsn(module_dsns.ledger)) as conn:  # a payout transfer posted outside the job
+        conn.execute(
+            """INSERT INTO ledger.transfers (idempotency_key, debit_account_id, credit_account_id, amount, currency,
+                                             value_date, counterparty, description)
+               SELECT 'manual-outside-the-job', d.id, c.id, 1.23, 'EUR', t.value_date, 'BE00 0000 0000 0000', 'by hand'
+                 FROM ledger.accounts d, ledger.accounts c, ledger.transfers t
+                WHERE d.reference = %s AND c.reference = 'CLEARING-EUR' AND t.idempotency_key = %s""",
+            [first.ledger_account, str(first.id)],
+        )
 
     def reconciled() -> tuple[int, list[tuple[str, str | None]], dict[str, Any]]:
         found = reconcile_payouts(app, actor=ACTOR, run_id=run.run_id, record=False)
@@ -78,5 +91,5 @@ def test_reconciliation_in_chunks_finds_what_one_chunk_finds(
     chunked = reconciled()
     assert chunked == whole
     assert whole[0] == 7
-    assert whole[1] == [("DIVEST_NOT_CLEARED", str(the_payout(app, changed).id))]
+    assert whole[1] == [("DIVEST_NOT_CLEARED", str(the_payout(app, changed).id)), ("UNKNOWN_LEDGER_PAYOUT", None)]
     assert Decimal(whole[2]["EUR"]["ledger"]) == sum(Decimal(f"{10 + i}.00") for i in range(7))
