@@ -29,9 +29,7 @@ from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.postgres import Dsns, make_engine
 from batch.bootstrap import App
 from batch.domain.payout import PayoutState
-from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, RunResult, run_job
-from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     ACTOR,
@@ -68,28 +66,17 @@ def _unreachable_ledger(dead: Engine, app: App) -> CoreBanking:
 
 
 @pytest.fixture(scope="module")
-def module_dsns(pg_admin_dsn: str, pg_templates: dict[str, str]) -> Dsns:
-    return fresh_dsns(pg_admin_dsn, pg_templates)
-
-
-@pytest.fixture(scope="module")
-def shared(module_dsns: Dsns) -> Iterator[RunningSandbox]:
-    with SandboxProcess(module_dsns.sandbox) as process:
-        yield RunningSandbox(process, module_dsns.sandbox)
-
-
-@pytest.fixture(scope="module")
 def store(module_dsns: Dsns) -> SandboxState:
     return SandboxState(module_dsns.sandbox)
 
 
 @pytest.fixture
-def app(shared: RunningSandbox, module_dsns: Dsns, tmp_path: Path) -> Iterator[App]:
-    shared.admin.set_faults()
-    shared.admin.reset_stats()
-    with app_for(make_settings(shared.base_url, tmp_path / "reports"), module_dsns) as built:
+def app(module_sandbox: RunningSandbox, module_dsns: Dsns, tmp_path: Path) -> Iterator[App]:
+    module_sandbox.admin.set_faults()
+    module_sandbox.admin.reset_stats()
+    with app_for(make_settings(module_sandbox.base_url, tmp_path / "reports"), module_dsns) as built:
         yield built
-    shared.admin.set_faults()
+    module_sandbox.admin.set_faults()
 
 
 def _run(app: App) -> RunResult:
@@ -112,7 +99,7 @@ def _assert_nothing_paid(app: App, dsns: Dsns, store: SandboxState, doc: dict[st
 
 
 def _held(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState, doc: dict[str, Any], reason: str
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState, doc: dict[str, Any], reason: str
 ) -> dict[str, Any]:
     result = _run(app)
     assert result.exit_code is ExitCode.ATTENTION
@@ -120,7 +107,7 @@ def _held(
     assert (decision["decision"], decision["reason"]) == ("HOLD", reason)
     assert decision["pay_amount"] is None and decision["payout_id"] is None
     _assert_nothing_paid(app, module_dsns, store, doc)
-    assert route_count(shared, PATCH_ROUTE) == 0
+    assert route_count(module_sandbox, PATCH_ROUTE) == 0
     assert result.report is not None
     (line,) = [line for line in result.report.lines if line.portfolio_id == doc["id"]]
     assert (line.decision, line.reason, line.outcome) == ("HOLD", reason, "held")
@@ -128,17 +115,17 @@ def _held(
 
 
 def test_portfolio_without_base_currency_is_held_as_malformed(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """A listed portfolio missing base_currency is recorded HOLD MALFORMED_PAYLOAD, with the validation error."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
     set_portfolio_doc(store, doc["id"], lambda d: d.pop("base_currency"))
-    decision = _held(app, shared, module_dsns, store, doc, "MALFORMED_PAYLOAD")
+    decision = _held(app, module_sandbox, module_dsns, store, doc, "MALFORMED_PAYLOAD")
     assert "base_currency" in decision["details"]["error"]
 
 
 def test_divest_amount_as_a_string_is_paid_exactly(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """A divest amount sent as the string "250.00" is read as Decimal 250.00 and paid exactly once."""
     doc = add_customer(store, module_dsns, divest="250.00", cash=Decimal("1000.00"))
@@ -165,26 +152,28 @@ def test_divest_amount_as_a_string_is_paid_exactly(
     ids=["negative", "nan-string", "non-numeric", "absurdly-large", "negative-string"],
 )
 def test_invalid_divest_amount_is_held(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState, divest: Any
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState, divest: Any
 ) -> None:
     """A negative, NaN, non-numeric or absurdly large divest amount is recorded HOLD INVALID_AMOUNT; nothing paid."""
     doc = add_customer(store, module_dsns, divest=divest)
-    decision = _held(app, shared, module_dsns, store, doc, "INVALID_AMOUNT")
+    decision = _held(app, module_sandbox, module_dsns, store, doc, "INVALID_AMOUNT")
     assert decision["requested_raw"] == str(divest)
 
 
-def test_unknown_currency_is_held(app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState) -> None:
+def test_unknown_currency_is_held(
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
+) -> None:
     """A portfolio in currency XYZ (no known minor unit) is recorded HOLD UNKNOWN_CURRENCY; nothing paid."""
     doc = add_customer(store, module_dsns, currency="XYZ", cash=Decimal(1000), divest=Decimal(100))
-    _held(app, shared, module_dsns, store, doc, "UNKNOWN_CURRENCY")
+    _held(app, module_sandbox, module_dsns, store, doc, "UNKNOWN_CURRENCY")
 
 
 def test_non_numeric_holding_quantity_is_held(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """Holdings with a non-numeric quantity are recorded HOLD INVALID_HOLDINGS; nothing paid."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"), positions={"IE00B4L5Y983": "twelve"})
-    decision = _held(app, shared, module_dsns, store, doc, "INVALID_HOLDINGS")
+    decision = _held(app, module_sandbox, module_dsns, store, doc, "INVALID_HOLDINGS")
     assert "IE00B4L5Y983" in decision["details"]["note"]
 
 
@@ -192,7 +181,7 @@ def test_non_numeric_holding_quantity_is_held(
 
 
 def test_portfolio_deleted_after_planning_is_cancelled_before_any_money_moves(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """A portfolio gone (404) between planning and the ledger post: CANCELLED, SKIP CHANGED_SINCE_PLANNING, no money."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
@@ -207,11 +196,11 @@ def test_portfolio_deleted_after_planning_is_cancelled_before_any_money_moves(
     assert (decision["final_decision"], decision["final_reason"]) == ("SKIP", "CHANGED_SINCE_PLANNING")
     assert "no longer exists" in decision["details"]["execution_note"]
     assert ledger_payouts(module_dsns, doc["external_id"]) == []
-    assert route_count(shared, POST_TX_ROUTE) == 0
+    assert route_count(module_sandbox, POST_TX_ROUTE) == 0
 
 
 def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_payout_stands(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState, monkeypatch: pytest.MonkeyPatch
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A portfolio gone (404) after the ledger post stops at RECORD_TRANSACTION; the ledger payout stands."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
@@ -234,25 +223,25 @@ def test_portfolio_deleted_right_after_the_ledger_post_needs_attention_and_the_p
     assert payout.stopped_in_state == "LEDGER_POSTED"
     assert payout.last_error == "portfolio disappeared after the ledger payout"
     assert [t["reference"] for t in ledger_payouts(module_dsns, doc["external_id"])] == [payout.ledger_reference]
-    assert route_count(shared, POST_TX_ROUTE) == 1  # answered 404
-    assert route_count(shared, PATCH_ROUTE) == 0
+    assert route_count(module_sandbox, POST_TX_ROUTE) == 1  # answered 404
+    assert route_count(module_sandbox, PATCH_ROUTE) == 0
 
 
 def test_portfolio_deleted_before_the_update_needs_attention_at_that_step(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """A portfolio gone (404) between the transaction and the PATCH stops at UPDATE_PORTFOLIO, money not reversed."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
 
     def vanish(_seconds: float) -> None:
-        shared.admin.set_faults()
+        module_sandbox.admin.set_faults()
         with psycopg.connect(store.dsn) as conn:
             conn.execute("DELETE FROM sandbox.transactions WHERE portfolio_id = %s", [doc["id"]])
         delete_portfolio(store, doc["id"])
 
     run = OneRun(app, sleep=vanish)
     run.plan([doc["id"]])
-    shared.admin.set_faults(error_rate=1.0, methods=["PATCH"])  # refused before anything is done
+    module_sandbox.admin.set_faults(error_rate=1.0, methods=["PATCH"])  # refused before anything is done
     run.execute()
 
     payout = the_payout(app, doc["id"])
@@ -261,21 +250,21 @@ def test_portfolio_deleted_before_the_update_needs_attention_at_that_step(
     assert payout.stopped_in_state == "TRANSACTION_RECORDED"
     assert payout.last_error == "portfolio disappeared after the ledger payout"
     assert len(ledger_payouts(module_dsns, doc["external_id"])) == 1
-    assert route_count(shared, POST_EVENT_ROUTE) == 0
+    assert route_count(module_sandbox, POST_EVENT_ROUTE) == 0
 
 
 def test_token_expiring_mid_run_is_renewed_and_the_run_completes(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """Tokens expired between planning and execution: one 401, a fresh login, and the payout completes."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
     run = OneRun(app)
     run.plan([doc["id"]])
-    assert shared.admin.expire_tokens() >= 1
+    assert module_sandbox.admin.expire_tokens() >= 1
     run.execute()
 
     assert the_payout(app, doc["id"]).state is PayoutState.COMPLETED
-    stats = shared.admin.stats()
+    stats = module_sandbox.admin.stats()
     assert stats["by_status"].get("401", 0) >= 1
     assert stats["by_route"]["POST /auth/login/"] == 2
     assert len(store.transactions(doc["id"])) == 1  # the refused request was resent once, not duplicated
@@ -283,7 +272,7 @@ def test_token_expiring_mid_run_is_renewed_and_the_run_completes(
 
 
 def test_ledger_unreachable_for_a_while_then_pays_exactly_once(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """The ledger is unreachable for the first attempts (dead socket): retried, then paid exactly once."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
@@ -331,7 +320,7 @@ def _ledger_down_through_every_attempt(app: App, store: SandboxState, dsns: Dsns
 
 
 def test_ledger_down_for_the_whole_execution_stalls_the_payout_for_the_next_run(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """Ledger down through every attempt: the payout stays PLANNED, stalled for this run, decision kept, no money."""
     doc, run = _ledger_down_through_every_attempt(app, store, module_dsns)
@@ -346,12 +335,12 @@ def test_ledger_down_for_the_whole_execution_stalls_the_payout_for_the_next_run(
     decision = _decision(app, run.run_id, doc["id"])
     assert (decision["decision"], decision["final_decision"]) == ("PAY", None)  # the decision is kept
     assert ledger_payouts(module_dsns, doc["external_id"]) == []
-    assert route_count(shared, POST_TX_ROUTE) == 0
+    assert route_count(module_sandbox, POST_TX_ROUTE) == 0
     assert app.journal.count_stalled_in_run(run.run_id) == 1
 
 
 def test_ledger_back_the_next_run_resumes_the_stalled_payout_and_pays_it_exactly_once(
-    app: App, shared: RunningSandbox, module_dsns: Dsns, store: SandboxState
+    app: App, module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState
 ) -> None:
     """After the ledger outage the next run resumes the stalled payout by itself and pays it exactly once."""
     doc, _run_before = _ledger_down_through_every_attempt(app, store, module_dsns)
@@ -364,11 +353,11 @@ def test_ledger_back_the_next_run_resumes_the_stalled_payout_and_pays_it_exactly
 
 
 def test_ledger_down_for_the_whole_run_fails_the_run_and_the_next_run_pays_once(
-    shared: RunningSandbox, module_dsns: Dsns, store: SandboxState, tmp_path: Path
+    module_sandbox: RunningSandbox, module_dsns: Dsns, store: SandboxState, tmp_path: Path
 ) -> None:
     """A run whose ledger is unreachable fails (exit 1, run FAILED) without paying; the next run pays once."""
     doc = add_customer(store, module_dsns, divest=Decimal("100.00"))
-    settings = make_settings(shared.base_url, tmp_path / "reports")
+    settings = make_settings(module_sandbox.base_url, tmp_path / "reports")
     with app_for(settings, module_dsns) as good:
         broken = App(
             settings=settings,
