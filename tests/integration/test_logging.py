@@ -23,7 +23,7 @@ from batch.bootstrap import build_app
 from batch.logs import configure_logging, reset_logging
 from batch.sandbox.seed import libpq_dsn, seed_scenario
 from batch.sandbox.server import SandboxProcess
-from batch.service.run import ExitCode, RunRequest, run_job
+from batch.service.run import ExitCode, RunRequest, RunResult, run_job
 from batch.settings import DatabaseSettings, InvestSuiteSettings, RunSettings, Settings
 
 ACCESS_KEY_ID = "log-test-access-key-id"
@@ -84,16 +84,21 @@ def _ibans(dsns: Dsns) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _seeded_run(tmp_path: Path, dsns: Dsns, sandbox: SandboxProcess) -> RunResult:
+    """The same seeded book of 30, paid by one run."""
+    seed_scenario(dsns.sandbox, dsns.ledger, size=30, rng_seed=21)
+    app = build_app(_settings(sandbox.base_url, tmp_path), dsns=dsns)
+    try:
+        return run_job(app, RunRequest(trigger="test", operator="log-test"))
+    finally:
+        app.close()
+
+
 def test_a_run_logs_json_events_with_context_and_no_secrets(
     tmp_path: Path, dsns: Dsns, keyed_sandbox: SandboxProcess, log_stream: io.StringIO
 ) -> None:
     """At INFO every line is JSON with the run's context, no per-payout line, no secret, no IBAN."""
-    seed_scenario(dsns.sandbox, dsns.ledger, size=30, rng_seed=21)
-    app = build_app(_settings(keyed_sandbox.base_url, tmp_path), dsns=dsns)
-    try:
-        result = run_job(app, RunRequest(trigger="test", operator="log-test"))
-    finally:
-        app.close()
+    result = _seeded_run(tmp_path, dsns, keyed_sandbox)
     assert result.exit_code in (ExitCode.OK, ExitCode.ATTENTION)
     assert result.report is not None and result.report.log_totals()["paid"] > 0
     events = _events(log_stream)  # raises if a line is not JSON
@@ -121,12 +126,7 @@ def test_per_payout_events_at_debug_carry_the_payout_and_mask_accounts(
     tmp_path: Path, dsns: Dsns, keyed_sandbox: SandboxProcess, debug_stream: io.StringIO
 ) -> None:
     """At DEBUG every paid payout logs ledger.payout_posted with run, portfolio and payout ids; accounts masked."""
-    seed_scenario(dsns.sandbox, dsns.ledger, size=30, rng_seed=21)
-    app = build_app(_settings(keyed_sandbox.base_url, tmp_path), dsns=dsns)
-    try:
-        result = run_job(app, RunRequest(trigger="test", operator="log-test"))
-    finally:
-        app.close()
+    result = _seeded_run(tmp_path, dsns, keyed_sandbox)
     events = _events(debug_stream)
     run_id = str(result.run_id)
     posted = [e for e in events if e["event"] == "ledger.payout_posted"]
