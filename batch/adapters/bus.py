@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -43,10 +43,7 @@ class Delivery:
     """One message handed over by the bus; ``ack`` once the journal has committed what it meant."""
 
     body: bytes
-    headers: Mapping[str, Any]
     ack: Callable[[], Awaitable[None]]
-    #: give it back to the bus now (RabbitMQ, NATS, Kafka); MQTT has no such thing: it comes back on reconnect
-    nack: Callable[[], Awaitable[None]]
 
 
 OnMessage = Callable[[Delivery], Awaitable[None]]
@@ -86,7 +83,6 @@ class Bus:
         #: a publisher only (the sandbox) keeps no MQTT session on the broker
         self.consumer = consumer
         self.broker: BrokerUsecase[Any, Any] = self._broker()
-        self._consuming = False
 
     # -- construction ---------------------------------------------------------------------------------
     def _broker(self) -> BrokerUsecase[Any, Any]:
@@ -121,11 +117,7 @@ class Bus:
         s = self.settings
 
         async def handler(message: Annotated[StreamMessage[Any], Context("message")]) -> None:
-            async def nack() -> None:
-                if self.kind != "mqtt":
-                    await message.nack()
-
-            await on_message(Delivery(bytes(message.body), dict(message.headers), message.ack, nack))
+            await on_message(Delivery(bytes(message.body), message.ack))
 
         manual = AckPolicy.MANUAL
         if self.kind == "rabbitmq":
@@ -167,7 +159,6 @@ class Bus:
                 ack_policy=manual,
                 pull_sub=PullSub(batch_size=s.prefetch),
             )(handler)
-        self._consuming = True
 
     def _rabbit_exchange(self) -> Any:
         from faststream.rabbit import ExchangeType, RabbitExchange  # noqa: PLC0415
@@ -209,9 +200,9 @@ class Bus:
             return False
 
     # -- publishing ----------------------------------------------------------------------------------------
-    async def publish(self, body: bytes, *, routing_key: str = "", headers: Mapping[str, str] | None = None) -> None:
+    async def publish(self, body: bytes, *, routing_key: str = "") -> None:
         """Publish one event to the event topic, durably (persistent / QoS 1 / confirmed)."""
-        await self._send(body, self.settings.topic, routing_key or "event", dict(headers or {}), to_queue=False)
+        await self._send(body, self.settings.topic, routing_key or "event", {}, to_queue=False)
 
     async def dead_letter(self, body: bytes, reason: str) -> None:
         """Send a poison message to the dead-letter queue/topic with the reason in a header."""

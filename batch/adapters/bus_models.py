@@ -98,7 +98,6 @@ class Poison:
 
     reason: str
     key: str
-    event_id: str | None = None
 
 
 def body_key(body: bytes) -> str:
@@ -123,7 +122,7 @@ def parse_envelope(body: bytes) -> Envelope | Poison:
         return Envelope.model_validate(raw)
     except ValidationError as exc:
         event_id = raw.get("id") if isinstance(raw.get("id"), str) and 0 < len(raw["id"]) <= 200 else None
-        return Poison(f"bad envelope: {_problems(exc)}", event_id or body_key(body), event_id)
+        return Poison(f"bad envelope: {_problems(exc)}", event_id or body_key(body))
 
 
 def parse_data(kind: EventKind, envelope: Envelope) -> EventData | Poison:
@@ -131,4 +130,4 @@ def parse_data(kind: EventKind, envelope: Envelope) -> EventData | Poison:
     try:
         return DATA_MODELS[kind].model_validate(envelope.data)
     except ValidationError as exc:
-        return Poison(f"bad {kind} data: {_problems(exc)}", envelope.id, envelope.id)
+        return Poison(f"bad {kind} data: {_problems(exc)}", envelope.id)

@@ -200,7 +200,7 @@ class BusEventHandler:
             ):
                 with attempt:
                     try:
-                        outcome = self._dispatch(kind, envelope, data)
+                        outcome = self._dispatch(envelope, data)
                     except Exception as exc:  # InvestSuite or the ledger down, a bug: retried, then dead-lettered
                         failures += 1
                         problem = f"{type(exc).__name__}: {exc}"[:500]
@@ -219,7 +219,7 @@ class BusEventHandler:
         return Handled(Verdict.ACK, "HANDLED", outcome, kind, latency)
 
     # -- the handlers ------------------------------------------------------------------------------------
-    def _dispatch(self, kind: EventKind, envelope: Envelope, data: EventData) -> str:
+    def _dispatch(self, envelope: Envelope, data: EventData) -> str:
         if isinstance(data, Creation):
             new = self.store.register(
                 portfolio_id=data.id, external_id=data.external_id, owner=data.owned_by_user_id, event_id=envelope.id
