@@ -31,8 +31,7 @@ from batch.adapters.journal.bus import BusStore, DecisionSummary
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.service.context import Services
-from batch.service.plan import Planner
-from batch.service.run import business_today, engine_for
+from batch.service.run import business_today, engine_for, planner_for
 
 log = structlog.get_logger("batch.bus")
 ROUNDS = 3
@@ -178,20 +177,8 @@ class PlanAndExecute:
         return outcome
 
     def _round(self, portfolio_id: str) -> tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]:
-        settings = self.app.settings
         with self.runs.run_for(portfolio_id) as (run_id, business_date):
-            planner = Planner(
-                journal=self.app.journal,
-                ledger=self.app.ledger,
-                client=self.app.client,
-                policy=settings.policy.to_policy(),
-                accounts=settings.policy.account_map(),
-                run_id=run_id,
-                business_date=business_date,
-                dry_run=False,
-                actor=self.actor,
-            )
-            planner.plan([portfolio_id])
+            planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan([portfolio_id])
             engine = engine_for(
                 self.app, run_id, actor=self.actor, worker=self.runs.worker, flows=[FlowKind.WITHDRAWAL]
             )

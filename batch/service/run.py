@@ -199,14 +199,10 @@ def _locked_run(
                 result.execution.append(executor.execute(portfolio_ids=only))
             if FlowKind.DEPOSIT in flows:
                 result.deposits = plan_deposits(app, run_id, business_date, request.dry_run, actor)
-            planner = Planner(
-                journal=journal,
-                ledger=app.ledger,
-                client=app.client,
-                policy=settings.policy.to_policy(),
-                accounts=settings.policy.account_map(),
-                run_id=run_id,
-                business_date=business_date,
+            planner = planner_for(
+                app,
+                run_id,
+                business_date,
                 dry_run=request.dry_run,
                 actor=actor,
                 on_page=lambda s: progress.planned(s.candidates),
@@ -344,6 +340,30 @@ def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
     share = rate / processes
     app.client.limit_rate(share)
     return {"BATCH_INVESTSUITE__RATE_LIMIT_PER_SECOND": repr(share)}
+
+
+def planner_for(
+    app: Services,
+    run_id: uuid.UUID,
+    business_date: date,
+    *,
+    dry_run: bool,
+    actor: str,
+    on_page: Callable[[PlanStats], None] | None = None,
+) -> Planner:
+    """The withdrawal planner for one run, with the configured policy and account mapping."""
+    return Planner(
+        journal=app.journal,
+        ledger=app.ledger,
+        client=app.client,
+        policy=app.settings.policy.to_policy(),
+        accounts=app.settings.policy.account_map(),
+        run_id=run_id,
+        business_date=business_date,
+        dry_run=dry_run,
+        actor=actor,
+        on_page=on_page,
+    )
 
 
 def engine_for(
