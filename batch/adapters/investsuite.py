@@ -230,34 +230,28 @@ class InvestSuiteClient:
         wildcard); an id several portfolios carry (uniqueness is disputed) is left out and logged, unless all
         but one of them are deleted.
         """
-        wanted = sorted(set(external_ids))
-        if any("'" in external_id or not external_id for external_id in wanted):
-            raise ValueError("an external_id must be non-empty and must not contain a single quote (query language)")
         matches: dict[str, list[RemotePortfolio]] = {}
-        for start in range(0, len(wanted), _MAX_PAGE):
-            chunk = wanted[start : start + _MAX_PAGE]
-            asked = set(chunk)
-            query = "external_id in [" + ", ".join(f"'{external_id}'" for external_id in chunk) + "]"
-            for page in self.iter_portfolio_pages(query, page_size=_MAX_PAGE):
-                for item in page.items:
-                    if isinstance(item, RemotePortfolio) and item.external_id in asked:
-                        matches.setdefault(item.external_id, []).append(item)
+        for item in self._listed("external_id", external_ids):
+            matches.setdefault(item.external_id or "", []).append(item)
         return unambiguous(matches)
 
     def get_portfolios(self, portfolio_ids: Sequence[str]) -> dict[str, RemotePortfolio]:
         """The portfolios among ``portfolio_ids`` that exist, by id: ``id in [...]``, 100 per request."""
-        wanted = sorted(set(portfolio_ids))
-        if any("'" in portfolio_id or not portfolio_id for portfolio_id in wanted):
-            raise ValueError("a portfolio id must be non-empty and must not contain a single quote (query language)")
-        found: dict[str, RemotePortfolio] = {}
+        return {item.id: item for item in self._listed("id", portfolio_ids)}
+
+    def _listed(self, field: str, values: Sequence[str]) -> Iterator[RemotePortfolio]:
+        """The well-formed portfolios whose ``field`` is one of ``values`` (exact), ``field in [...]`` 100 at a time."""
+        wanted = sorted(set(values))
+        if any("'" in value or not value for value in wanted):
+            raise ValueError(f"a {field} must be non-empty and must not contain a single quote (query language)")
         for start in range(0, len(wanted), _MAX_PAGE):
             chunk = wanted[start : start + _MAX_PAGE]
-            query = "id in [" + ", ".join(f"'{portfolio_id}'" for portfolio_id in chunk) + "]"
+            asked = set(chunk)
+            query = f"{field} in [" + ", ".join(f"'{value}'" for value in chunk) + "]"
             for page in self.iter_portfolio_pages(query, page_size=_MAX_PAGE):
-                found |= {
-                    item.id: item for item in page.items if isinstance(item, RemotePortfolio) and item.id in chunk
-                }
-        return found
+                for item in page.items:
+                    if isinstance(item, RemotePortfolio) and getattr(item, field) in asked:
+                        yield item
 
     def get_portfolio(self, portfolio_id: str) -> RemotePortfolio:
         """``GET /portfolios/{id}``."""
