@@ -7,11 +7,11 @@ SELECT * FROM batch.payouts WHERE state = ANY(:states) ORDER BY created_at, id L
 -- name: payouts_count
 SELECT count(*) FROM batch.payouts WHERE state = ANY(:states)
 
--- name: held_without_payout_page
+-- name: held_without_payout
 -- the latest withdrawal decision of each portfolio since the start of the last non-dry run that planned every
 -- pending portfolio (a later decision, of a --portfolio run or a listener, wins), when it is a HOLD that created
 -- no payout. A HOLD waiting for a HELD payout's approval (AWAITING_APPROVAL) is that payout, which the payout
--- listing shows already.
+-- listing shows already. Paged and counted by the adapter (one selection, so the total matches the pages).
 WITH last_full AS (
     SELECT coalesce(max(started_at), '-infinity'::timestamptz) AS since
       FROM batch.runs
@@ -36,32 +36,6 @@ WITH last_full AS (
 SELECT portfolio_id, reason, currency, requested_amount, requested_raw, run_id, business_date, created_at
   FROM latest
  WHERE decision = 'HOLD' AND payout_id IS NULL AND reason <> 'AWAITING_APPROVAL'
- ORDER BY portfolio_id
- LIMIT :n OFFSET :offset
-
--- name: held_without_payout_count
--- the same selection as held_without_payout_page, counted
-WITH last_full AS (
-    SELECT coalesce(max(started_at), '-infinity'::timestamptz) AS since
-      FROM batch.runs
-     WHERE dry_run = false AND planned_at IS NOT NULL
-       AND coalesce(parameters ->> 'role', 'planner') = 'planner'
-       AND jsonb_array_length(coalesce(parameters -> 'portfolio_ids', '[]'::jsonb)) = 0
-       AND coalesce(parameters -> 'flows', '["WITHDRAWAL"]'::jsonb) ? 'WITHDRAWAL'
-), recent AS (
-    -- the runs that ended after that moment or still go on (a listener's long-lived run included)
-    SELECT id FROM batch.runs
-     WHERE dry_run = false AND coalesce(finished_at, 'infinity'::timestamptz) >= (SELECT since FROM last_full)
-), latest AS (
-    SELECT DISTINCT ON (d.portfolio_id)
-           coalesce(d.final_decision, d.decision) AS decision, coalesce(d.final_reason, d.reason) AS reason,
-           d.payout_id
-      FROM batch.decisions d
-     WHERE d.run_id IN (SELECT id FROM recent) AND d.flow = 'WITHDRAWAL'
-       AND d.created_at >= (SELECT since FROM last_full)
-     ORDER BY d.portfolio_id, d.created_at DESC, d.id DESC
-)
-SELECT count(*) FROM latest WHERE decision = 'HOLD' AND payout_id IS NULL AND reason <> 'AWAITING_APPROVAL'
 
 -- name: runs_page
 -- newest first; one business date when :d is given

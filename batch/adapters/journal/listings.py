@@ -13,6 +13,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
+import sqlalchemy as sa
+
 from batch.adapters.journal.base import JournalBase
 from batch.adapters.sqlfiles import load_queries
 from batch.domain.payout import PayoutState
@@ -20,6 +22,10 @@ from batch.domain.records import PayoutRecord
 
 Q = load_queries("journal_listings")
 T = TypeVar("T")
+#: one selection (``held_without_payout``), paged and counted, so the total always matches the pages
+_HELD = f"({Q.held_without_payout.sql}\n) held"
+_HELD_PAGE = sa.text(f"SELECT * FROM {_HELD} ORDER BY portfolio_id LIMIT :n OFFSET :offset")
+_HELD_COUNT = sa.text(f"SELECT count(*) FROM {_HELD}")
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,8 @@ class ListingStore(JournalBase):
     def held_without_payout_page(self, *, limit: int, offset: int = 0) -> Page[HeldDecision]:
         """Each portfolio's latest withdrawal decision since the last full run, when it is a HOLD without a payout."""
         with self._read() as conn:
-            rows = conn.execute(Q.held_without_payout_page.text, {"n": limit, "offset": offset}).all()
-            total = conn.execute(Q.held_without_payout_count.text).scalar_one()
+            rows = conn.execute(_HELD_PAGE, {"n": limit, "offset": offset}).all()
+            total = conn.execute(_HELD_COUNT).scalar_one()
         items = [
             HeldDecision(
                 portfolio_id=r.portfolio_id,
