@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import shutil
-from decimal import Decimal
 
 import sqlalchemy as sa
 
@@ -29,24 +28,20 @@ DEMO_ACCESS_KEY = "demo-access-key"
 DEMO_SECRET = "demo-secret-key"  # noqa: S105 - the sandbox's published demo credential, not a secret
 
 
-def _ledger_movements(ledger_dsn: str) -> tuple[int, Decimal, int, Decimal]:
-    """Payouts (customer -> payout clearing) and deposit moves (incoming -> customer): count and sum each."""
+def _ledger_movements(ledger_dsn: str) -> tuple[int, int]:
+    """How many payouts (customer -> payout clearing) and deposit moves (incoming -> customer) the ledger holds."""
     engine = make_engine(ledger_dsn, pool_size=1)
     try:
         with engine.connect() as conn:
             row = conn.execute(
                 sa.text(
                     "SELECT count(*) FILTER (WHERE c.kind = 'PAYOUT_CLEARING'),"
-                    " coalesce(sum(t.amount) FILTER (WHERE c.kind = 'PAYOUT_CLEARING'), 0),"
-                    " count(*) FILTER (WHERE d.kind = 'INCOMING_FUNDS' AND c.kind = 'CUSTOMER_INVESTMENT_CASH'),"
-                    " coalesce(sum(t.amount) FILTER (WHERE d.kind = 'INCOMING_FUNDS'"
-                    " AND c.kind = 'CUSTOMER_INVESTMENT_CASH'), 0)"
-                    " FROM ledger.transfers t JOIN ledger.accounts a ON a.id = t.credit_account_id"
-                    " JOIN ledger.accounts c ON c.id = t.credit_account_id"
+                    " count(*) FILTER (WHERE d.kind = 'INCOMING_FUNDS' AND c.kind = 'CUSTOMER_INVESTMENT_CASH')"
+                    " FROM ledger.transfers t JOIN ledger.accounts c ON c.id = t.credit_account_id"
                     " JOIN ledger.accounts d ON d.id = t.debit_account_id"
                 )
             ).one()
-        return int(row[0]), Decimal(row[1]), int(row[2]), Decimal(row[3])
+        return int(row[0]), int(row[1])
     finally:
         engine.dispose()
 
@@ -97,14 +92,14 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
                 print(f"\n== the same business date again ({first.business_date})")
                 second = run_job(app, RunRequest(business_date=first.business_date, trigger="manual", operator="demo"))
                 after = _ledger_movements(dsns.ledger)
-                for label, (n, _total, moves, _moved) in (
+                for label, (n, moves) in (
                     ("before the demo", before),
                     ("after the first run", middle),
                     ("after the second run", after),
                 ):
                     print(f"  {label + ':':<22} ledger payouts {n}, deposits moved {moves}")
                 print(
-                    f"  -> {after[0] - middle[0]} new payout(s), {after[2] - middle[2]} new deposit move(s):"
+                    f"  -> {after[0] - middle[0]} new payout(s), {after[1] - middle[1]} new deposit move(s):"
                     " nothing is paid or moved twice"
                 )
                 print(
