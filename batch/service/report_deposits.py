@@ -76,7 +76,11 @@ class DepositSection:
     stream: Callable[[], Iterator[DepositLine]]
     totals: dict[str, DepositTotals]
     exceptions: list[DepositLine]
-    count: int
+
+    @property
+    def count(self) -> int:
+        """Credits in the section (every line is counted in its currency's totals)."""
+        return sum(t.credits for t in self.totals.values())
 
     @property
     def lines(self) -> Iterator[DepositLine]:
@@ -156,17 +160,14 @@ def build_deposit_section(engine: Engine, run_ids: Sequence[Any]) -> DepositSect
                 yield _line(row)
 
     exceptions: list[DepositLine] = []
-    count = 0
 
-    def counted() -> Iterator[DepositLine]:
-        nonlocal count
+    def keeping_exceptions() -> Iterator[DepositLine]:
         for line in stream():
-            count += 1
             if line.exception_kind is not None:
                 exceptions.append(line)
             yield line
 
-    totals = totals_of(counted())
-    if not count:
+    totals = totals_of(keeping_exceptions())
+    if not totals:
         return None
-    return DepositSection(stream, totals, exceptions, count)
+    return DepositSection(stream, totals, exceptions)
