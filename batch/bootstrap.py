@@ -22,7 +22,7 @@ from batch.domain.payout import FlowKind
 from batch.domain.ports import Ports
 from batch.domain.withdrawal import withdrawal_flow
 from batch.errors import BatchError, ConfigError
-from batch.settings import Settings
+from batch.settings import RefusedAfterMove, Settings
 
 
 @dataclass
@@ -71,7 +71,11 @@ class App:
     @property
     def flows(self) -> Mapping[FlowKind, Flow]:
         """Every flow the engine drives, built from the settings."""
-        return {FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy()), **deposit_flows()}
+        reverse = self.settings.deposits.refused_after_move is RefusedAfterMove.REVERSE
+        return {
+            FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy()),
+            **deposit_flows(reverse_refused=reverse),
+        }
 
     def close(self) -> None:
         if self._client is not None:

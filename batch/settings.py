@@ -131,10 +131,19 @@ class BrokerIntegration(StrEnum):
     INVESTSUITE = "investsuite"  # InvestSuite: only announce it
 
 
+class RefusedAfterMove(StrEnum):
+    """What to do when InvestSuite refuses a deposit event for good after the money moved in the ledger."""
+
+    REVERSE = "reverse"  # undo the move (customer -> incoming account) and hold the credit with the reason
+    ATTENTION = "attention"  # leave the money moved; the operation needs attention with the true reason
+
+
 class DepositSettings(_Section):
     #: run the deposit flow in ``batch run`` (``--flow`` chooses per run)
     enabled: bool = True
     broker_integration: BrokerIntegration = BrokerIntegration.CLIENT
+    #: an announcement refused after the ledger move (portfolio archived, deleted, ...): see RefusedAfterMove
+    refused_after_move: RefusedAfterMove = RefusedAfterMove.REVERSE
 
 
 class RunSettings(_Section):

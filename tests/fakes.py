@@ -31,6 +31,7 @@ from batch.errors import (
     RemotePermanentError,
 )
 from batch.sandbox import rules
+from batch.sandbox.deposits import deposit_refusal
 
 
 class Crash(BaseException):
@@ -271,6 +272,21 @@ class FakeJournal:
             self.audit.append(("payout.cancelled", {"reason": reason, **(detail or {})}))
             return updated
 
+    def revise_after_money_moved(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID,
+        actor: str,
+        decision: str,
+        reason: str,
+        note: str,
+        evidence: Mapping[str, Any],
+    ) -> None:
+        with self._lock:
+            self.revised[payout.id] = (decision, reason)
+            self.audit.append(("payout.decision_revised", {"reason": reason, **evidence}))
+
     def stall(
         self,
         payout: PayoutRecord,
@@ -324,7 +340,8 @@ class FakeInvestSuite:
 
     @staticmethod
     def _refused(problem: rules.Problem) -> RemotePermanentError:
-        return RemotePermanentError(f"HTTP {problem.status}: {problem.body}", status=problem.status)
+        body = codec.dumps(problem.body)
+        return RemotePermanentError(f"HTTP {problem.status}: {body}", status=problem.status, body=body)
 
     def get_portfolio(self, portfolio_id: str) -> RemotePortfolio:
         self._fault("get_portfolio")
@@ -383,7 +400,12 @@ class FakeInvestSuite:
         with self._lock:
             seen = self.events.get(idempotency_key)
             if seen is not None and seen[0] != text:
-                raise RemotePermanentError("HTTP 409: Idempotency-Key reused", status=409)
+                raise self._refused(rules.conflict_at(["header", "Idempotency-Key"], "reused", "conflict.key"))
+            refusal = (
+                deposit_refusal(self.portfolios[data["portfolio"]], data["currency"]) if kind == "deposit" else None
+            )
+            if seen is None and refusal is not None:  # as the sandbox: a refusal records nothing
+                raise self._refused(refusal)
             if seen is None:
                 self.events[idempotency_key] = (text, data)
                 self.applied[f"event.{kind}"] += 1
@@ -486,6 +508,12 @@ class FakeLedger:
         value_date: date,
     ) -> FakeTransfer:
         return self._move(idempotency_key, f"INCOMING-{currency}", account_reference, amount, currency)
+
+    def reverse_deposit(self, *, idempotency_key: str, move_key: str, value_date: date) -> FakeTransfer:
+        moved = self.transfers.get(move_key)
+        if moved is None:
+            raise LedgerConflictError(f"no move {move_key} to undo")
+        return self._move(idempotency_key, moved.credit, moved.debit, moved.amount, moved.currency)
 
 
 def all_transfers(ledger: FakeLedger, *, into: Callable[[FakeTransfer], bool] = lambda _t: True) -> list[FakeTransfer]:

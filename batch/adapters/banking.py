@@ -61,3 +61,6 @@ class CoreBanking:
             currency=currency,
             value_date=value_date,
         )
+
+    def reverse_deposit(self, *, idempotency_key: str, move_key: str, value_date: date) -> Transfer:
+        return self.deposits.reverse_deposit(idempotency_key=idempotency_key, move_key=move_key, value_date=value_date)

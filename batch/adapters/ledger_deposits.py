@@ -243,6 +243,64 @@ class DepositLedger:
         )
         return existing
 
+    def reverse_deposit(self, *, idempotency_key: str, move_key: str, value_date: date) -> Transfer:
+        """Undo the move posted under ``move_key`` once per ``idempotency_key``: customer -> incoming account.
+
+        The same amount and currency as the move, its counterparty, a description naming the move. A repeat
+        of the key returns what was posted (another transfer under the key is a ``LedgerConflictError``); no
+        move under ``move_key`` is an ``IncomingCreditError``; a customer account that no longer holds the
+        amount is an ``InsufficientFundsError``. The ledger reads such a transfer as a reversal, never as a
+        new incoming credit (``incoming_credits`` skips credits out of customer accounts).
+        """
+        moved = self.get_transfer(move_key)
+        if moved is None:
+            raise IncomingCreditError(f"no deposit move under {move_key} to undo")
+        incoming, customer = moved.account_reference, moved.counter_account_reference
+        try:
+            with translated(self._engine.url), self._autocommit.connect() as conn:
+                accounts = {
+                    row.reference: row.id
+                    for row in conn.execute(Q.accounts_by_reference.text, {"references": [incoming, customer]}).all()
+                }
+                conn.execute(
+                    Q.insert_move.text,
+                    {
+                        "key": idempotency_key,
+                        "debit": accounts[customer],
+                        "credit": accounts[incoming],
+                        "amount": moved.amount,
+                        "currency": moved.currency,
+                        "value_date": value_date,
+                        "counterparty": moved.counterparty,
+                        "description": f"reversal of {moved.reference} ({move_key})",
+                    },
+                )
+                row = conn.execute(_SELECT_TRANSFER_BY_KEY, {"key": idempotency_key}).first()
+        except sa.exc.IntegrityError as exc:
+            if not _is_insufficient(exc):
+                raise
+            available = self._available(customer)
+            raise InsufficientFundsError(
+                f"customer account {mask_account(customer)}: available {available} < reversal {moved.amount}",
+                available=available,
+                requested=moved.amount,
+            ) from exc
+        if row is None:  # pragma: no cover - ON CONFLICT only skips a committed row
+            raise LedgerUnavailableError("ledger reversal vanished after an idempotency conflict")
+        undone = _transfer(row)
+        posted = (undone.account_reference, undone.counter_account_reference, undone.amount, undone.currency)
+        if posted != (customer, incoming, moved.amount, moved.currency):
+            raise LedgerConflictError(f"ledger idempotency key {idempotency_key} was already used for another transfer")
+        log.info(
+            "ledger.deposit_reversed",
+            account=mask_account(customer),
+            move=moved.reference,
+            reference=undone.reference,
+            amount=str(moved.amount),
+            currency=moved.currency,
+        )
+        return undone
+
     def _refusal(
         self,
         accounts: dict[str, Any],

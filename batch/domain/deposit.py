@@ -21,17 +21,42 @@ Money that cannot be announced is held, never dropped: a held credit is decided 
 ``POST /events/deposit/`` carries ``Idempotency-Key`` = the credit's ledger reference (the core-banking
 transfer id, as the docs advise); InvestSuite then records the SETTLED transaction, raises the cash and
 sets ``funded_since``.
+
+Money that moved is never left unannounced. A refusal of the event is read from its body
+(``refusal_kind``): a reused key means the key was applied with another body (money announced: a person
+looks, never undone); any other 409/422/404 is checked against a fresh GET of the portfolio. When the
+portfolio refuses funds for good (deleted, archived, PAPER_MONEY, not ACTIVE/WAITING_FOR_FUNDS, another
+base currency):
+
+- announce-only (nothing moved): the operation is cancelled and the credit HELD with that reason;
+- after ``LEDGER_MOVE``, ``refused_after_move = "reverse"`` (default): ``Divert`` to ANNOUNCE_REFUSED, then
+  ``REVERSE_LEDGER_MOVE`` moves the money back (customer -> incoming account, key ``deposit-undo:<credit
+  reference>``, read back after an unknown outcome) and the credit is HELD with the true reason;
+  ``"attention"``: the operation stops NEEDS_ATTENTION with the true reason, the money left where it is.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from batch.domain import writes
-from batch.domain.flow import Attention, Called, Cancel, Done, Flow, NotDone, Prepared, ReadBack, StepSpec, Write
+from batch.domain.flow import (
+    Attention,
+    Called,
+    Cancel,
+    Divert,
+    Done,
+    Flow,
+    NotDone,
+    Prepared,
+    ReadBack,
+    StepSpec,
+    Write,
+)
 from batch.domain.model import Decision, PortfolioView, Reason
 from batch.domain.money import MINOR_UNITS, quantum
 from batch.domain.payout import FlowKind, PayoutState, Step
@@ -70,6 +95,34 @@ class DepositVerdict:
 def move_key(credit_reference: str) -> str:
     """The idempotency key of the ledger move of a credit."""
     return f"deposit:{credit_reference}"
+
+
+def undo_key(credit_reference: str) -> str:
+    """The idempotency key of the transfer that undoes the ledger move of a credit (one per move)."""
+    return f"deposit-undo:{credit_reference}"
+
+
+#: what a refused deposit event means: the key was used with another body, or the request was refused
+KEY_REUSED = "KEY_REUSED"
+REFUSED = "REFUSED"
+
+
+def refusal_kind(status: int | None, body: str | None) -> str:
+    """Read a 4xx answer to ``POST /events/deposit/``: ``KEY_REUSED`` or ``REFUSED``. Pure.
+
+    A reused key names the ``Idempotency-Key`` header (its ``loc``) or says "idempotency"; in doubt the
+    answer is read as a reused key, the reading that never undoes money (a person looks).
+    """
+    text = (body or "").lower()
+    if "idempotency" in text:
+        return KEY_REUSED
+    try:
+        parsed = json.loads(body or "")
+    except ValueError:
+        parsed = None
+    if status in (404, 409, 422) and isinstance(parsed, dict):
+        return REFUSED
+    return KEY_REUSED
 
 
 def fundable(view: PortfolioView) -> tuple[Reason, str] | None:
@@ -113,6 +166,23 @@ def decide_deposit(credit: Credit, portfolio: PortfolioView | None, account_curr
         note = f"{credit.amount} has more decimals than {credit.currency} allows"
         return DepositVerdict(Decision.HOLD, Reason.BELOW_MINOR_UNIT, note)
     return DepositVerdict(Decision.PAY, Reason.DEPOSIT)
+
+
+def decide_stopped(verdict: DepositVerdict, state: str, error: str | None) -> DepositVerdict:
+    """A credit whose deposit operation stopped is listed, never placed again by a run. Pure.
+
+    NEEDS_ATTENTION: HOLD ``PAYOUT_NEEDS_ATTENTION`` (the operation waits for a person; every run lists it).
+    MOVE_REVERSED (moved, refused, moved back): the portfolio's current reason when it still refuses funds,
+    else HOLD ``MOVE_REVERSED`` — the move's key is spent, so a person decides where the money goes.
+    """
+    if state == PayoutState.NEEDS_ATTENTION:
+        return DepositVerdict(
+            Decision.HOLD, Reason.PAYOUT_NEEDS_ATTENTION, f"its deposit operation needs attention: {error}"
+        )
+    if verdict.decision is Decision.PAY:
+        note = "moved, refused by InvestSuite and moved back to the incoming account: a person decides"
+        return DepositVerdict(Decision.HOLD, Reason.MOVE_REVERSED, note)
+    return DepositVerdict(verdict.decision, verdict.reason, f"{verdict.note} (moved and moved back)".strip())
 
 
 # -- the steps ----------------------------------------------------------------------------------------------
@@ -208,23 +278,84 @@ def _announce_observe(ports: Ports, deposit: PayoutRecord) -> PortfolioRead | No
     return _fresh(ports, deposit) if deposit.state is PayoutState.PLANNED else None
 
 
-def _announce_call(ports: Ports, deposit: PayoutRecord, write: Write) -> Called:
+def _refused(ports: Ports, deposit: PayoutRecord, exc: RemotePermanentError, reverse: bool) -> Called:
+    """A permanent refusal of the event: key reused (a person), or the portfolio refuses funds (hold/undo)."""
+    evidence: dict[str, Any] = {"status": exc.status, "body": (exc.body or str(exc))[:500]}
+    if refusal_kind(exc.status, exc.body) == KEY_REUSED:
+        return Attention("deposit event key reused with a different body", evidence)
+    stop = _still_fundable(deposit, _fresh(ports, deposit))  # the truth is InvestSuite's portfolio, not the body
+    if stop is None:
+        return Attention(f"deposit event refused: {exc}", evidence)
+    why = f"InvestSuite refused the deposit event: {stop.what.removeprefix('changed since planning: ')}"
+    evidence |= {"reason": stop.reason, **stop.evidence}
+    if deposit.state is PayoutState.PLANNED:  # announce-only: no money moved, hold the credit
+        return Cancel(stop.decision, stop.reason, why, evidence)
+    if reverse:
+        return Divert(stop.decision, stop.reason, f"{why}; the ledger move is undone", evidence)
+    return Attention(f"{why} after the ledger move ({stop.reason}); the money is in the customer account", evidence)
+
+
+def _announce_call(ports: Ports, deposit: PayoutRecord, write: Write, *, reverse: bool = True) -> Called:
     assert deposit.credit_reference is not None
     try:
         receipt = ports.investsuite.post_event("deposit", idempotency_key=deposit.credit_reference, body=write.payload)
     except RemotePermanentError as exc:
-        why = "event key reused with a different body" if exc.status == 409 else f"deposit event refused: {exc}"
-        return Attention(why, {"status": exc.status})
+        return _refused(ports, deposit, exc, reverse)
     return Done({"status": receipt.status_code, "event_id": receipt.event_id}, {"event_status": receipt.status_code})
 
 
-def deposit_flows() -> dict[FlowKind, Flow]:
-    """Both deposit flows; which one a credit takes is chosen at planning (``[deposits] broker_integration``)."""
-    announce = StepSpec(Step.SEND_DEPOSIT_EVENT, _announce_prepare, _announce_call, None, _announce_observe)
+def _reverse_read_back(ports: Ports, deposit: PayoutRecord) -> ReadBack:
+    assert deposit.credit_reference is not None
+    undone = ports.ledger.get_transfer(undo_key(deposit.credit_reference))
+    if undone is None:
+        return NotDone()
+    return Done({"reversal_reference": undone.reference})
+
+
+def _reverse_prepare(deposit: PayoutRecord, seen: Any) -> Prepared:
+    assert deposit.credit_reference is not None
+    intent = {
+        "idempotency_key": undo_key(deposit.credit_reference),
+        "reverses": deposit.ledger_reference,
+        "amount": deposit.amount,
+        "currency": deposit.currency,
+    }
+    return Write(None, intent)
+
+
+def _reverse_call(ports: Ports, deposit: PayoutRecord, write: Write) -> Called:
+    assert deposit.credit_reference is not None
+    try:
+        transfer = ports.ledger.reverse_deposit(
+            idempotency_key=undo_key(deposit.credit_reference),
+            move_key=move_key(deposit.credit_reference),
+            value_date=deposit.business_date,
+        )
+    except InsufficientFundsError as exc:
+        evidence = {"available": exc.available, "requested": deposit.amount}
+        return Attention("the customer account no longer holds the moved deposit: it cannot be undone", evidence)
+    except PermanentError as exc:
+        return Attention(f"ledger refused to undo the move: {exc}")
+    note = f"announcement refused; ledger move {deposit.ledger_reference} undone by {transfer.reference}"
+    return Done({"reversal_reference": transfer.reference}, note=note)
+
+
+def deposit_flows(*, reverse_refused: bool = True) -> dict[FlowKind, Flow]:
+    """Both deposit flows; which one a credit takes is chosen at planning (``[deposits] broker_integration``).
+
+    ``reverse_refused`` (``[deposits] refused_after_move``): undo a move whose announcement InvestSuite
+    refuses for good (True), or stop it NEEDS_ATTENTION with the true reason (False).
+    """
+
+    def announce_call(ports: Ports, deposit: PayoutRecord, write: Write) -> Called:
+        return _announce_call(ports, deposit, write, reverse=reverse_refused)
+
+    announce = StepSpec(Step.SEND_DEPOSIT_EVENT, _announce_prepare, announce_call, None, _announce_observe)
+    reverse = StepSpec(Step.REVERSE_LEDGER_MOVE, _reverse_prepare, _reverse_call, _reverse_read_back)
     return {
         FlowKind.DEPOSIT: Flow(
             FlowKind.DEPOSIT,
-            (StepSpec(Step.LEDGER_MOVE, _move_prepare, _move_call, _move_read_back, _fresh), announce),
+            (StepSpec(Step.LEDGER_MOVE, _move_prepare, _move_call, _move_read_back, _fresh), announce, reverse),
         ),
         FlowKind.DEPOSIT_ANNOUNCE: Flow(FlowKind.DEPOSIT_ANNOUNCE, (announce,)),
     }

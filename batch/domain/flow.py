@@ -5,8 +5,9 @@ A ``StepSpec`` is one external effect of a flow, declared with three functions:
 - ``prepare(operation, observation) -> Write | Cancel | Attention`` — pure: from the operation and what
   was just read (a fresh portfolio, or nothing), the write to make, with the intent the journal records
   first and the columns it sets; or why the operation must stop now;
-- ``call(ports, operation, write) -> Done | Cancel | Attention`` — the effect, through the ports
-  (``batch.domain.ports``); raises the job's transient errors, answers permanent refusals as values;
+- ``call(ports, operation, write) -> Done | Cancel | Attention | Divert`` — the effect, through the ports
+  (``batch.domain.ports``); raises the job's transient errors, answers permanent refusals as values
+  (``Divert``: refused for good after money moved, the flow's compensation follows);
 - ``read_back(ports, operation) -> Done | NotDone | Attention`` — after an earlier attempt whose outcome
   is unknown: was it applied (adopt it), is it safe to apply again (with what was read), or neither?
 
@@ -69,8 +70,22 @@ class Attention:
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Divert:
+    """Refused for good after money moved: the flow's compensation takes over (``payout.FLOW_BRANCHES``).
+
+    The decision is revised to ``decision``/``reason`` (the true reason) at once, the operation enters the
+    branch state and the engine drives the compensating step next.
+    """
+
+    decision: str
+    reason: str
+    what: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
 Prepared = Write | Cancel | Attention
-Called = Done | Cancel | Attention
+Called = Done | Cancel | Attention | Divert
 ReadBack = Done | NotDone | Attention
 
 

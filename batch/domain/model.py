@@ -70,6 +70,7 @@ class Reason(StrEnum):
     NO_BENEFICIARY = "NO_BENEFICIARY"  # the credit names no customer account
     UNMAPPED_ACCOUNT = "UNMAPPED_ACCOUNT"  # no portfolio maps to the customer account
     BELOW_MINOR_UNIT = "BELOW_MINOR_UNIT"  # an amount with more decimals than the currency has
+    MOVE_REVERSED = "MOVE_REVERSED"  # moved, refused by InvestSuite, moved back: placing it again needs a person
 
 
 @dataclass(frozen=True)

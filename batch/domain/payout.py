@@ -10,6 +10,11 @@ loudly instead of silently.
     DEPOSIT           PLANNED -LEDGER_MOVE-> LEDGER_MOVED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
     DEPOSIT_ANNOUNCE  PLANNED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
 
+    DEPOSIT, compensation (``FLOW_BRANCHES``): the announcement refused for good after the move (portfolio
+                      archived, deleted, ...) LEDGER_MOVED -SEND_DEPOSIT_EVENT refused-> ANNOUNCE_REFUSED
+                      -REVERSE_LEDGER_MOVE-> MOVE_REVERSED (the money is back in the incoming account; the
+                      credit is held with the true reason)
+
     HELD --approve--> PLANNED; PLANNED/HELD --cancel--> CANCELLED (never once money moved)
     any open state --> NEEDS_ATTENTION --retry--> the state it stopped in
 
@@ -38,6 +43,8 @@ class PayoutState(StrEnum):
     COMPLETED = "COMPLETED"
     CANCELLED = "CANCELLED"
     NEEDS_ATTENTION = "NEEDS_ATTENTION"
+    ANNOUNCE_REFUSED = "ANNOUNCE_REFUSED"  # moved, then InvestSuite refused the deposit event for good
+    MOVE_REVERSED = "MOVE_REVERSED"  # ... and the move was undone (terminal: the credit is held)
 
 
 class Step(StrEnum):
@@ -47,6 +54,7 @@ class Step(StrEnum):
     SEND_EVENT = "SEND_EVENT"
     LEDGER_MOVE = "LEDGER_MOVE"
     SEND_DEPOSIT_EVENT = "SEND_DEPOSIT_EVENT"
+    REVERSE_LEDGER_MOVE = "REVERSE_LEDGER_MOVE"  # customer account -> incoming account, keyed by the move
 
 
 class FlowKind(StrEnum):
@@ -83,6 +91,21 @@ FLOW_STEPS: dict[FlowKind, tuple[tuple[Step, PayoutState], ...]] = {
 }
 
 
+#: compensations: (state a step was refused in, the state the refusal diverts to, the step out of it, the
+#: terminal state it reaches). Money that moved is never left unannounced: the move is undone.
+FLOW_BRANCHES: dict[FlowKind, tuple[tuple[PayoutState, PayoutState, Step, PayoutState], ...]] = {
+    FlowKind.DEPOSIT: ((S.LEDGER_MOVED, S.ANNOUNCE_REFUSED, Step.REVERSE_LEDGER_MOVE, S.MOVE_REVERSED),),
+}
+
+
+def divert_target(flow: FlowKind, state: PayoutState) -> PayoutState | None:
+    """Where a step of ``flow`` refused for good in ``state`` diverts the operation (None: no compensation)."""
+    for refused_in, diverted, _step, _end in FLOW_BRANCHES.get(flow, ()):
+        if refused_in is state:
+            return diverted
+    return None
+
+
 def _next_steps(flow: FlowKind) -> dict[PayoutState, tuple[Step, tuple[PayoutState, ...]]]:
     """State -> (the step that moves it on, the states that step passes through to its target)."""
     states = FLOW_STATES[flow]
@@ -93,6 +116,8 @@ def _next_steps(flow: FlowKind) -> dict[PayoutState, tuple[Step, tuple[PayoutSta
         for i in range(start, end):
             table[states[i]] = (step, states[i + 1 : end + 1])
         start = end
+    for _refused_in, diverted, step, end_state in FLOW_BRANCHES.get(flow, ()):
+        table[diverted] = (step, (end_state,))
     return table
 
 
@@ -110,10 +135,14 @@ EXECUTABLE: dict[FlowKind, frozenset[PayoutState]] = {f: frozenset(NEXT[f]) for 
 EXECUTABLE_STATES = frozenset().union(*EXECUTABLE.values())
 #: states reached once money moved (the first step of a flow with a ledger step, or the event of an
 #: announce-only one): never cancelled, never rolled back
-PAST_MONEY: dict[FlowKind, frozenset[PayoutState]] = {f: frozenset(FLOW_STATES[f][1:]) for f in FlowKind}
+PAST_MONEY: dict[FlowKind, frozenset[PayoutState]] = {
+    f: frozenset(FLOW_STATES[f][1:]).union(*({b[1], b[3]} for b in FLOW_BRANCHES.get(f, ()))) for f in FlowKind
+}
 PAST_LEDGER = PAST_MONEY[FlowKind.WITHDRAWAL]
 _FORWARD = frozenset().union(*(set(states[1:]) for states in FLOW_STATES.values()))
-OPEN_STATES = frozenset(set(PayoutState) - {S.COMPLETED, S.CANCELLED})
+#: end states: done, cancelled before money moved, or moved and moved back
+TERMINAL_STATES = frozenset({S.COMPLETED, S.CANCELLED, S.MOVE_REVERSED})
+OPEN_STATES = frozenset(set(PayoutState) - TERMINAL_STATES)
 
 #: The journal column stamped when an operation first reaches each state of a flow (one vocabulary:
 #: the journal's SQL, the reports and the renderers all take it from here).
@@ -137,6 +166,10 @@ def _transitions(flow: FlowKind) -> dict[PayoutState, frozenset[PayoutState]]:
     # an operator's retry puts it back in the state it stopped in (CANCELLED only before money moved:
     # the journal checks that, the table cannot)
     allowed[S.NEEDS_ATTENTION] |= set(states[:-1]) | {S.CANCELLED}
+    for refused_in, diverted, _step, end_state in FLOW_BRANCHES.get(flow, ()):
+        allowed[refused_in].add(diverted)
+        allowed[diverted] |= {end_state, S.NEEDS_ATTENTION}
+        allowed[S.NEEDS_ATTENTION].add(diverted)
     return {state: frozenset(targets) for state, targets in allowed.items()}
 
 

@@ -106,6 +106,10 @@ class LedgerPort(Protocol):
         value_date: date,
     ) -> TransferRead: ...
 
+    def reverse_deposit(self, *, idempotency_key: str, move_key: str, value_date: date) -> TransferRead:
+        """Undo the move posted under ``move_key`` (customer -> incoming account, same amount), once per key."""
+        ...
+
 
 @dataclass(frozen=True)
 class Ports:

@@ -54,7 +54,7 @@ from batch.sandbox.rules import (
     Problem,
     apply_portfolio_patch,
     bad_request,
-    conflict,
+    conflict_at,
     extra_fields,
     not_found,
     parse_request_float,
@@ -353,7 +353,11 @@ class Sandbox:
         booking = (lambda document: book_deposit(document, data, key)) if kind == "deposit" else None
         outcome, status, text = await self.store.record_event(key, body_hash, response, booking)
         if outcome == "conflict":
-            raise conflict("Idempotency-Key was already used with a different request body")
+            raise conflict_at(
+                ["header", "Idempotency-Key"],
+                "Idempotency-Key was already used with a different request body",
+                "conflict.idempotency_key_reused",
+            )
         headers = {"Idempotent-Replayed": "true"} if outcome == "replayed" else None
         return text_json_response(text, status, headers)
 

@@ -8,7 +8,9 @@ deposit, in ONE database transaction with the event record (``SandboxStore.recor
    stored response (``Idempotent-Replayed: true``) and changes nothing, another body is 409;
 2. the portfolio must accept a deposit (``deposit_refusal``): ``currency`` is its base currency (else
    422), it is REAL_MONEY, not archived, not deleted, with status ACTIVE or WAITING_FOR_FUNDS (else 409
-   "Business logic error" naming why). A refusal records nothing, so the key stays free;
+   "Business logic error" with ``detail: [{loc: [body, data, portfolio], msg, type: conflict.portfolio_*}]``;
+   a reused key's 409 names ``[header, Idempotency-Key]`` instead, so the two are told apart). A refusal
+   records nothing, so the key stays free;
 3. InvestSuite records a SETTLED ``CASH_DEPOSIT`` transaction (quantity = the amount, ``external_id`` =
    the Idempotency-Key, datetime now), raises the ``$CCY`` holding by the amount (exact Decimal, a missing
    cash key starts at 0), sets ``funded_since`` to now when it is null (never changes it otherwise) and
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from batch.sandbox.rules import Problem, conflict, transaction_document
+from batch.sandbox.rules import Problem, conflict, conflict_at, transaction_document
 from batch.sandbox.store import Document, now_iso
 
 #: the statuses in which InvestSuite accepts a deposit (DESIGN §9.6)
@@ -61,15 +63,22 @@ def deposit_refusal(document: Document, currency: str) -> Problem | None:
             },
         )
     if document.get("deleted"):
-        return conflict(f"portfolio {portfolio_id} is deleted")
+        return _refused(f"portfolio {portfolio_id} is deleted", "deleted")
     if document.get("money_type") != "REAL_MONEY":
-        return conflict(f"portfolio {portfolio_id} is {document.get('money_type')}: deposits are for REAL_MONEY")
+        money_type = document.get("money_type")
+        return _refused(f"portfolio {portfolio_id} is {money_type}: deposits are for REAL_MONEY", "money_type")
     if document.get("archived"):
-        return conflict(f"portfolio {portfolio_id} is archived")
+        return _refused(f"portfolio {portfolio_id} is archived", "archived")
     status = document.get("status")
     if status not in DEPOSIT_STATUSES:
-        return conflict(f"portfolio {portfolio_id} has status {status}: deposits need {' or '.join(DEPOSIT_STATUSES)}")
+        need = " or ".join(DEPOSIT_STATUSES)
+        return _refused(f"portfolio {portfolio_id} has status {status}: deposits need {need}", "status")
     return None
+
+
+def _refused(msg: str, why: str) -> Problem:
+    """409 naming the portfolio (``loc``) and why (``type``): never confused with a reused Idempotency-Key."""
+    return conflict_at(["body", "data", "portfolio"], msg, f"conflict.portfolio_{why}")
 
 
 def _cash(value: object, key: str, portfolio_id: object) -> Decimal:

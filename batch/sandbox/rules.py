@@ -144,6 +144,14 @@ def conflict(detail: str) -> Problem:
     return Problem(409, {"title": "Business logic error", "detail": detail, "status": 409})
 
 
+def conflict_at(loc: list[str], msg: str, kind: str) -> Problem:
+    """A 409 that names what it is about, in the docs' ``detail: [{loc, msg, type}]`` shape: a refused
+    portfolio (``loc`` the body's portfolio) and a reused Idempotency-Key (``loc`` the header) differ."""
+    return Problem(
+        409, {"title": "Business logic error", "detail": [{"loc": loc, "msg": msg, "type": kind}], "status": 409}
+    )
+
+
 def unauthorized(description: str = "JWT invalid") -> Problem:
     return Problem(
         401,

@@ -21,7 +21,7 @@ from typing import Protocol
 import structlog
 
 from batch.adapters.investsuite_models import RemotePortfolio
-from batch.domain.deposit import Credit, decide_deposit
+from batch.domain.deposit import Credit, decide_deposit, decide_stopped
 from batch.domain.model import AccountMap, Decision, LedgerView, PortfolioView, mask_account
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import DecisionRow, NewPayout
@@ -71,6 +71,8 @@ class DepositJournal(Protocol):
     def deposit_cursor(self) -> int: ...
 
     def held_credit_references(self) -> list[str]: ...
+
+    def stopped_credits(self, references: Sequence[str]) -> Mapping[str, tuple[str, str | None]]: ...
 
     def record_decisions(
         self,
@@ -128,7 +130,8 @@ class DepositPlanner:
             self.stats.ledger_queries += 1
             found = self.credits.credits_by_reference(held[start : start + PAGE])
             self.stats.held_again += len(found)
-            self._plan_page(list(found.values()), advance_to=None)
+            stopped = self.journal.stopped_credits(sorted(found))
+            self._plan_page(list(found.values()), advance_to=None, stopped=stopped)
         cursor = self.journal.deposit_cursor()
         while True:
             self.stats.ledger_queries += 1
@@ -158,7 +161,12 @@ class DepositPlanner:
                     continue
         return portfolios
 
-    def _plan_page(self, page: list[IncomingCreditRead], advance_to: int | None) -> None:
+    def _plan_page(
+        self,
+        page: list[IncomingCreditRead],
+        advance_to: int | None,
+        stopped: Mapping[str, tuple[str, str | None]] | None = None,
+    ) -> None:
         self.stats.pages += 1
         portfolios = self._portfolios(page)
         self.stats.ledger_queries += 1
@@ -169,7 +177,8 @@ class DepositPlanner:
             remote = portfolios.get(credit.beneficiary) if credit.beneficiary else None
             view = None if remote is None else remote.to_view(None)
             account = ledger.get(credit.beneficiary) if credit.beneficiary else None
-            rows.append(self._row(credit, view, None if account is None else account.currency))
+            halted = (stopped or {}).get(credit.reference)
+            rows.append(self._row(credit, view, None if account is None else account.currency, halted))
         self.journal.record_decisions(
             run_id=self.run_id,
             business_date=self.business_date,
@@ -180,13 +189,19 @@ class DepositPlanner:
         )
 
     def _row(
-        self, credit: IncomingCreditRead, view: PortfolioView | None, account_currency: str | None
+        self,
+        credit: IncomingCreditRead,
+        view: PortfolioView | None,
+        account_currency: str | None,
+        stopped: tuple[str, str | None] | None = None,
     ) -> tuple[DecisionRow, NewPayout | None]:
         verdict = decide_deposit(
             Credit(credit.reference, credit.beneficiary, credit.amount, credit.currency, credit.value_date),
             view,
             account_currency,
         )
+        if stopped is not None:  # its operation stopped: listed by every run, never placed again here
+            verdict = decide_stopped(verdict, *stopped)
         self.stats.by_decision[verdict.decision] += 1
         pay = verdict.decision is Decision.PAY
         cash = None if view is None else view.cash

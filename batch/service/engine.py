@@ -36,8 +36,8 @@ from typing import Any
 import stamina
 import structlog
 
-from batch.domain.flow import Attention, Cancel, Done, Flow, StepSpec, Write
-from batch.domain.payout import EXECUTABLE, FlowKind, PayoutState, Step, next_step
+from batch.domain.flow import Attention, Cancel, Divert, Done, Flow, StepSpec, Write
+from batch.domain.payout import EXECUTABLE, FlowKind, PayoutState, Step, divert_target, next_step
 from batch.domain.ports import Ports
 from batch.domain.records import PayoutRecord
 from batch.errors import BatchError, ConfigError, InvalidTransitionError, TransientError
@@ -228,9 +228,33 @@ class Engine:
             raise _Stop(self._cancel(operation, called, attempt))
         if isinstance(called, Attention):
             raise _Stop(self._attention(operation, step, called, attempt))
+        if isinstance(called, Divert):
+            return self._divert(operation, step, called, attempt)
         return self._finish(operation, attempt, step, "OK", called, through)
 
-    def _call(self, operation: PayoutRecord, spec: StepSpec, write: Write, attempt: int) -> Done | Cancel | Attention:
+    def _divert(self, operation: PayoutRecord, step: Step, refused: Divert, attempt: int) -> PayoutRecord:
+        """Refused for good after money moved: enter the flow's compensation branch, revise the decision."""
+        target = divert_target(operation.flow, operation.state)
+        if target is None:  # no compensation declared for this state: a person decides
+            raise _Stop(self._attention(operation, step, Attention(refused.what, refused.evidence), attempt))
+        log.warning("payout.refused_after_money_moved", step=step.value, reason=refused.reason, what=refused.what)
+        # the decision first: a crash before the state change leaves the step to be tried again (refused
+        # again, revised again to the same), never an undone move whose credit still reads PAY
+        self.journal.revise_after_money_moved(
+            operation,
+            run_id=self.run_id,
+            actor=self.actor,
+            decision=refused.decision,
+            reason=refused.reason,
+            note=refused.what,
+            evidence=refused.evidence,
+        )
+        detail = {"refused": refused.what, "reason": refused.reason, **refused.evidence}
+        return self._finish(operation, attempt, step, "REFUSED", Done(detail, note=refused.what), (target,))
+
+    def _call(
+        self, operation: PayoutRecord, spec: StepSpec, write: Write, attempt: int
+    ) -> Done | Cancel | Attention | Divert:
         try:
             crash_point(f"{spec.step.value}.before")
             called = spec.call(self.ports, operation, write)

@@ -91,6 +91,20 @@ class JournalPort(Protocol):
         note: str | None = None,
     ) -> PayoutRecord: ...
 
+    def revise_after_money_moved(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID,
+        actor: str,
+        decision: str,
+        reason: str,
+        note: str,
+        evidence: Mapping[str, Any],
+    ) -> None:
+        """Revise the decision behind an operation whose money moved (a compensation), with an audit row."""
+        ...
+
     def stall(
         self,
         payout: PayoutRecord,

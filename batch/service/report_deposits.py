@@ -46,6 +46,8 @@ class DepositLine:
     def bucket(self) -> str:
         if self.state == "COMPLETED":
             return "announced"
+        if self.state in ("ANNOUNCE_REFUSED", "MOVE_REVERSED"):  # refused after the move: held, never announced
+            return "held"
         if self.decision == "PAY" and self.state not in (None, "CANCELLED", "NEEDS_ATTENTION"):
             return "in_progress"
         if self.decision == "DEFER":

@@ -63,14 +63,25 @@ SELECT last_credit_id FROM batch.deposit_cursor
 UPDATE batch.deposit_cursor SET last_credit_id = greatest(last_credit_id, :last_credit_id), updated_at = now()
 
 -- name: held_credits
--- incoming credits whose latest (non dry) decision is HOLD and that no live operation is placing: every run
--- decides them again, so held money is never forgotten
+-- incoming credits whose latest (non dry) decision is HOLD, or whose operation stopped (moved and moved back,
+-- or needing attention), and that no live operation is placing: every run decides them again, so held money
+-- is never forgotten and a stopped deposit is listed by every run until a person resolves it
 SELECT d.credit_reference
   FROM (SELECT DISTINCT ON (credit_reference) credit_reference, coalesce(final_decision, decision) AS decided
           FROM batch.decisions
          WHERE flow <> 'WITHDRAWAL' AND NOT dry_run
          ORDER BY credit_reference, id DESC) d
- WHERE d.decided = 'HOLD'
+ WHERE (d.decided = 'HOLD'
+        OR EXISTS (SELECT 1 FROM batch.payouts s
+                    WHERE s.credit_reference = d.credit_reference AND s.state IN ('MOVE_REVERSED', 'NEEDS_ATTENTION')))
    AND NOT EXISTS (SELECT 1 FROM batch.payouts p
-                    WHERE p.credit_reference = d.credit_reference AND p.state <> 'CANCELLED')
+                    WHERE p.credit_reference = d.credit_reference
+                      AND p.state NOT IN ('CANCELLED', 'MOVE_REVERSED', 'NEEDS_ATTENTION'))
  ORDER BY d.credit_reference
+
+-- name: stopped_credits
+-- the stopped deposit operation of each of these credits (moved and moved back, or needing attention)
+SELECT DISTINCT ON (credit_reference) credit_reference, state, last_error
+  FROM batch.payouts
+ WHERE credit_reference = ANY(:references) AND state IN ('MOVE_REVERSED', 'NEEDS_ATTENTION')
+ ORDER BY credit_reference, created_at DESC

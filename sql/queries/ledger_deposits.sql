@@ -3,13 +3,16 @@
 
 -- name: incoming_credits
 -- credits into INCOMING_FUNDS accounts with id > :after_id, in id order, at most :limit: each incoming
--- account (one per currency) reads at most :limit rows of the index transfers_by_credit, then they merge
+-- account (one per currency) reads at most :limit rows of the index transfers_by_credit, then they merge.
+-- A transfer out of a customer account is the job undoing a deposit move (reverse_deposit), not a payment.
 SELECT t.id, t.reference, t.beneficiary_reference AS beneficiary, t.amount, t.currency, t.value_date,
        t.counterparty, t.created_at
   FROM ledger.accounts a
  CROSS JOIN LATERAL (
-        SELECT * FROM ledger.transfers c
+        SELECT c.* FROM ledger.transfers c
          WHERE c.credit_account_id = a.id AND c.id > :after_id
+           AND NOT EXISTS (SELECT 1 FROM ledger.accounts d
+                            WHERE d.id = c.debit_account_id AND d.kind = 'CUSTOMER_INVESTMENT_CASH')
          ORDER BY c.id
          LIMIT :limit) t
  WHERE a.kind = 'INCOMING_FUNDS'
@@ -22,7 +25,8 @@ SELECT t.id, t.reference, t.beneficiary_reference AS beneficiary, t.amount, t.cu
        t.counterparty, t.created_at
   FROM ledger.transfers t
   JOIN ledger.accounts a ON a.id = t.credit_account_id
- WHERE t.reference = ANY(:references) AND a.kind = 'INCOMING_FUNDS'
+  JOIN ledger.accounts d ON d.id = t.debit_account_id
+ WHERE t.reference = ANY(:references) AND a.kind = 'INCOMING_FUNDS' AND d.kind <> 'CUSTOMER_INVESTMENT_CASH'
 
 -- name: accounts_by_reference
 -- id, currency and kind of these accounts (the incoming account and the customer's, for a move)

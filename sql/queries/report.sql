@@ -112,10 +112,14 @@ SELECT d.credit_reference, d.portfolio_id, coalesce(d.final_decision, d.decision
        batch.still_held(d) AS still_held, false AS carried_over
   FROM latest d LEFT JOIN batch.payouts p ON p.id = d.payout_id
 UNION ALL
-SELECT p.credit_reference, p.portfolio_id, 'PAY', 'DEPOSIT', p.currency, p.amount, d.details,
+SELECT p.credit_reference, p.portfolio_id, coalesce(d.final_decision, 'PAY'), coalesce(d.final_reason, 'DEPOSIT'),
+       p.currency, p.amount, d.details,
        p.id, p.flow, p.state, p.ledger_reference, p.failing_step, p.last_error, false, true
   FROM batch.payouts p JOIN batch.decisions d ON d.id = p.decision_id
  WHERE p.flow <> 'WITHDRAWAL'
    AND p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
    AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
+   -- a credit counted once: a stopped operation whose credit the runs decided again is that decision's line
+   AND NOT EXISTS (SELECT 1 FROM batch.decisions e
+                    WHERE e.run_id = ANY(CAST(:runs AS uuid[])) AND e.credit_reference = p.credit_reference)
 ORDER BY 1

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from batch.adapters.postgres import Dsns
+from batch.domain.deposit import KEY_REUSED, REFUSED, refusal_kind
 from batch.sandbox.store import dumps
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 
@@ -94,12 +95,15 @@ def test_replay_with_the_same_key_and_body_changes_nothing(client: httpx.Client,
 
 
 def test_same_key_with_another_body_is_409_and_changes_nothing(client: httpx.Client, store: SandboxState) -> None:
-    """A key reused with another amount, or for another portfolio, is 409 and books nothing more."""
+    """A key reused with another amount, or for another portfolio, is 409 naming the key, and books nothing more."""
     made, other = _portfolio(store), _portfolio(store)
     key = _key()
     assert _deposit(client, made, "100.00", key).status_code == 201
     booked = store.portfolio(made["id"])
-    assert _deposit(client, made, "100.01", key).status_code == 409
+    reused = _deposit(client, made, "100.01", key)
+    assert reused.status_code == 409
+    assert reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert refusal_kind(409, reused.text) == KEY_REUSED
     assert _deposit(client, other, "100.00", key).status_code == 409
     assert store.portfolio(made["id"]) == booked
     assert booked is not None and booked["portfolio"]["$EUR"] == Decimal("1100.00")
@@ -133,6 +137,9 @@ def test_ineligible_portfolio_refuses_the_deposit_and_keeps_the_key_free(
     assert store.portfolio(made["id"]) == made
     assert _deposits(store, made["id"]) == []
     assert key not in [e["idempotency_key"] for e in store.events()]
+    if status == 409:  # names the portfolio, never the key: a refusal is told apart from a reused key
+        assert refused.json()["detail"][0]["loc"] == ["body", "data", "portfolio"]
+        assert refusal_kind(409, refused.text) == REFUSED
 
 
 def test_unknown_portfolio_and_malformed_deposits_are_refused(client: httpx.Client, store: SandboxState) -> None:

@@ -8,7 +8,15 @@ from decimal import Decimal as D
 
 import pytest
 
-from batch.domain.deposit import Credit, decide_deposit
+from batch.domain.deposit import (
+    KEY_REUSED,
+    REFUSED,
+    Credit,
+    DepositVerdict,
+    decide_deposit,
+    decide_stopped,
+    refusal_kind,
+)
 from batch.domain.model import Decision, PortfolioView, Reason
 
 CREDIT = Credit("LT-1", "CASH-1", D("1500.00"), "EUR", date(2026, 11, 30))
@@ -72,3 +80,35 @@ def test_deposit_decision(
     """Each incoming credit case gets its decision and reason."""
     verdict = decide_deposit(credit, portfolio, account)
     assert (verdict.decision, verdict.reason) == (decision, reason)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (
+            409,
+            '{"title": "Business logic error", "detail": [{"loc": ["header", "Idempotency-Key"]}], "status": 409}',
+            KEY_REUSED,
+        ),
+        (409, '{"title": "Business logic error", "detail": "portfolio P1 is archived", "status": 409}', REFUSED),
+        (422, '{"title": "Validation error", "detail": [{"loc": ["body", "data", "currency"]}]}', REFUSED),
+        (409, "Idempotency-Key was already used", KEY_REUSED),
+        (409, "<html>conflict</html>", KEY_REUSED),  # in doubt: the reading that never undoes money
+        (400, '{"title": "Bad request"}', KEY_REUSED),
+    ],
+)
+def test_a_refused_deposit_event_is_read_from_its_body(status: int, body: str, kind: str) -> None:
+    """A reused key and a refused portfolio are told apart; anything unclear is read as a reused key."""
+    assert refusal_kind(status, body) == kind
+
+
+def test_a_stopped_deposit_is_listed_never_placed_again() -> None:
+    """NEEDS_ATTENTION holds as PAYOUT_NEEDS_ATTENTION; a reversed credit keeps the true reason or MOVE_REVERSED."""
+    pay = DepositVerdict(Decision.PAY, Reason.DEPOSIT)
+    archived = DepositVerdict(Decision.HOLD, Reason.ARCHIVED, "portfolio archived")
+    attention = decide_stopped(pay, "NEEDS_ATTENTION", "event refused")
+    assert (attention.decision, attention.reason) == (Decision.HOLD, Reason.PAYOUT_NEEDS_ATTENTION)
+    assert "event refused" in attention.note
+    assert decide_stopped(pay, "MOVE_REVERSED", None).reason is Reason.MOVE_REVERSED
+    still = decide_stopped(archived, "MOVE_REVERSED", None)
+    assert (still.decision, still.reason) == (Decision.HOLD, Reason.ARCHIVED)

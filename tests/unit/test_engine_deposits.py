@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
-from batch.domain.deposit import deposit_flows, move_key
+from batch.domain.deposit import deposit_flows, move_key, undo_key
 from batch.domain.payout import FLOW_STEPS, FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from tests.unit.test_engine import MOMENTS, World
@@ -97,3 +98,85 @@ def test_withdrawals_and_deposits_share_one_engine_run() -> None:
     assert world.journal.operations[deposit.id].state is PayoutState.COMPLETED
     assert world.journal.operations[payout.id].state is PayoutState.COMPLETED
     assert sorted(world.investsuite.events) == sorted([str(payout.id), str(deposit.credit_reference)])
+
+
+REFUSAL_POINTS = [
+    *(f"{step}.{moment}" for step in ("SEND_DEPOSIT_EVENT", "REVERSE_LEDGER_MOVE") for moment in MOMENTS),
+    "ledger.applied",
+]
+
+
+def _archived_right_after_the_move(world: World, deposit: PayoutRecord) -> None:
+    """The customer's portfolio is archived between LEDGER_MOVE and the announcement (a slow run)."""
+    move = world.ledger.move_deposit
+
+    def move_then_archive(**kwargs: Any) -> Any:
+        world.investsuite.portfolios[deposit.portfolio_id]["archived"] = True  # after the fresh read before it
+        return move(**kwargs)
+
+    world.ledger.move_deposit = move_then_archive  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("point", [None, *REFUSAL_POINTS])
+def test_an_announcement_refused_after_the_move_undoes_the_move_once(point: str | None) -> None:
+    """Archived after the move: the 409 diverts to the undo; money back in the incoming account once, HOLD ARCHIVED."""
+    world = _world(point)
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    customer_before = world.ledger.balances[deposit.ledger_account]
+    _archived_right_after_the_move(world, deposit)
+    world.run_until_settled()
+    final = world.journal.operations[deposit.id]
+    assert final.state is PayoutState.MOVE_REVERSED, (final.state, final.last_error)
+    assert world.journal.revised[deposit.id] == ("HOLD", "ARCHIVED")
+    assert deposit.credit_reference is not None
+    keys = sorted(t.idempotency_key for t in world.ledger.transfers.values())
+    assert keys == sorted([move_key(deposit.credit_reference), undo_key(deposit.credit_reference)])
+    undone = world.ledger.transfers[undo_key(deposit.credit_reference)]
+    assert (undone.debit, undone.credit, undone.amount) == (deposit.ledger_account, "INCOMING-EUR", deposit.amount)
+    assert world.ledger.balances["INCOMING-EUR"] == deposit.amount
+    assert world.ledger.balances[deposit.ledger_account] == customer_before
+    assert not world.investsuite.events
+    assert Decimal(str(world.investsuite.portfolios[deposit.portfolio_id]["portfolio"]["$EUR"])) == Decimal("200.00")
+
+
+def test_the_attention_policy_leaves_the_money_moved_with_the_true_reason() -> None:
+    """refused_after_move = attention: NEEDS_ATTENTION at the event naming the archive; nothing undone."""
+    world = _world()
+    world.flows.update(deposit_flows(reverse_refused=False))
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    _archived_right_after_the_move(world, deposit)
+    world.engine().execute()
+    final = world.journal.operations[deposit.id]
+    assert (final.state, final.failing_step) == (PayoutState.NEEDS_ATTENTION, "SEND_DEPOSIT_EVENT")
+    assert final.last_error is not None and "archived" in final.last_error and "ARCHIVED" in final.last_error
+    assert len(world.ledger.transfers) == 1 and not world.investsuite.events
+
+
+def test_a_reused_event_key_is_never_undone() -> None:
+    """A 409 naming the Idempotency-Key means the key was applied with another body: attention, money stays."""
+    world = _world()
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    assert deposit.credit_reference is not None
+    world.investsuite.events[deposit.credit_reference] = ("another body", {})
+    world.engine().execute()
+    final = world.journal.operations[deposit.id]
+    assert final.state is PayoutState.NEEDS_ATTENTION
+    assert final.last_error == "deposit event key reused with a different body"
+    assert list(world.ledger.transfers) == [move_key(deposit.credit_reference)]
+
+
+def test_an_announce_only_deposit_refused_is_held_with_the_reason() -> None:
+    """Broker integration by InvestSuite: nothing moved, so a refused event cancels and holds (deleted)."""
+    world = _world()
+    deposit = _deposit(world, FlowKind.DEPOSIT_ANNOUNCE)
+    post = world.investsuite.post_event
+
+    def delete_then_post(kind: Any, **kwargs: Any) -> Any:
+        world.investsuite.portfolios[deposit.portfolio_id]["deleted"] = True
+        return post(kind, **kwargs)
+
+    world.investsuite.post_event = delete_then_post  # type: ignore[method-assign]
+    world.engine().execute()
+    assert world.journal.operations[deposit.id].state is PayoutState.CANCELLED
+    assert world.journal.revised[deposit.id] == ("HOLD", "DELETED")
+    assert not world.ledger.transfers and not world.investsuite.events

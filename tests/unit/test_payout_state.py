@@ -9,6 +9,7 @@ import pytest
 from batch.domain.payout import (
     EXECUTABLE,
     EXECUTABLE_STATES,
+    FLOW_BRANCHES,
     FLOW_STATES,
     NEXT_STEP,
     OPEN_STATES,
@@ -18,6 +19,7 @@ from batch.domain.payout import (
     PayoutState,
     Step,
     check_transition,
+    divert_target,
     next_step,
     path,
 )
@@ -66,6 +68,11 @@ ALLOWED = [
     (S.LEDGER_MOVED, S.NEEDS_ATTENTION),
     (S.NEEDS_ATTENTION, S.LEDGER_MOVED),
     (S.PLANNED, S.EVENT_SENT),
+    # the deposit's compensation: announcement refused after the move, the move undone
+    (S.LEDGER_MOVED, S.ANNOUNCE_REFUSED),
+    (S.ANNOUNCE_REFUSED, S.MOVE_REVERSED),
+    (S.ANNOUNCE_REFUSED, S.NEEDS_ATTENTION),
+    (S.NEEDS_ATTENTION, S.ANNOUNCE_REFUSED),
 ]
 
 FORBIDDEN = [
@@ -120,9 +127,9 @@ def test_nothing_past_the_ledger_is_cancelled() -> None:
         assert S.CANCELLED not in TRANSITIONS[state]
 
 
-@pytest.mark.parametrize("state", [S.COMPLETED, S.CANCELLED])
+@pytest.mark.parametrize("state", [S.COMPLETED, S.CANCELLED, S.MOVE_REVERSED])
 def test_terminal_states(state: PayoutState) -> None:
-    """COMPLETED and CANCELLED are terminal: no way out, not open, not executable."""
+    """COMPLETED, CANCELLED and MOVE_REVERSED are terminal: no way out, not open, not executable."""
     assert TRANSITIONS[state] == frozenset()
     assert state not in OPEN_STATES
     assert state not in EXECUTABLE_STATES
@@ -130,9 +137,10 @@ def test_terminal_states(state: PayoutState) -> None:
 
 def test_open_and_executable_states() -> None:
     """HELD and NEEDS_ATTENTION are open but wait for a human; the flow states before COMPLETED execute."""
-    assert frozenset(PayoutState) - {S.COMPLETED, S.CANCELLED} == OPEN_STATES
+    assert frozenset(PayoutState) - {S.COMPLETED, S.CANCELLED, S.MOVE_REVERSED} == OPEN_STATES
     assert frozenset(FLOW[:-1]) == EXECUTABLE[FlowKind.WITHDRAWAL]
-    assert frozenset(FLOW[:-1]) | {S.LEDGER_MOVED} == EXECUTABLE_STATES  # the deposit's ledger move
+    # the deposit's ledger move, and the undo of a move whose announcement was refused
+    assert frozenset(FLOW[:-1]) | {S.LEDGER_MOVED, S.ANNOUNCE_REFUSED} == EXECUTABLE_STATES
     assert S.HELD not in EXECUTABLE_STATES
     assert S.NEEDS_ATTENTION not in EXECUTABLE_STATES
     assert EXECUTABLE_STATES <= OPEN_STATES
@@ -231,8 +239,22 @@ def test_a_flow_refuses_the_transitions_of_another(flow: FlowKind, current: Payo
 def test_every_flow_has_one_step_out_of_each_state_before_its_end() -> None:
     """Derived from the flows as data: each state but the last has exactly one step that moves it on."""
     for flow, states in FLOW_STATES.items():
-        assert set(EXECUTABLE[flow]) == set(states[:-1])
+        branches = {diverted for _, diverted, _, _ in FLOW_BRANCHES.get(flow, ())}
+        assert set(EXECUTABLE[flow]) == set(states[:-1]) | branches
         for state in states[:-1]:
             move = next_step(flow, state)
             assert move is not None and move[1][-1] in states
         assert next_step(flow, states[-1]) is None
+
+
+def test_the_deposit_compensation_is_a_branch_out_of_the_ledger_move() -> None:
+    """A refused announcement after the move diverts to ANNOUNCE_REFUSED, whose one step ends MOVE_REVERSED."""
+    assert divert_target(FlowKind.DEPOSIT, S.LEDGER_MOVED) is S.ANNOUNCE_REFUSED
+    assert divert_target(FlowKind.DEPOSIT, S.PLANNED) is None
+    assert divert_target(FlowKind.WITHDRAWAL, S.LEDGER_POSTED) is None
+    assert next_step(FlowKind.DEPOSIT, S.ANNOUNCE_REFUSED) == (Step.REVERSE_LEDGER_MOVE, (S.MOVE_REVERSED,))
+    assert next_step(FlowKind.DEPOSIT, S.MOVE_REVERSED) is None
+    with pytest.raises(InvalidTransitionError):
+        check_transition(S.LEDGER_POSTED, S.ANNOUNCE_REFUSED, FlowKind.WITHDRAWAL)
+    with pytest.raises(InvalidTransitionError):
+        check_transition(S.MOVE_REVERSED, S.PLANNED, FlowKind.DEPOSIT)

@@ -156,6 +156,14 @@ class DecisionStore(JournalBase):
         with self._read() as conn:
             return [str(ref) for ref in conn.execute(Q.held_credits.text).scalars()]
 
+    def stopped_credits(self, references: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """Credit -> (state, last error) of its stopped operation: MOVE_REVERSED or NEEDS_ATTENTION."""
+        if not references:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(Q.stopped_credits.text, {"references": list(references)}).all()
+        return {str(row.credit_reference): (str(row.state), row.last_error) for row in rows}
+
     @staticmethod
     def revise_decision(
         conn: Connection,

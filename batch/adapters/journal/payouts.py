@@ -279,6 +279,30 @@ class PayoutStore(JournalBase):
             )
         return updated
 
+    def revise_after_money_moved(
+        self,
+        payout: PayoutRecord,
+        *,
+        run_id: uuid.UUID,
+        actor: str,
+        decision: str,
+        reason: str,
+        note: str,
+        evidence: Mapping[str, Any],
+    ) -> None:
+        """Revise the decision of an operation whose money moved (e.g. a refused deposit: HOLD, reason)."""
+        with self._tx() as conn:
+            DecisionStore.revise_decision(conn, payout.id, decision, reason, note=note, evidence=evidence)
+            self._audit(
+                conn,
+                actor=actor,
+                action="payout.decision_revised",
+                run_id=run_id,
+                payout_id=payout.id,
+                portfolio_id=payout.portfolio_id,
+                details={"state": payout.state, "decision": decision, "reason": reason, "note": note, **evidence},
+            )
+
     def stall(
         self,
         payout: PayoutRecord,
