@@ -42,8 +42,9 @@ def configure(cli: Cli, *, refused_after_move: str = "reverse", integration: str
 
 def change_portfolio(dsns: Dsns, portfolio_id: str, **fields: Any) -> None:
     with psycopg.connect(libpq_dsn(dsns.sandbox)) as conn:
-        (text,) = conn.execute("SELECT doc::text FROM sandbox.portfolios WHERE id = %s", [portfolio_id]).fetchone()
-        doc = loads(text) | fields
+        row = conn.execute("SELECT doc::text FROM sandbox.portfolios WHERE id = %s", [portfolio_id]).fetchone()
+        assert row is not None
+        doc = loads(row[0]) | fields
         conn.execute("UPDATE sandbox.portfolios SET doc = %s::json WHERE id = %s", [dumps(doc), portfolio_id])
 
 
