@@ -20,7 +20,7 @@ account does not hold the amount), ``LedgerConflictError`` (the key was used for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -144,6 +144,23 @@ class DepositLedger:
         with translated(self._engine.url), self._engine.connect() as conn:
             rows = conn.execute(Q.credits_by_reference.text, {"references": wanted}).all()
         return {row.reference: _credit(row) for row in rows}
+
+    def deposit_movements_on(self, value_date: date) -> Iterator[Transfer]:
+        """Reconciliation: every incoming <-> customer transfer of the value date (moves and undos), streamed."""
+        with translated(self._engine.url), self._engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                Q.deposit_movements_on.text, {"value_date": value_date}
+            )
+            for row in rows:
+                yield _transfer(row)
+
+    def transfers_by_keys(self, keys: Sequence[str]) -> dict[str, Transfer]:
+        """Reconciliation: the transfers posted under these idempotency keys, by key (one query)."""
+        if not keys:
+            return {}
+        with translated(self._engine.url), self._engine.connect() as conn:
+            rows = conn.execute(Q.transfers_by_keys.text, {"keys": list(keys)}).all()
+        return {row.idempotency_key: _transfer(row) for row in rows}
 
     def get_transfer(self, idempotency_key: str) -> Transfer | None:
         """The transfer posted under ``idempotency_key`` (a move's read-back), or None: ``Ledger.get_transfer``."""

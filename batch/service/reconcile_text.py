@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from batch.service.reconcile import count_by_type
+from batch.service.reconcile_deposits import deposit_text
 from batch.service.reconciling import Reconciliation
 
 _PAID_COLUMNS = (
@@ -45,6 +46,7 @@ def reconciliation_lines(result: Reconciliation) -> Iterator[str]:
                 f"  {ccy:<4} {f['portfolios']:>10} {f['investsuite_cash']:>20} {f['ledger_balance']:>20}"
                 f" {f['difference']:>16} {f['breaks']}"
             )
+    yield from deposit_text(result)
     types = count_by_type(result.breaks)
     if types:
         yield "  breaks by type: " + ", ".join(f"{name} {n}" for name, n in types.items())

@@ -54,6 +54,7 @@ from batch.service.reconcile import (
     unknown_ledger_payouts,
 )
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
+from batch.service.reconcile_deposits import reconcile_deposits_into
 
 #: portfolios read per listing request (the API's page maximum)
 _PORTFOLIOS_PER_READ = 100
@@ -241,6 +242,7 @@ def reconcile_payouts(
         "ledger_queries": reader.queries - queries_before,
         "seconds": round(time.monotonic() - started, 3),
     }
+    reconcile_deposits_into(app, result, business_date=business_date, run_id=run_id, run_date=run_date)
     if record:
         _record(app, result, actor)
     log.info(

@@ -57,3 +57,25 @@ SELECT t.reference, t.beneficiary_reference AS beneficiary, t.amount, t.currency
   FROM ledger.transfers t
   JOIN ledger.accounts a ON a.id = t.credit_account_id
  WHERE t.idempotency_key = :key
+
+-- name: deposit_movements_on
+-- reconciliation (read-only): every transfer of the value date between an INCOMING_FUNDS account and a
+-- customer investment cash account, either way (a deposit's move, or the undo of one), whoever posted it
+SELECT t.reference, t.idempotency_key, d.reference AS account_reference, c.reference AS counter_account_reference,
+       t.amount, t.currency, t.value_date, t.counterparty, t.created_at, d.kind AS debit_kind
+  FROM ledger.transfers t
+  JOIN ledger.accounts d ON d.id = t.debit_account_id
+  JOIN ledger.accounts c ON c.id = t.credit_account_id
+ WHERE t.value_date = :value_date
+   AND ((d.kind = 'INCOMING_FUNDS' AND c.kind = 'CUSTOMER_INVESTMENT_CASH')
+        OR (d.kind = 'CUSTOMER_INVESTMENT_CASH' AND c.kind = 'INCOMING_FUNDS'))
+ ORDER BY t.id
+
+-- name: transfers_by_keys
+-- reconciliation (read-only): the transfers posted under these idempotency keys (moves and undos)
+SELECT t.reference, t.idempotency_key, d.reference AS account_reference, c.reference AS counter_account_reference,
+       t.amount, t.currency, t.value_date, t.counterparty, t.created_at
+  FROM ledger.transfers t
+  JOIN ledger.accounts d ON d.id = t.debit_account_id
+  JOIN ledger.accounts c ON c.id = t.credit_account_id
+ WHERE t.idempotency_key = ANY(:keys)

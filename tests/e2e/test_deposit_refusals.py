@@ -4,8 +4,10 @@ A run is SIGKILLed right after a deposit's ledger move; the customer's portfolio
 so the next run's ``POST /events/deposit/`` is refused (409 naming the portfolio). With
 ``refused_after_move = "reverse"`` the move is undone once (customer -> incoming account) and the credit held
 with the true reason; with ``"attention"`` the operation stops NEEDS_ATTENTION naming it. Either way the run
-exits 3 and its report lists the credit; every later run lists it again: a held credit as "still held"
-(exit 0, as any unchanged hold), an operation needing attention as an exception (exit 3 until resolved).
+exits 3 and its report lists the credit; ``reconcile --date`` names it (a moved-back credit as such, a
+moved but unannounced one as a DEPOSIT_NOT_ANNOUNCED break); every later run lists it again: a held credit
+as "still held" (exit 0, as any unchanged hold), an operation needing attention as an exception (exit 3
+until resolved).
 """
 
 from __future__ import annotations
@@ -109,6 +111,10 @@ def test_a_move_refused_after_the_fact_is_undone_held_reported_and_listed_next_r
     assert sum(t["held"]["count"] for t in report_totals(run.stdout).values()) >= 1
 
     assert not line["still_held"]  # a new hold: the exit 3 above
+
+    reconciled = cli("reconcile", "--date", DATE)  # ledger and InvestSuite agree: no break, but named
+    assert reconciled.returncode == 0, explain(reconciled)
+    assert f"credit {credit}: moved, refused by InvestSuite, moved back" in reconciled.stdout
 
     listed = cli("run", "--date", DATE, "--flow", "deposits")
     assert listed.returncode == 0, explain(listed)  # listed again as "still held" (DESIGN §9.4: no new alarm)
