@@ -8,7 +8,9 @@ InvestSuite, the cash raised by exactly the credit); every held credit must have
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -46,6 +48,46 @@ class DepositBook:
             doc = loads(text)
             cash[str(pid)] = Decimal(str(doc["portfolio"].get(f"${doc['base_currency']}", 0)))
         return cash
+
+    def per_currency(self, business_date: date, report_announced: Mapping[str, Decimal]) -> tuple[str, bool, str]:
+        """Per currency: incoming -> customer transfers of the date = report moved = events = SETTLED CASH_DEPOSITs.
+
+        ``report_announced``: the date report's deposits, announced (moved and announced), per currency.
+        """
+        figures: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+        for ccy, amount in _rows(
+            self.dsns.ledger,
+            "SELECT t.currency, t.amount FROM ledger.transfers t"
+            " JOIN ledger.accounts d ON d.id = t.debit_account_id JOIN ledger.accounts c ON c.id = t.credit_account_id"
+            " WHERE d.kind = 'INCOMING_FUNDS' AND c.kind = 'CUSTOMER_INVESTMENT_CASH'"
+            f" AND t.value_date = '{business_date.isoformat()}'",
+        ):
+            figures[str(ccy).strip()]["ledger"] += Decimal(amount)
+        for (data,) in _rows(
+            self.dsns.sandbox, "SELECT response::text FROM sandbox.events WHERE response::jsonb ->> 'type' = 'deposit'"
+        ):
+            body = loads(data)["data"]
+            figures[body["currency"]]["events"] += Decimal(body["amount"])
+        for ccy, quantity in _rows(
+            self.dsns.sandbox,
+            "SELECT p.search_doc ->> 'base_currency', m ->> 'quantity' FROM sandbox.transactions t"
+            " JOIN sandbox.portfolios p ON p.id = t.portfolio_id, jsonb_array_elements(t.search_doc -> 'movements') m"
+            " WHERE m ->> 'type' = 'CASH_DEPOSIT' AND m ->> 'status' IN ('SETTLED', 'EXECUTED')",
+        ):
+            figures[str(ccy)]["settled"] += Decimal(quantity)
+        for ccy, amount in report_announced.items():
+            figures[ccy]["report"] += amount
+        wrong = {
+            ccy: dict(f)
+            for ccy, f in figures.items()
+            if len({f["ledger"], f["events"], f["settled"], f["report"]}) != 1
+        }
+        shown = {ccy: str(f["ledger"]) for ccy, f in sorted(figures.items())}
+        return (
+            "deposits per currency: ledger moves of the date = report moved = events = SETTLED CASH_DEPOSIT",
+            not wrong and bool(figures),
+            f"{shown}; wrong {wrong}",
+        )
 
     def checks(self) -> list[tuple[str, bool, str]]:
         eligible = {ref for case in ELIGIBLE_CASES for ref in self.cases.get(case, [])}

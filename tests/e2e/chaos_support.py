@@ -8,6 +8,7 @@ without faults and checks the money invariants of DESIGN.md §2 straight in the 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -217,6 +218,14 @@ class ChaosHarness:
     def _portfolios(self) -> dict[str, dict[str, Any]]:
         rows = _rows(self.dsns.sandbox, "SELECT id, doc::text FROM sandbox.portfolios")
         return {str(pid): loads(text) for pid, text in rows}
+
+    def _report_announced(self) -> dict[str, Decimal]:
+        """The date report's deposits moved and announced, per currency (``batch report --date``)."""
+        date_text = self.options.business_date.isoformat()
+        command = batch_command(self.config, "report", "--date", date_text, "--format", "json")
+        done = subprocess.run(command, env=batch_env(), cwd=self.workdir, capture_output=True, text=True, check=True)
+        totals = (json.loads(done.stdout).get("deposits") or {}).get("totals", {})
+        return {ccy: Decimal(str(t["announced"]["amount"])) for ccy, t in totals.items()}
 
     # -- running ----------------------------------------------------------------------------------
     def run_once(self, number: int, *, crash: bool, timer: float | None) -> RunOutcome:
@@ -538,5 +547,6 @@ class ChaosHarness:
         if self.deposits is not None:
             for name, ok, detail in self.deposits.checks():
                 check(name, ok, detail)
+            check(*self.deposits.per_currency(self.options.business_date, self._report_announced()))
             result.counts["deposits"] = self.deposits.counts
         return checks
