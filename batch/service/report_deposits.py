@@ -56,7 +56,7 @@ class DepositLine:
 
     @property
     def exception_kind(self) -> str | None:
-        if self.state == "NEEDS_ATTENTION":
+        if self.state == "NEEDS_ATTENTION" or self.reason == "PAYOUT_NEEDS_ATTENTION":  # listed by a later run too
             return "needs_attention"
         if self.bucket == "held":
             return "still_held" if self.still_held else "held"
