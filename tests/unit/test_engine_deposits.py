@@ -180,3 +180,23 @@ def test_an_announce_only_deposit_refused_is_held_with_the_reason() -> None:
     assert world.journal.operations[deposit.id].state is PayoutState.CANCELLED
     assert world.journal.revised[deposit.id] == ("HOLD", "DELETED")
     assert not world.ledger.transfers and not world.investsuite.events
+
+
+def test_an_undo_the_ledger_refuses_stops_for_a_person_in_the_refused_state() -> None:
+    """The customer account no longer holds the money: NEEDS_ATTENTION at REVERSE_LEDGER_MOVE, nothing undone."""
+    world = _world()
+    deposit = _deposit(world, FlowKind.DEPOSIT)
+    _archived_right_after_the_move(world, deposit)
+    reverse = world.ledger.reverse_deposit
+
+    def spent_then_reverse(**kwargs: Any) -> Any:
+        world.ledger.balances[deposit.ledger_account] = Decimal(0)  # the customer spent it meanwhile
+        return reverse(**kwargs)
+
+    world.ledger.reverse_deposit = spent_then_reverse  # type: ignore[method-assign]
+    world.engine().execute()
+    final = world.journal.operations[deposit.id]
+    assert (final.state, final.failing_step) == (PayoutState.NEEDS_ATTENTION, "REVERSE_LEDGER_MOVE")
+    assert final.stopped_in_state == PayoutState.ANNOUNCE_REFUSED.value
+    assert deposit.credit_reference is not None
+    assert list(world.ledger.transfers) == [move_key(deposit.credit_reference)] and not world.investsuite.events
