@@ -1,0 +1,114 @@
+"""Database faults under a running ``batch run``, each followed by an immediate rerun (issue 28).
+
+Restart, crash (postmaster SIGKILL) and pause (SIGSTOP) of the journal's server, and a killed job: never
+two runs at once, never "in progress 0" while payouts are stranded, nothing paid twice, every payout
+counted in one report only.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batch.adapters.postgres import Dsns
+from tests.e2e.db_faults_support import FaultJob, FaultyServer, log_events, rows
+from tests.fixtures.sandbox import RunningSandbox
+
+pytestmark = pytest.mark.slow
+
+LOCKED, DONE = 75, (0, 3)
+
+
+@pytest.fixture
+def job(dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path) -> Iterator[FaultJob]:
+    """A 30-portfolio book, InvestSuite answering after 150 ms, journal and ledger on a server of our own."""
+    server = FaultyServer()
+    try:
+        sandbox.admin.set_faults(latency_ms=150)
+        yield FaultJob(server, dsns.sandbox, sandbox.base_url, tmp_path)
+    finally:
+        server.close()
+
+
+def _converge(job: FaultJob, first: int) -> list[int]:
+    """Rerun until a run is not refused; returns the exit codes. The last one leaves nothing open, or says 3."""
+    codes = [first]
+    while codes[-1] == LOCKED and len(codes) < 20:
+        time.sleep(1)
+        codes.append(job.run().code)
+    assert codes[-1] in DONE, codes
+    if job.open_payouts():
+        assert codes[-1] == 3, job.open_payouts()
+    return codes
+
+
+def test_killed_run_is_taken_over_at_once(job: FaultJob) -> None:
+    """SIGKILL of the job mid-run: the immediate rerun takes its lease over and completes every payout."""
+    first = job.start()
+    job.wait_completed(3, first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    rerun = job.run()
+    assert rerun.code in DONE, rerun.stderr[-3000:]
+    assert not job.open_payouts(), job.open_payouts()  # nothing stranded under the dead run's leases
+    assert "lease.taken_over" in log_events(rerun.stderr)
+    statuses = [status for status, _, _ in job.books()["runs"]]
+    assert statuses[0] == "ABANDONED" and statuses[1].startswith("SUCCEEDED"), statuses
+    job.assert_paid_once()
+
+
+def test_database_restart_keeps_one_run(job: FaultJob) -> None:
+    """db stop/start mid-run: the run re-takes its lease, a rerun started right after is refused (75)."""
+    first = job.start()
+    job.wait_completed(3, first)
+    job.server.restart()
+    second = job.run()
+    outcome = job.finish(first)
+    if outcome.code in DONE:  # the first run came back: the second one had to be refused
+        assert second.code == LOCKED, second.stderr[-3000:]
+    assert outcome.code in (*DONE, 1), outcome.stderr[-3000:]
+    _converge(job, job.run().code if second.code == LOCKED else second.code)
+    assert not job.open_payouts()
+    job.assert_paid_once()
+
+
+def test_postmaster_crash_then_immediate_rerun(job: FaultJob) -> None:
+    """kill -9 of the postmaster mid-run: no second run beside the first, every payout completed once."""
+    first = job.start()
+    job.wait_completed(3, first)
+    job.server.crash_and_start()
+    second = job.run()
+    outcome = job.finish(first)
+    assert outcome.code in (*DONE, 1), outcome.stderr[-3000:]
+    if second.code != LOCKED:  # it ran: then the first must have been gone or fenced by then
+        assert "run.fence_lost" in log_events(outcome.stderr) or outcome.code == 1 or second.code in DONE
+    _converge(job, job.run().code if second.code == LOCKED else second.code)
+    assert not job.open_payouts()
+    job.assert_paid_once()
+
+
+def test_paused_database_fails_bounded_then_rerun_completes(job: FaultJob) -> None:
+    """SIGSTOP of the server: a warning within seconds, exit 1 within the abort bound, the rerun completes."""
+    first = job.start()
+    job.wait_completed(3, first)
+    job.server.pause()
+    paused_at = time.monotonic()
+    try:
+        outcome = job.finish(first, timeout=60)
+        stopped_after = time.monotonic() - paused_at
+    finally:
+        job.server.resume()
+    assert outcome.code == 1, outcome.stderr[-3000:]
+    assert stopped_after < 30, stopped_after  # journal_stall_abort_seconds = 15
+    events = log_events(outcome.stderr)
+    assert "journal.unresponsive" in events and "run.aborted_journal_hung" in events, events[-20:]
+    rerun = job.run()  # the lease expired while paused (ttl 12 s): taken over at once
+    assert rerun.code in DONE, rerun.stderr[-3000:]
+    assert not job.open_payouts(), job.open_payouts()
+    runs = rows(job.dsns.journal, "SELECT status, fenced_at IS NOT NULL FROM batch.runs ORDER BY started_at")
+    assert runs[0] == ("ABANDONED", True), runs
+    job.assert_paid_once()
