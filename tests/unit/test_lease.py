@@ -103,7 +103,7 @@ def test_heartbeat_taken_over_is_lost_at_once() -> None:
 
 def test_watchdog_warns_then_self_fences_then_aborts() -> None:
     """A journal that does not answer: a warning after warn_after, lost after lost_after, exit 1 after abort_after."""
-    clock, exits = _Clock(), []
+    clock, exits = _Clock(), list[int]()
     beat = Heartbeat(
         _Lease([TransientError("journal database unavailable")]),
         interval=1,
@@ -130,7 +130,7 @@ def test_watchdog_warns_then_self_fences_then_aborts() -> None:
 
 def test_watchdog_does_not_abort_a_run_that_was_taken_over() -> None:
     """Taken over while the journal answers: the run stops by itself, the watchdog never kills it."""
-    clock, exits = _Clock(), []
+    clock, exits = _Clock(), list[int]()
     beat = Heartbeat(
         _Lease([False]), interval=1, warn_after=5, lost_after=45, abort_after=90, abort=exits.append, clock=clock
     )
