@@ -5,7 +5,7 @@ time of the database server in which the holder last held the lease's session lo
 locks the row and tries the session lock, then asks ``judge``:
 
 1. someone else holds the session lock: a live process (the holder, or an older version of the job) -> HELD;
-2. no holder (never taken, released) or the holder's run is finished -> FREE;
+2. no holder (never taken, or released) or the holder's run is finished -> FREE;
 3. the heartbeat expired: the holder stopped renewing (dead, or stuck and self-fenced) -> EXPIRED;
 4. the holder held the session lock in this server's life and no longer does: its connection is gone
    although the server never restarted, i.e. its process died (or was cut off, and is fenced) -> DEAD;
@@ -45,7 +45,9 @@ class Verdict(enum.StrEnum):
 
 @dataclass(frozen=True)
 class LeaseRow:
-    """A lease as the journal holds it, with its holder run's status (None: no such run recorded yet)."""
+    """A lease held (not released), with its holder run's status (None: no such run recorded yet).
+
+    ``run_id`` is None for a listener instance's lease (its runs rotate under it)."""
 
     run_id: uuid.UUID | None
     run_status: str | None
@@ -72,7 +74,7 @@ def judge(row: LeaseRow | None, facts: Facts) -> tuple[Verdict, str]:
     """The verdict on a lease and why, in a few words (for the log and the audit row)."""
     if not facts.got_session_lock:
         return Verdict.HELD, "another process holds the session lock"
-    if row is None or row.run_id is None:
+    if row is None:  # never taken, or released
         return Verdict.FREE, "no holder"
     if row.run_status in FINISHED_RUN_STATES:
         return Verdict.FREE, f"the holder's run is {row.run_status}"

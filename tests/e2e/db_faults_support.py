@@ -7,6 +7,7 @@ InvestSuite (the sandbox) stays on the session's server, like the independent se
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from batch.adapters.postgres import (
     with_database,
 )
 from batch.sandbox.seed import libpq_dsn, seed_scenario
+from tests.e2e.chaos_deposits import DepositBook
 from tests.e2e.chaos_support import batch_command, batch_env
 
 #: states in which a payout needs nothing more from the job
@@ -120,6 +122,9 @@ class FaultJob:
     base_url: str
     workdir: Path
     size: int = 30
+    #: incoming credits beside the withdrawals (the deposit flow under the same faults)
+    deposits: bool = False
+    workers: int = 1
     dsns: Dsns = field(init=False)
     config: Path = field(init=False)
 
@@ -132,6 +137,7 @@ class FaultJob:
             sandbox=self.sandbox_dsn,
         )
         seed_scenario(self.dsns.sandbox, self.dsns.ledger, size=self.size, rng_seed=28)
+        self.deposit_book = DepositBook.seed(self.dsns, rng_seed=28) if self.deposits else None
         engine = make_engine(self.dsns.journal, pool_size=1)
         try:
             migrate(engine, "journal")
@@ -154,7 +160,7 @@ class FaultJob:
                     "",
                     "[run]",
                     "concurrency = 2",
-                    "workers = 1",
+                    f"workers = {self.workers}",
                     f'report_dir = "{self.workdir / "reports"}"',
                     "progress_interval_seconds = 3600",
                     # short, so that a test sees every rule within seconds (defaults: 2, 5, 60, 90)
@@ -169,6 +175,7 @@ class FaultJob:
         )
 
     def start(self, *args: str) -> subprocess.Popen[str]:
+        """A ``batch run`` in its own process group (its workers with it)."""
         return subprocess.Popen(
             batch_command(self.config, "run", "--trigger", "test", *args),
             env=batch_env(),
@@ -176,6 +183,7 @@ class FaultJob:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
 
     @staticmethod
@@ -230,6 +238,17 @@ class FaultJob:
             "reported_paid": reported,
             "runs": rows(self.dsns.journal, "SELECT status, exit_code, error FROM batch.runs ORDER BY started_at"),
         }
+
+    def assert_one_at_a_time(self) -> None:
+        """The journal's runs never overlap: each one started after the previous one finished (or was fenced
+        by the take-over, which is then its end)."""
+        runs = rows(
+            self.dsns.journal,
+            "SELECT started_at, coalesce(least(finished_at, fenced_at), finished_at), status FROM batch.runs"
+            " WHERE trigger <> 'listener' ORDER BY started_at",
+        )
+        for before, after in itertools.pairwise(runs):
+            assert before[1] is not None and before[1] <= after[0], runs
 
     def assert_paid_once(self) -> dict[str, Any]:
         """Nothing paid twice anywhere; no completed payout counted in two runs' reports."""

@@ -7,6 +7,7 @@ counted in one report only.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -58,37 +59,70 @@ def test_killed_run_is_taken_over_at_once(job: FaultJob) -> None:
     assert "lease.taken_over" in log_events(rerun.stderr)
     statuses = [status for status, _, _ in job.books()["runs"]]
     assert statuses[0] == "ABANDONED" and statuses[1].startswith("SUCCEEDED"), statuses
+    job.assert_one_at_a_time()
+    job.assert_paid_once()
+
+
+def test_killed_run_and_workers_deposits_too_are_taken_over_at_once(
+    dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """SIGKILL of a run with two workers (withdrawals and deposits): the rerun releases every lease the dead
+    processes held, whatever the flow, and drives both flows to the end (issue 26, item 3)."""
+    server = FaultyServer()
+    try:
+        sandbox.admin.set_faults(latency_ms=150)
+        job = FaultJob(server, dsns.sandbox, sandbox.base_url, tmp_path, deposits=True, workers=2)
+        first = job.start()
+        job.wait_completed(6, first)
+        os.killpg(first.pid, signal.SIGKILL)  # the planner and its workers
+        first.communicate()
+        rerun = job.run()
+        assert rerun.code in DONE, rerun.stderr[-3000:]
+        assert not job.open_payouts(), job.open_payouts()
+        flows = dict(rows(job.dsns.journal, "SELECT flow, count(*) FROM batch.payouts GROUP BY flow"))
+        assert flows.get("DEPOSIT") and flows.get("WITHDRAWAL"), flows
+        assert job.deposit_book is not None
+        failed = [(name, detail) for name, ok, detail in job.deposit_book.checks() if not ok]
+        assert not failed, failed
+        job.assert_paid_once()
+    finally:
+        server.close()
+
+
+def _one_run_through(job: FaultJob, fault: str) -> None:
+    """The fault mid-run, a rerun right after it. Either the first run comes back (same lease, same token),
+    the rerun is refused (75) and the first finishes with the exit code its run row records; or the first
+    one could not reach its journal in time and failed (exit 1, payouts resumable) and the rerun took over.
+    Never both at once; then nothing is left open and nothing is paid twice."""
+    first = job.start()
+    job.wait_completed(3, first)
+    if fault == "restart":
+        job.server.restart()
+    else:
+        job.server.crash_and_start()
+    second = job.run()
+    outcome = job.finish(first)
+    assert "lease.renew_failed" in log_events(outcome.stderr)  # it did lose the journal for a while
+    if outcome.code in DONE:
+        assert second.code == LOCKED, second.stderr[-3000:]
+        status, exit_code, _ = job.books()["runs"][0]
+        assert exit_code == outcome.code and status.startswith("SUCCEEDED"), (status, exit_code)  # one exit code
+    else:
+        assert outcome.code == 1, outcome.stderr[-3000:]
+    _converge(job, job.run().code if second.code == LOCKED else second.code)
+    assert not job.open_payouts()
+    job.assert_one_at_a_time()
     job.assert_paid_once()
 
 
 def test_database_restart_keeps_one_run(job: FaultJob) -> None:
     """db stop/start mid-run: the run re-takes its lease, a rerun started right after is refused (75)."""
-    first = job.start()
-    job.wait_completed(3, first)
-    job.server.restart()
-    second = job.run()
-    outcome = job.finish(first)
-    if outcome.code in DONE:  # the first run came back: the second one had to be refused
-        assert second.code == LOCKED, second.stderr[-3000:]
-    assert outcome.code in (*DONE, 1), outcome.stderr[-3000:]
-    _converge(job, job.run().code if second.code == LOCKED else second.code)
-    assert not job.open_payouts()
-    job.assert_paid_once()
+    _one_run_through(job, "restart")
 
 
 def test_postmaster_crash_then_immediate_rerun(job: FaultJob) -> None:
     """kill -9 of the postmaster mid-run: no second run beside the first, every payout completed once."""
-    first = job.start()
-    job.wait_completed(3, first)
-    job.server.crash_and_start()
-    second = job.run()
-    outcome = job.finish(first)
-    assert outcome.code in (*DONE, 1), outcome.stderr[-3000:]
-    if second.code != LOCKED:  # it ran: then the first must have been gone or fenced by then
-        assert "run.fence_lost" in log_events(outcome.stderr) or outcome.code == 1 or second.code in DONE
-    _converge(job, job.run().code if second.code == LOCKED else second.code)
-    assert not job.open_payouts()
-    job.assert_paid_once()
+    _one_run_through(job, "crash")
 
 
 def test_paused_database_fails_bounded_then_rerun_completes(job: FaultJob) -> None:
@@ -111,4 +145,5 @@ def test_paused_database_fails_bounded_then_rerun_completes(job: FaultJob) -> No
     assert not job.open_payouts(), job.open_payouts()
     runs = rows(job.dsns.journal, "SELECT status, fenced_at IS NOT NULL FROM batch.runs ORDER BY started_at")
     assert runs[0] == ("ABANDONED", True), runs
+    job.assert_one_at_a_time()
     job.assert_paid_once()

@@ -42,6 +42,7 @@ def test_no_holder_or_a_finished_run_is_free() -> None:
     """A released lease, or one whose run finished, is FREE (no take-over, nobody to fence)."""
     assert judge(None, _facts())[0] is Verdict.FREE
     assert judge(_row(run_status="SUCCEEDED"), _facts())[0] is Verdict.FREE
+    assert judge(_row(run_id=None, run_status=None), _facts(server_epoch=RESTARTED))[0] is Verdict.HELD
     assert not Verdict.FREE.takes_over
 
 

@@ -61,8 +61,13 @@ def _row(mapping: Any) -> LeaseRow | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (ours counts as alive)."""
-    return pid == os.getpid() or psutil.pid_exists(pid)
+    """Whether a process with this pid runs on this host (ours counts as alive; a zombie does not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # no such process (or not ours to look at: then it is not a job of this user)
+        return False
 
 
 class LeaseSession:
