@@ -225,7 +225,7 @@ class FaultJob:
             "SELECT portfolio_id FROM sandbox.transactions"
             " WHERE doc::jsonb -> 'movements' -> 0 ->> 'type' = 'CASH_WITHDRAWAL'",
         )
-        events = rows(self.dsns.sandbox, "SELECT idempotency_key FROM sandbox.events")
+        events = rows(self.dsns.sandbox, "SELECT idempotency_key FROM sandbox.events")  # both flows
         reported = 0
         for (summary,) in rows(self.dsns.journal, "SELECT summary FROM batch.runs WHERE summary IS NOT NULL"):
             reported += sum(int(t.get("paid_count", 0)) for t in (summary.get("totals") or {}).values())
@@ -234,7 +234,12 @@ class FaultJob:
             "ledger_by_portfolio": Counter(payouts.get(str(k)) for (k,) in transfers),
             "transactions_by_portfolio": Counter(p for (p,) in transactions),
             "events_by_key": Counter(str(k) for (k,) in events),
-            "completed": self.completed(),
+            "completed": int(
+                rows(
+                    self.dsns.journal,
+                    "SELECT count(*) FROM batch.payouts WHERE state = 'COMPLETED' AND flow = 'WITHDRAWAL'",
+                )[0][0]
+            ),
             "reported_paid": reported,
             "runs": rows(self.dsns.journal, "SELECT status, exit_code, error FROM batch.runs ORDER BY started_at"),
         }
