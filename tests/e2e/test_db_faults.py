@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
 
-from batch.adapters.postgres import Dsns
+from batch.adapters.journal import Journal
+from batch.adapters.journal.bus import BusStore
+from batch.adapters.journal.leases import listener_lease
+from batch.adapters.migrations import migrate
+from batch.adapters.postgres import JOURNAL_DB, Dsns, ensure_database, make_engine, with_database
+from batch.service.heartbeat import Heartbeat
 from tests.e2e.db_faults_support import FaultJob, FaultyServer, log_events, rows
 from tests.fixtures.sandbox import RunningSandbox
 
@@ -147,3 +154,49 @@ def test_paused_database_fails_bounded_then_rerun_completes(job: FaultJob) -> No
     assert runs[0] == ("ABANDONED", True), runs
     job.assert_one_at_a_time()
     job.assert_paid_once()
+
+
+def test_listener_instance_lease_survives_a_journal_restart(tmp_path: Path) -> None:
+    """A listener's instance lease across a journal restart: its heartbeat takes the lock again, no sweep
+    (its own or another instance's) marks its live run ABANDONED, and the lease is never lost."""
+    server = FaultyServer()
+    engine = None
+    try:
+        ensure_database(server.admin, JOURNAL_DB)
+        dsn = with_database(server.admin, JOURNAL_DB)
+        engine = make_engine(dsn, pool_size=2)
+        migrate(engine, "journal")
+        journal, store = Journal(engine), BusStore(engine)
+        instance, run_id = uuid.uuid4().hex, uuid.uuid4()
+        aborted: list[int] = []
+        with store.instance_lock(instance, ttl_seconds=12) as lease:
+            beat = Heartbeat(lease, interval=0.3, warn_after=1, lost_after=9, abort_after=20, abort=aborted.append)
+            beat.start()
+            journal.start_run(
+                run_id=run_id,
+                business_date=date(2026, 12, 4),
+                trigger="listener",
+                operator="listener",
+                dry_run=False,
+                parameters={"role": "listener", "instance": instance, "worker": f"listener:x:1:{instance[:8]}"},
+                software_version="test",
+                config_digest="x",
+                host="x",
+                pid=1,
+            )
+            server.restart()
+            deadline = time.monotonic() + 15
+            query = "SELECT l.lock_epoch = pg_postmaster_start_time() FROM batch.leases l WHERE l.name = %s"
+            while not rows(dsn, query, [listener_lease(instance)])[0][0]:
+                assert time.monotonic() < deadline, "the heartbeat did not take the lock again"
+                time.sleep(0.2)
+            assert store.abandon_dead_listeners("listener", instance) == ([], [])  # its own sweep
+            assert store.abandon_dead_listeners("listener", uuid.uuid4().hex) == ([], [])  # another instance's
+            assert not beat.lost.is_set() and not aborted
+            beat.stop()
+        run = journal.get_run(run_id)
+        assert run is not None and run["status"] == "RUNNING" and run["fenced_at"] is None
+    finally:
+        if engine is not None:
+            engine.dispose()
+        server.close()
