@@ -5,9 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from pydantic import ValidationError
+
 from batch.domain.lease import Facts, LeaseRow, Verdict, judge
 from batch.errors import TransientError
 from batch.service.heartbeat import Heartbeat
+from batch.settings import DatabaseSettings, RunSettings, Settings
 
 NOW = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
 BOOT = NOW - timedelta(hours=1)
@@ -153,3 +157,27 @@ def test_a_renewal_after_a_stall_says_the_journal_is_back() -> None:
     assert beat._warned
     beat.beat_once()
     assert not beat._warned and not beat.lost.is_set()
+
+
+def test_lease_timings_must_nest() -> None:
+    """Heartbeat, warning, self-fence and abort must come in that order, or the settings are refused."""
+
+    Settings(run=RunSettings())  # the defaults a bank keeps
+    with pytest.raises(ValidationError, match="journal_stall_warn_seconds"):
+        Settings(run=RunSettings(lease_ttl_seconds=6, journal_stall_warn_seconds=5))
+    with pytest.raises(ValidationError, match="journal_stall_abort_seconds"):
+        Settings(run=RunSettings(lease_ttl_seconds=60, journal_stall_abort_seconds=30))
+
+
+def test_database_timeouts_become_libpq_parameters() -> None:
+    """connect, statement and keepalive settings reach every connection of the job's engines."""
+    options = DatabaseSettings(statement_timeout_seconds=30, keepalives_idle_seconds=20).libpq_options()
+    assert options == {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 20,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "options": "-c statement_timeout=30000",
+    }
+    assert "options" not in DatabaseSettings(statement_timeout_seconds=0).libpq_options()
