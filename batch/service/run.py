@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from batch import __version__
+from batch.adapters.journal.bus import BusStore
 from batch.adapters.journal.leases import RUN_LEASE, LeaseSession
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
@@ -192,6 +193,10 @@ def _locked_run(
     abandoned = journal.abandon_stale_runs(actor)
     if abandoned:
         log.warning("run.abandoned_marked", runs=[str(r) for r in abandoned])
+    # a dead listener's payouts too (its lease judged like a run's): claimable now, not in lease_seconds
+    dead_listeners, _ = BusStore(app.journal_engine).abandon_dead_listeners(actor, own_instance="")
+    if dead_listeners:
+        log.warning("run.dead_listeners_abandoned", runs=[str(r) for r in dead_listeners])
     # processes executing payouts, the planner included (more only when the caller can start workers)
     can_spawn = spawn_workers is not None and not request.dry_run
     processes = (request.workers or settings.run.worker_processes()) if can_spawn else 1

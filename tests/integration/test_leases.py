@@ -152,3 +152,35 @@ def test_open_payout_leased_by_a_live_process_is_in_progress_and_exit_3(
         assert run is not None
         summary = run["summary"] if isinstance(run["summary"], dict) else json.loads(run["summary"])
         assert str(held) in summary["in_progress_elsewhere"][0]
+
+
+def test_nightly_run_takes_over_a_dead_listeners_payouts_at_once(
+    dsns: Dsns, sandbox: RunningSandbox, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """A payout leased by a listener that died (its session gone, the server never restarted) is released
+    by the next nightly run and paid by it, the listener's run marked ABANDONED: no wait of lease_seconds."""
+    add_customer(sandbox_store, dsns)
+    with app_for(make_settings(sandbox.base_url, tmp_path / "reports"), dsns) as app:
+        planned_only = threading.Event()
+        planned_only.set()
+        run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"), stop=planned_only)
+        instance, listener_run = uuid.uuid4().hex, uuid.uuid4()
+        worker = f"listener:elsewhere:9:{instance[:8]}"
+        dead = _session(app.journal_engine, listener_lease(instance), host="elsewhere")
+        dead.acquire(None, actor="itest")
+        _start_run(app.journal, listener_run, trigger="listener", instance=instance, worker=worker)
+        dead._drop()  # the listener process died: its session (and lock) went with it
+        with app.journal_engine.begin() as conn:
+            held = conn.execute(
+                sa.text(
+                    "UPDATE batch.payouts SET lease_owner = :w, lease_expires_at = now() + interval '5 minutes'"
+                    " WHERE state = 'PLANNED' RETURNING id"
+                ),
+                {"w": worker},
+            ).scalar_one()
+        result = run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"))
+        assert result.exit_code is ExitCode.OK, result.error
+        payout = app.journal.get_payout(held)
+        assert payout is not None and payout.state is PayoutState.COMPLETED
+        run = app.journal.get_run(listener_run)
+        assert run is not None and run["status"] == "ABANDONED" and run["fenced_at"] is not None
