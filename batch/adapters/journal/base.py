@@ -75,7 +75,11 @@ class JournalBase:
         The hot path's writes are single calls of the step functions (migration 0003): atomic on
         their own, so neither BEGIN nor COMMIT costs a round trip.
         """
-        with self.engine.connect() as conn:
+        try:
+            connected = self.engine.connect()
+        except OperationalError as exc:  # e.g. the journal restarting: a transient error the step retries
+            raise unavailable(exc) from exc
+        with connected as conn:
             raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
             try:
                 raw.autocommit = True

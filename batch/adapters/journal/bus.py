@@ -215,7 +215,7 @@ class BusStore(JournalBase):
         """
         abandoned: list[uuid.UUID] = []
         portfolios: list[str] = []
-        with self.engine.connect() as probe:
+        with self._read() as probe:
             runs = probe.execute(Q.listener_runs.text, {"own_instance": own_instance}).all()
             probe.commit()
             for run in runs:
