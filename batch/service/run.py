@@ -307,7 +307,7 @@ def _locked_run(
             log.warning(
                 "run.operations_in_progress",
                 count=len(result.in_progress_elsewhere),
-                operations=[_held_line(row) for row in result.in_progress_elsewhere[:50]],
+                operations=[held_line(row) for row in result.in_progress_elsewhere[:50]],
             )
         if result.status == "RUNNING" and not request.dry_run and not stop.is_set():
             _reconcile(app, result, actor)
@@ -330,7 +330,7 @@ def _locked_run(
             result.status = "SUCCEEDED_WITH_EXCEPTIONS" if result.exit_code else "SUCCEEDED"
         summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
         if result.in_progress_elsewhere:
-            summary["in_progress_elsewhere"] = [_held_line(row) for row in result.in_progress_elsewhere]
+            summary["in_progress_elsewhere"] = [held_line(row) for row in result.in_progress_elsewhere]
         journal.finish_run(
             run_id,
             status=result.status,
@@ -462,7 +462,7 @@ def _planner_name(run_id: uuid.UUID) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
 
 
-def _held_line(row: Mapping[str, object]) -> str:
+def held_line(row: Mapping[str, object]) -> str:
     """One operation held by another process, for the log and the run summary."""
     return f"{row['flow']} {row['id']} {row['portfolio_id']} {row['state']} leased by {row['lease_owner']}"
 
@@ -486,4 +486,4 @@ def run_worker(
     return engine_for(app, run_id, actor=actor, worker=worker_name, stop=stop).execute()
 
 
-__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "run_job", "run_worker"]
+__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "held_line", "run_job", "run_worker"]

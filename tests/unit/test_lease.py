@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
 from batch.domain.lease import Facts, LeaseRow, Verdict, judge
+from batch.entrypoints.nightly import print_run_result
 from batch.errors import TransientError
 from batch.service.heartbeat import Heartbeat
+from batch.service.run import ExitCode, RunResult
 from batch.settings import DatabaseSettings, RunSettings, Settings
 
 NOW = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
@@ -181,3 +183,21 @@ def test_database_timeouts_become_libpq_parameters() -> None:
         "options": "-c statement_timeout=30000",
     }
     assert "options" not in DatabaseSettings(statement_timeout_seconds=0).libpq_options()
+
+
+def test_run_summary_lists_operations_in_progress_elsewhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """The run's stdout names each open operation another live process holds, with the exit code 3."""
+    row: dict[str, object] = {
+        "flow": "DEPOSIT",
+        "id": "op-1",
+        "portfolio_id": "P1",
+        "state": "LEDGER_MOVED",
+        "lease_owner": "listener:h:9:ab",
+    }
+    result = RunResult(None, date(2026, 12, 4), ExitCode.ATTENTION, "SUCCEEDED_WITH_EXCEPTIONS")
+    result.in_progress_elsewhere = [row]
+    print_run_result(result)
+    out = capsys.readouterr().out
+    assert "in progress elsewhere: 1" in out
+    assert "DEPOSIT op-1 P1 LEDGER_MOVED leased by listener:h:9:ab" in out
+    assert "exit code 3" in out
