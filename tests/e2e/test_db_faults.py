@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+import psutil
 import pytest
 
 from batch.adapters.journal import Journal
@@ -91,6 +92,32 @@ def test_killed_run_and_workers_deposits_too_are_taken_over_at_once(
         assert job.deposit_book is not None
         failed = [(name, detail) for name, ok, detail in job.deposit_book.checks() if not ok]
         assert not failed, failed
+        job.assert_paid_once()
+    finally:
+        server.close()
+
+
+def test_dead_worker_leases_are_released_by_its_planner(dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """A worker process SIGKILLed mid-run: its planner releases its leases once the workers exited and
+    finishes those payouts itself; the run leaves nothing open (never "in progress 0" while stranded)."""
+    server = FaultyServer()
+    try:
+        sandbox.admin.set_faults(latency_ms=150)
+        job = FaultJob(server, dsns.sandbox, sandbox.base_url, tmp_path, workers=2)
+        first = job.start()
+        job.wait_completed(2, first)
+        workers = [p for p in psutil.Process(first.pid).children() if "worker" in p.cmdline()]
+        assert workers, "the planner started no worker"
+        owner = f"%:{workers[0].pid}:worker"
+        deadline = time.monotonic() + 30
+        while not rows(job.dsns.journal, "SELECT 1 FROM batch.payouts WHERE lease_owner LIKE %s", [owner]):
+            assert time.monotonic() < deadline, "the worker never held a payout"
+            time.sleep(0.05)
+        workers[0].send_signal(signal.SIGKILL)
+        outcome = job.finish(first)
+        assert outcome.code in DONE, outcome.stderr[-3000:]
+        assert "run.worker_leases_released" in log_events(outcome.stderr)  # it held claims when it died
+        assert not job.open_payouts(), job.open_payouts()
         job.assert_paid_once()
     finally:
         server.close()
