@@ -88,8 +88,9 @@ def build_app(settings: Settings, *, dsns: Dsns | None = None, migrate_schemas: 
     """Resolve the databases (starting the embedded server if no DSN is set) and build the adapters."""
     resolved = dsns or resolve_dsns(settings.database)
     pool = max(settings.database.pool_size, settings.run.concurrency + 4)
-    journal_engine = make_engine(resolved.journal, pool_size=pool, application_name="batch-journal")
-    ledger_engine = make_engine(resolved.ledger, pool_size=pool, application_name="batch-ledger")
+    db = settings.database
+    journal_engine = make_engine(resolved.journal, pool_size=pool, application_name="batch-journal", settings=db)
+    ledger_engine = make_engine(resolved.ledger, pool_size=pool, application_name="batch-ledger", settings=db)
     if migrate_schemas:
         migrate(journal_engine, "journal")
     else:

@@ -5,6 +5,7 @@
     │   └── CredentialsError        InvestSuite refused the login, or wants one and none is configured
     ├── UsageError                  an operator's input refused before anything is recorded (exit code 2)
     ├── RunLockedError              another run holds the run lock (exit code 75)
+    ├── FenceLostError              this run's lease was taken over: it may change nothing more (exit code 1)
     ├── AuditChainBrokenError       the audit hash chain does not verify: no money moves (exit code 1)
     ├── TransientError              worth retrying: the same call may succeed later
     │   ├── RemoteTransientError    InvestSuite: connect error, timeout, 429, 5xx
@@ -52,6 +53,10 @@ class UsageError(BatchError):
 
 class RunLockedError(BatchError):
     """Another run holds the run lock."""
+
+
+class FenceLostError(BatchError):
+    """This run's lease was taken over (or the run was marked ABANDONED): the journal refuses its writes."""
 
 
 class AuditChainBrokenError(BatchError):

@@ -65,6 +65,27 @@ class DatabaseSettings(_Section):
     embedded: bool = False
     data_dir: Path = Path(".data/pg")
     pool_size: int = Field(default=20, ge=1, le=500)
+    #: libpq connect_timeout: a server that accepts no connection (down, paused) fails within this
+    connect_timeout_seconds: int = Field(default=10, ge=1, le=300)
+    #: server-side statement_timeout of the job's sessions (0 = none); a bank keeps the default
+    statement_timeout_seconds: int = Field(default=600, ge=0)
+    #: TCP keepalives (libpq keepalives_idle / _interval / _count): a vanished host is seen in ~1 minute
+    keepalives_idle_seconds: int = Field(default=30, ge=1)
+    keepalives_interval_seconds: int = Field(default=10, ge=1)
+    keepalives_count: int = Field(default=3, ge=1)
+
+    def libpq_options(self) -> dict[str, object]:
+        """The connection settings above, as libpq connection parameters (for the job's engines)."""
+        options: dict[str, object] = {
+            "connect_timeout": self.connect_timeout_seconds,
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle_seconds,
+            "keepalives_interval": self.keepalives_interval_seconds,
+            "keepalives_count": self.keepalives_count,
+        }
+        if self.statement_timeout_seconds:
+            options["options"] = f"-c statement_timeout={self.statement_timeout_seconds * 1000}"
+        return options
 
 
 class InvestSuiteSettings(_Section):
@@ -155,6 +176,14 @@ class RunSettings(_Section):
     report_dir: Path = Path("reports")
     max_step_attempts: int = Field(default=8, ge=1, le=100)
     lease_seconds: int = Field(default=300, ge=5)
+    #: the run's own lease (and a listener instance's): renewed every heartbeat_seconds, taken over by
+    #: another run only once lease_ttl_seconds passed without a renewal (or at once when its holder died)
+    lease_ttl_seconds: float = Field(default=60.0, ge=5)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    #: a journal that does not answer: a warning after this many seconds, the run stops (lease lost)
+    #: after 3/4 of lease_ttl_seconds, the process exits 1 after journal_stall_abort_seconds
+    journal_stall_warn_seconds: float = Field(default=5.0, gt=0)
+    journal_stall_abort_seconds: float = Field(default=90.0, gt=0)
     progress_interval_seconds: float = Field(default=10.0, gt=0)
     #: a HOLD unchanged since the previous run ("still held") gives exit code 3 by itself only when true
     alert_on_unchanged_holds: bool = False
@@ -277,6 +306,14 @@ class Settings(BaseSettings):
                 f"run.lease_seconds ({self.run.lease_seconds}) must exceed the longest InvestSuite call: "
                 f"connect + read timeout + max_retry_seconds = {call:g}"
             )
+        run = self.run
+        if not (run.heartbeat_seconds * 2 <= run.journal_stall_warn_seconds < run.lease_ttl_seconds * 0.75):
+            raise ValueError(
+                "run: need 2 x heartbeat_seconds <= journal_stall_warn_seconds < 3/4 of lease_ttl_seconds"
+                f" (got {run.heartbeat_seconds:g}, {run.journal_stall_warn_seconds:g}, {run.lease_ttl_seconds:g})"
+            )
+        if run.journal_stall_abort_seconds <= run.lease_ttl_seconds * 0.75:
+            raise ValueError("run.journal_stall_abort_seconds must exceed 3/4 of run.lease_ttl_seconds")
         return self
 
     def digest(self) -> str:

@@ -255,8 +255,13 @@ def resolve_dsns(settings: DatabaseSettings, *, components: Collection[str] = ("
     )
 
 
-def make_engine(dsn: str, *, pool_size: int = 5, application_name: str = "batch") -> Engine:
-    """A pooled SQLAlchemy engine (psycopg 3), connections recycled every five minutes."""
+def make_engine(
+    dsn: str, *, pool_size: int = 5, application_name: str = "batch", settings: DatabaseSettings | None = None
+) -> Engine:
+    """A pooled SQLAlchemy engine (psycopg 3), connections recycled every five minutes.
+
+    ``settings`` gives the connect, statement and TCP keepalive timeouts (``DatabaseSettings.libpq_options``);
+    without it only a 10 s connect timeout applies."""
     url = make_url(sqlalchemy_url(dsn))
     return sa.create_engine(
         url,
@@ -267,7 +272,8 @@ def make_engine(dsn: str, *, pool_size: int = 5, application_name: str = "batch"
         # and the next run resumes; nothing is lost: every step's intent is durable first).
         pool_recycle=300,
         pool_timeout=60,
-        connect_args={"application_name": application_name, "connect_timeout": 10},
+        connect_args={"application_name": application_name, "connect_timeout": 10}
+        | (settings.libpq_options() if settings is not None else {}),
     )
 
 

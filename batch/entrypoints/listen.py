@@ -29,6 +29,7 @@ from batch.bootstrap import App, build_app
 from batch.service.bus_deposits import DepositCheck
 from batch.service.bus_events import BusEventHandler
 from batch.service.bus_withdrawal import AbandonedRuns, ListenerRuns, PlanAndExecute
+from batch.service.heartbeat import Heartbeat
 from batch.service.listener import Health, Listener, ListenerMetrics
 from batch.service.run import ExitCode
 from batch.settings import BusKind, Settings
@@ -93,7 +94,17 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
     worker = f"listener:{socket.gethostname()}:{os.getpid()}:{instance[:8]}"
     store = BusStore(app.journal_engine, lease_seconds=settings.run.lease_seconds)
     app.client.authenticate()  # refused credentials: exit 2 before anything is consumed
-    with store.instance_lock(instance):
+    run = settings.run
+    with store.instance_lock(instance, ttl_seconds=run.lease_ttl_seconds) as lease:
+        # after a journal restart the heartbeat takes the instance's lock again; a lease found taken
+        # (another listener judged this one dead) stops the listener cleanly (exit 1: restart it)
+        heartbeat = Heartbeat(
+            lease,
+            interval=run.heartbeat_seconds,
+            warn_after=run.journal_stall_warn_seconds,
+            lost_after=run.journal_stall_abort_seconds,  # a listener waits for its journal; it does not self-fence
+            abort_after=run.journal_stall_abort_seconds + run.lease_ttl_seconds,
+        ).start()
         stopping = threading.Event()
         runs = ListenerRuns(app, bus=kind, instance=instance, worker=worker)
         abandoned = AbandonedRuns(app, store, runs)
@@ -122,20 +133,35 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
         )
         server = serve_health(settings, listener.health, metrics)
         try:
-            asyncio.run(_until_signalled(listener))
+            asyncio.run(_until_signalled(listener, heartbeat.lost))
         finally:
+            heartbeat.stop()
             if server is not None:
                 server.shutdown()
             runs.close()
+        if heartbeat.lost.is_set():
+            log.error("listener.lease_lost", reason=heartbeat.lost_reason)
+            return ExitCode.TECHNICAL_FAILURE
     return ExitCode.OK
 
 
-async def _until_signalled(listener: Listener) -> None:
+async def _until_signalled(listener: Listener, lost: threading.Event) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stop_on, stop, signum)
-    await listener.run(stop)
+
+    async def watch_lease() -> None:
+        while not stop.is_set():
+            if lost.is_set():
+                stop.set()
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch_lease())
+    try:
+        await listener.run(stop)
+    finally:
+        watcher.cancel()
 
 
 def _stop_on(stop: asyncio.Event, signum: int) -> None:

@@ -23,7 +23,7 @@ from batch.entrypoints.console import iso_date, report_error, seconds, whole_num
 from batch.entrypoints.oversight import WithApp
 from batch.errors import UsageError
 from batch.logs import json_logging
-from batch.service.run import ExitCode, RunRequest, RunResult, business_today, run_job
+from batch.service.run import ExitCode, RunRequest, RunResult, business_today, held_line, run_job
 from batch.settings import Settings
 
 log = structlog.get_logger("batch.cli")
@@ -77,6 +77,10 @@ def print_run_result(result: RunResult, template_dir: Path | None = None) -> Non
         from batch.service.render import render_text  # noqa: PLC0415
 
         print(render_text(result.report, template_dir), end="")
+    if result.in_progress_elsewhere:  # open operations another live process holds: in progress, not done
+        print(f"in progress elsewhere: {len(result.in_progress_elsewhere)} (held by another live process)")
+        for row in result.in_progress_elsewhere[:20]:
+            print(f"  {held_line(row)}")
     if result.error:
         print(f"error: {result.error}")
     for fmt, path in sorted(result.report_paths.items()):

@@ -52,6 +52,10 @@ class LocalWorkers:
         if callable(self._previous):
             self._previous(signum, frame)
 
+    def lease_owners(self) -> list[str]:
+        """The names the workers lease payouts under (``worker_main``)."""
+        return [worker_name(process.pid) for process in self.processes]
+
     def wait(self) -> list[int]:
         try:
             codes = [p.wait() for p in self.processes]
@@ -60,6 +64,11 @@ class LocalWorkers:
                 signal.signal(signal.SIGTERM, self._previous)
         log.info("workers.finished", exit_codes=codes)
         return codes
+
+
+def worker_name(pid: int) -> str:
+    """The name a worker process on this host leases payouts under."""
+    return f"{socket.gethostname()}:{pid}:worker"
 
 
 def spawn_local_workers(
@@ -107,7 +116,7 @@ def worker_main(app: App, run_id: uuid.UUID | None, operator: str, wait_seconds:
                 log.info("worker.no_planned_run", waited_s=wait_seconds)
                 return ExitCode.OK
             time.sleep(1.0)
-    name = f"{socket.gethostname()}:{os.getpid()}:worker"
+    name = worker_name(os.getpid())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

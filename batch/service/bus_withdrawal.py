@@ -204,7 +204,7 @@ class AbandonedRuns:
 
     def sweep(self) -> int:
         """Abandon dead listeners' runs and drive their open payouts; returns how many payouts were driven."""
-        abandoned, released = self.store.abandon_dead_listeners(self.actor)
+        abandoned, released = self.store.abandon_dead_listeners(self.actor, self.runs.instance)
         if not abandoned:
             return 0
         log.warning("listener.abandoned_marked", runs=[str(r) for r in abandoned])

@@ -27,12 +27,15 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from batch import __version__
+from batch.adapters.journal.bus import BusStore
+from batch.adapters.journal.leases import RUN_LEASE, LeaseSession
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
-from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
+from batch.errors import AuditChainBrokenError, BatchError, ConfigError, FenceLostError, RunLockedError
 from batch.service.context import Services
 from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
+from batch.service.heartbeat import Heartbeat
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
@@ -70,6 +73,10 @@ class WorkerGroup(Protocol):
 
     def wait(self) -> list[int]: ...
 
+    def lease_owners(self) -> list[str]:
+        """The names the workers lease payouts under (released once they all exited)."""
+        ...
+
 
 @dataclass
 class RunResult:
@@ -87,6 +94,9 @@ class RunResult:
     deposits: DepositStats | None = None
     reconciliation: Reconciliation | None = None
     reconcile_error: str | None = None
+    #: open operations leased by another live process (a listener, a worker of a run not finished):
+    #: listed and counted as in progress, exit code 3
+    in_progress_elsewhere: list[dict[str, object]] = field(default_factory=list)
 
 
 def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
@@ -112,24 +122,47 @@ def run_job(
     business_date = request.business_date or business_today(settings.run.timezone)
     journal = app.journal
     actor = request.operator
+    run_id = uuid.uuid4()
+    lease = LeaseSession(
+        app.journal_engine,
+        RUN_LEASE,
+        ttl_seconds=settings.run.lease_ttl_seconds,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
     try:
-        with journal.run_lock():
-            if check is not None:
-                check()
-            return _locked_run(app, request, business_date, stop, spawn_workers)
-    except RunLockedError:
+        lease.acquire(run_id, actor=actor, release_payouts=True)
+    except RunLockedError as exc:
+        lease.release()
         journal.audit(
             actor=actor,
             action="run.refused",
             details={
                 "business_date": business_date,
                 "reason": "another run holds the lock",
+                "lease": str(exc),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             },
         )
-        log.warning("run.refused_locked", business_date=str(business_date))
+        log.warning("run.refused_locked", business_date=str(business_date), why=str(exc))
         return RunResult(None, business_date, ExitCode.LOCKED, "REFUSED", error="another run holds the lock")
+    stop = stop or threading.Event()
+    heartbeat = Heartbeat(
+        lease,
+        interval=settings.run.heartbeat_seconds,
+        warn_after=settings.run.journal_stall_warn_seconds,
+        lost_after=settings.run.lease_ttl_seconds * 0.75,
+        abort_after=settings.run.journal_stall_abort_seconds,
+        on_lost=lambda _reason: stop.set(),  # no new claim, no new step: the fence refuses them anyway
+    ).start()
+    try:
+        if check is not None:
+            check()
+        return _locked_run(app, request, business_date, stop, spawn_workers, run_id, heartbeat)
+    finally:
+        heartbeat.stop()
+        lease.release()  # logged, never raised: the run's outcome is already recorded (one exit code)
 
 
 def run_flows(app: Services, request: RunRequest) -> frozenset[FlowKind]:
@@ -150,15 +183,20 @@ def _locked_run(
     app: Services,
     request: RunRequest,
     business_date: date,
-    stop: threading.Event | None,
+    stop: threading.Event,
     spawn_workers: Callable[[uuid.UUID, int, Mapping[str, str]], WorkerGroup] | None,
+    run_id: uuid.UUID,
+    heartbeat: Heartbeat,
 ) -> RunResult:
     settings = app.settings
     journal, actor = app.journal, request.operator
     abandoned = journal.abandon_stale_runs(actor)
     if abandoned:
         log.warning("run.abandoned_marked", runs=[str(r) for r in abandoned])
-    run_id = uuid.uuid4()
+    # a dead listener's payouts too (its lease judged like a run's): claimable now, not in lease_seconds
+    dead_listeners, _ = BusStore(app.journal_engine).abandon_dead_listeners(actor, own_instance="")
+    if dead_listeners:
+        log.warning("run.dead_listeners_abandoned", runs=[str(r) for r in dead_listeners])
     # processes executing payouts, the planner included (more only when the caller can start workers)
     can_spawn = spawn_workers is not None and not request.dry_run
     processes = (request.workers or settings.run.worker_processes()) if can_spawn else 1
@@ -220,7 +258,7 @@ def _locked_run(
                 }
                 | ({"deposits": result.deposits.summary()} if result.deposits else {}),
             )
-            if not request.dry_run and not (stop and stop.is_set()):
+            if not request.dry_run and not stop.is_set():
                 to_execute = result.plan.by_decision.get("PAY", 0) + (
                     result.deposits.by_decision.get("PAY", 0) if result.deposits else 0
                 )
@@ -235,11 +273,21 @@ def _locked_run(
                 finally:
                     if workers is not None:
                         workers.wait()  # they stop when nothing is left to claim (or on the planner's SIGTERM)
+                        # all exited: what any of them still leases (one killed mid-step) is free at once
+                        freed = journal.release_leases_of(workers.lease_owners())
+                        if freed:
+                            log.warning("run.worker_leases_released", payouts=freed)
                 if workers is not None:
                     # the planner always finishes what is left (e.g. the claims of a worker that died)
                     app.client.limit_rate(settings.investsuite.rate_limit_per_second)
                     result.execution.append(executor.execute(portfolio_ids=only))
+            if heartbeat.lost.is_set():
+                raise FenceLostError(heartbeat.lost_reason)
+            if not request.dry_run:
+                result.in_progress_elsewhere = journal.held_elsewhere([_planner_name(run_id)])
             progress.close()
+        except FenceLostError as exc:
+            result.exit_code, result.status, result.error = ExitCode.TECHNICAL_FAILURE, "FENCED", str(exc)
         except ConfigError as exc:
             result.exit_code, result.status, result.error = ExitCode.USAGE, "FAILED", str(exc)
         except BatchError as exc:
@@ -250,7 +298,18 @@ def _locked_run(
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             progress.close()
-        if result.status == "RUNNING" and not request.dry_run and not (stop and stop.is_set()):
+        if result.status == "FENCED":
+            # another run owns the journal now: this one records nothing more and writes no report (the
+            # payouts it did not finish are that run's to read back and complete; none is counted twice)
+            log.error("run.fence_lost", error=result.error, exit_code=int(result.exit_code))
+            return result
+        if result.in_progress_elsewhere:
+            log.warning(
+                "run.operations_in_progress",
+                count=len(result.in_progress_elsewhere),
+                operations=[held_line(row) for row in result.in_progress_elsewhere[:50]],
+            )
+        if result.status == "RUNNING" and not request.dry_run and not stop.is_set():
             _reconcile(app, result, actor)
         # one report (one streaming pass over the journal): exit code, run summary and the files
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
@@ -266,9 +325,12 @@ def _locked_run(
                 log.warning("run.payouts_stalled", stalled=result.stalled)
             attention = _needs_attention(report, journal.count_open(), settings.run.alert_on_unchanged_holds)
             attention = attention or result.stalled > 0 or bool(result.reconcile_error)
+            attention = attention or bool(result.in_progress_elsewhere)  # never 0 while others hold open work
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
             result.status = "SUCCEEDED_WITH_EXCEPTIONS" if result.exit_code else "SUCCEEDED"
         summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
+        if result.in_progress_elsewhere:
+            summary["in_progress_elsewhere"] = [held_line(row) for row in result.in_progress_elsewhere]
         journal.finish_run(
             run_id,
             status=result.status,
@@ -396,6 +458,15 @@ def engine_for(
     return engine
 
 
+def _planner_name(run_id: uuid.UUID) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
+
+
+def held_line(row: Mapping[str, object]) -> str:
+    """One operation held by another process, for the log and the run summary."""
+    return f"{row['flow']} {row['id']} {row['portfolio_id']} {row['state']} leased by {row['lease_owner']}"
+
+
 def _planner_engine(
     app: Services,
     run_id: uuid.UUID,
@@ -404,7 +475,7 @@ def _planner_engine(
     progress: Progress,
     flows: frozenset[FlowKind],
 ) -> Engine:
-    worker = f"{socket.gethostname()}:{os.getpid()}:{run_id.hex[:8]}"
+    worker = _planner_name(run_id)
     return engine_for(app, run_id, actor=actor, worker=worker, flows=sorted(flows), stop=stop, on_done=progress.done)
 
 
@@ -415,4 +486,4 @@ def run_worker(
     return engine_for(app, run_id, actor=actor, worker=worker_name, stop=stop).execute()
 
 
-__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "run_job", "run_worker"]
+__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "held_line", "run_job", "run_worker"]

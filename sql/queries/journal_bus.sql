@@ -82,17 +82,16 @@ SELECT d.decision, d.reason, d.final_decision, d.final_reason, d.payout_id, d.de
 -- runs left RUNNING by listeners (each holds the advisory lock of its instance while it lives)
 SELECT id, parameters->>'instance' AS instance, parameters->>'worker' AS worker
   FROM batch.runs
- WHERE status = 'RUNNING' AND trigger = 'listener'
+ WHERE status = 'RUNNING' AND trigger = 'listener' AND parameters->>'instance' IS DISTINCT FROM :own_instance
 
--- name: try_lock
-SELECT pg_try_advisory_lock(hashtext(:key))
-
--- name: unlock
-SELECT pg_advisory_unlock(hashtext(:key))
+-- name: release_listener_lease
+-- a dead instance's lease (migration 0012): should it live on, its next heartbeat finds it gone and it stops
+UPDATE batch.leases SET released_at = now(), expires_at = now() WHERE name = :name
 
 -- name: abandon_listener_run
 UPDATE batch.runs
-   SET status = 'ABANDONED', finished_at = now(), error = coalesce(error, 'listener process died')
+   SET status = 'ABANDONED', finished_at = now(), error = coalesce(error, 'listener process died'),
+       fenced_at = coalesce(fenced_at, now())
  WHERE id = :id AND status = 'RUNNING'
 RETURNING id
 

@@ -82,3 +82,21 @@ SELECT count(*) FROM batch.payouts WHERE run_id = :run_id AND state = ANY(:state
 
 -- name: count_by_state
 SELECT state, count(*) AS n FROM batch.payouts WHERE state = ANY(:states) GROUP BY state
+
+-- name: check_fence
+-- a claim by a fenced run (its lease taken over) is refused (BJ003) in the claim's transaction
+SELECT batch.check_fence(CAST(:run_id AS uuid))
+
+-- name: release_leases_of
+-- the leases of processes known to be gone (a planner's worker that exited): released at once
+UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL
+ WHERE lease_owner = ANY(:owners)
+RETURNING id
+
+-- name: held_elsewhere
+-- open operations this run could not claim: leased (live lease) by another process, of any run and flow
+SELECT id, run_id, flow, portfolio_id, state, lease_owner, lease_expires_at
+  FROM batch.payouts
+ WHERE state = ANY(:states) AND lease_owner IS NOT NULL AND lease_owner <> ALL(:mine)
+   AND lease_expires_at > now()
+ ORDER BY created_at, id

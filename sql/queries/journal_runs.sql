@@ -8,9 +8,11 @@ SELECT pg_try_advisory_lock(hashtext(:key))
 SELECT pg_advisory_unlock(hashtext(:key))
 
 -- name: abandon_stale
+-- called under the run's lease (migration 0012): no other nightly run is alive, or it is fenced here
 -- a listener's long-lived run is not the nightly run's to judge: listeners abandon their own dead ones
 UPDATE batch.runs
-   SET status = 'ABANDONED', finished_at = now(), error = coalesce(error, 'process died while running')
+   SET status = 'ABANDONED', finished_at = now(), error = coalesce(error, 'process died while running'),
+       fenced_at = coalesce(fenced_at, now())  -- should it still live somewhere, it can change nothing more
  WHERE status = 'RUNNING' AND parameters->>'role' IS DISTINCT FROM 'worker' AND trigger <> 'listener'
 RETURNING id
 

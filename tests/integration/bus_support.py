@@ -85,7 +85,7 @@ def listener_handler(app: App, *, max_attempts: int = 3) -> Iterator[Wired]:
         max_attempts=max_attempts,
         stopping=stopping,
     )
-    with store.instance_lock(instance):
+    with store.instance_lock(instance, ttl_seconds=60):
         try:
             yield Wired(handler, store, runs)
         finally:

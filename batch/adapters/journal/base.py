@@ -16,16 +16,18 @@ from typing import Any, cast
 import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batch.adapters.sqlfiles import load_queries
 from batch.codec import canonical
-from batch.errors import InvalidTransitionError, OperatorRefusedError, TransientError
+from batch.errors import FenceLostError, InvalidTransitionError, OperatorRefusedError, TransientError
 
 #: SQLSTATE raised by the journal's SQL functions when a payout is not in the expected state under our lease
 LOST_RACE = "BJ001"
 #: SQLSTATE of an operator's action the database refused (who acts, the reason, the four-eyes rule)
 REFUSED = "BJ002"
+#: SQLSTATE of a write by a run whose lease was taken over (migration 0012: batch.check_fence)
+FENCED = "BJ003"
 
 AUDIT = load_queries("journal_audit")
 
@@ -53,6 +55,10 @@ class JournalBase:
                 yield conn
         except OperationalError as exc:
             raise unavailable(exc) from exc
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == FENCED:
+                raise FenceLostError(str(exc.orig).strip().splitlines()[0]) from exc
+            raise
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -69,7 +75,11 @@ class JournalBase:
         The hot path's writes are single calls of the step functions (migration 0003): atomic on
         their own, so neither BEGIN nor COMMIT costs a round trip.
         """
-        with self.engine.connect() as conn:
+        try:
+            connected = self.engine.connect()
+        except OperationalError as exc:  # e.g. the journal restarting: a transient error the step retries
+            raise unavailable(exc) from exc
+        with connected as conn:
             raw = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
             try:
                 raw.autocommit = True
@@ -86,6 +96,8 @@ class JournalBase:
                     raise InvalidTransitionError(str(exc.diag.message_primary or exc)) from exc
                 if exc.sqlstate == REFUSED:
                     raise OperatorRefusedError(str(exc.diag.message_primary or exc)) from exc
+                if exc.sqlstate == FENCED:
+                    raise FenceLostError(str(exc.diag.message_primary or exc)) from exc
                 raise
 
     @staticmethod

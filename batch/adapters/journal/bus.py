@@ -6,6 +6,8 @@ message is acknowledged: the listener acknowledges only what this store has made
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -13,9 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
-
-from batch.adapters.journal.base import JournalBase, unavailable
+from batch.adapters.journal.base import JournalBase
+from batch.adapters.journal.leases import LeaseSession, lease_is_live, listener_lease
 from batch.adapters.sqlfiles import load_queries
 from batch.codec import canonical
 from batch.domain.records import PayoutRecord
@@ -191,49 +192,47 @@ class BusStore(JournalBase):
 
     # -- listener runs ---------------------------------------------------------------------------------------
     @contextmanager
-    def instance_lock(self, instance: str) -> Iterator[None]:
-        """Hold the advisory lock that proves this listener instance alive (for its whole life)."""
+    def instance_lock(self, instance: str, *, ttl_seconds: float, actor: str = "listener") -> Iterator[LeaseSession]:
+        """Hold this listener instance's lease (migration 0012) for its whole life; the caller keeps it
+        alive with a heartbeat, which takes the session lock again after a journal restart."""
+        lease = LeaseSession(
+            self.engine, listener_lease(instance), ttl_seconds=ttl_seconds, host=socket.gethostname(), pid=os.getpid()
+        )
+        lease.acquire(None, actor=actor)
         try:
-            conn = self.engine.connect()
-        except OperationalError as exc:
-            raise unavailable(exc) from exc
-        try:
-            conn.execute(Q.try_lock.text, {"key": f"batch.listener.{instance}"}).scalar_one()
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(Q.unlock.text, {"key": f"batch.listener.{instance}"})
-                conn.commit()
+            yield lease
         finally:
-            conn.close()
+            lease.release()
 
-    def abandon_dead_listeners(self, actor: str) -> tuple[list[uuid.UUID], list[str]]:
+    def abandon_dead_listeners(self, actor: str, own_instance: str) -> tuple[list[uuid.UUID], list[str]]:
         """Mark RUNNING listener runs whose process died ABANDONED and release their payout leases at once.
 
+        Never this listener's own runs. Another instance is dead when its lease is (``lease_is_live``):
+        its session lock gone while the server kept running, its process gone from this host, or its
+        heartbeat expired; a journal restart alone kills no one. Its runs are fenced and its lease
+        released, so should it live on somewhere, its heartbeat finds out and it stops.
         Returns the runs, and the portfolios whose payouts were released (whatever run planned them).
         """
         abandoned: list[uuid.UUID] = []
         portfolios: list[str] = []
-        with self.engine.connect() as probe:
-            for run in probe.execute(Q.listener_runs.text).all():
-                key = {"key": f"batch.listener.{run.instance}"}
-                alive = not probe.execute(Q.try_lock.text, key).scalar_one()
-                if not alive:
-                    probe.execute(Q.unlock.text, key)
-                probe.commit()
+        with self._read() as probe:
+            runs = probe.execute(Q.listener_runs.text, {"own_instance": own_instance}).all()
+            probe.commit()
+            for run in runs:
+                alive, why = lease_is_live(probe, listener_lease(run.instance), host=socket.gethostname())
                 if alive:
                     continue
                 with self._tx() as conn:
                     if conn.execute(Q.abandon_listener_run.text, {"id": run.id}).first() is None:
                         continue
+                    conn.execute(Q.release_listener_lease.text, {"name": listener_lease(run.instance)})
                     released = list(conn.execute(Q.release_worker_leases.text, {"worker": run.worker}).scalars())
                     self._audit(
                         conn,
                         actor=actor,
                         action="run.abandoned",
                         run_id=run.id,
-                        details={"leases_released": len(released)},
+                        details={"leases_released": len(released), "why": why},
                     )
                 abandoned.append(run.id)
                 portfolios.extend(released)

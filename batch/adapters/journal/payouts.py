@@ -44,6 +44,7 @@ class PayoutStore(JournalBase):
         ``run_id`` keeps to payouts planned by that run; ``not_stalled_in`` skips those stalled in that run.
         """
         with self._tx() as conn:
+            conn.execute(Q.check_fence.text, {"run_id": not_stalled_in})  # the claiming run (migration 0012)
             rows = conn.execute(
                 Q.claim.text,
                 {
@@ -362,6 +363,21 @@ class PayoutStore(JournalBase):
                 Q.count_open_of_run.text, {"run_id": run_id, "states": sorted(s.value for s in EXECUTABLE_STATES)}
             ).scalar_one()
         return int(value)
+
+    def release_leases_of(self, owners: Sequence[str]) -> int:
+        """Release the payout leases of processes known to be gone; returns how many were released."""
+        if not owners:
+            return 0
+        with self._tx() as conn:
+            return len(conn.execute(Q.release_leases_of.text, {"owners": list(owners)}).all())
+
+    def held_elsewhere(self, mine: Sequence[str]) -> list[dict[str, Any]]:
+        """Open operations leased (live lease) by a process other than ``mine``: in progress elsewhere."""
+        with self._read() as conn:
+            rows = conn.execute(
+                Q.held_elsewhere.text, {"states": sorted(s.value for s in EXECUTABLE_STATES), "mine": list(mine)}
+            )
+            return [dict(r._mapping) for r in rows]
 
     def count_open(self) -> dict[str, int]:
         with self._read() as conn:

@@ -1,0 +1,186 @@
+"""Leases with fencing tokens on a real journal (migration 0012): take-over, fencing, listeners, in progress."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from batch.adapters.journal import Journal
+from batch.adapters.journal.bus import BusStore
+from batch.adapters.journal.leases import RUN_LEASE, LeaseSession, listener_lease
+from batch.adapters.postgres import Dsns
+from batch.domain.lease import Verdict
+from batch.domain.payout import PayoutState
+from batch.errors import FenceLostError, RunLockedError
+from batch.sandbox.seed import libpq_dsn
+from batch.service.run import ExitCode, RunRequest, run_job
+from tests.fixtures.sandbox import RunningSandbox, SandboxState
+from tests.integration.payout_support import BUSINESS_DATE, add_customer, app_for, make_settings
+
+
+def _start_run(journal: Journal, run_id: uuid.UUID, *, trigger: str = "test", **parameters: Any) -> None:
+    journal.start_run(
+        run_id=run_id,
+        business_date=date(2026, 3, 2),
+        trigger=trigger,
+        operator="itest",
+        dry_run=False,
+        parameters=parameters,
+        software_version="test",
+        config_digest="x",
+        host="itest-host",
+        pid=1,
+    )
+
+
+def _session(engine: Engine, name: str = RUN_LEASE, host: str = "node-a", pid: int = 111) -> LeaseSession:
+    return LeaseSession(engine, name, ttl_seconds=60, host=host, pid=pid, alive=lambda _pid: True)
+
+
+def test_contender_refused_while_the_holder_lives_then_takes_over_when_its_session_dies(
+    journal_engine: Engine,
+) -> None:
+    """A second run is refused while the holder's session lives; once it is gone (no restart) the lease is
+    taken over at once, the old run fenced (ABANDONED) and its heartbeat finds the lease lost."""
+    journal = Journal(journal_engine)
+    old_run, new_run = uuid.uuid4(), uuid.uuid4()
+    holder = _session(journal_engine)
+    first = holder.acquire(old_run, actor="itest")
+    assert first.verdict is Verdict.FREE
+    _start_run(journal, old_run)
+    contender = _session(journal_engine, host="node-b", pid=222)
+    with pytest.raises(RunLockedError):
+        contender.acquire(new_run, actor="itest")
+    assert holder.renew()
+    holder._drop()  # its connection (and session lock) is gone: the process died
+    taken = contender.acquire(new_run, actor="itest")
+    assert taken.verdict is Verdict.DEAD and taken.fenced_run == old_run and taken.token != first.token
+    assert not holder.renew()  # the old holder's heartbeat: lost
+    run = journal.get_run(old_run)
+    assert run is not None and run["status"] == "ABANDONED" and run["fenced_at"] is not None
+    with pytest.raises(FenceLostError):  # whatever it still believes, it can claim nothing more
+        journal.claim_payouts(
+            worker="old", limit=1, lease_seconds=60, states=[PayoutState.PLANNED], not_stalled_in=old_run
+        )
+    contender.release()
+    holder.release()  # never raises, even on a lease that is no longer its own
+
+
+def test_step_functions_refuse_a_fenced_run(journal_engine: Engine, dsns: Dsns) -> None:
+    """batch.step_begin and batch.step_finish check the fence in the same statement (SQLSTATE BJ003)."""
+    journal = Journal(journal_engine)
+    run_id = uuid.uuid4()
+    _start_run(journal, run_id)
+    with journal_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE batch.runs SET fenced_at = now() WHERE id = :id"), {"id": run_id})
+    with psycopg.connect(libpq_dsn(dsns.journal), autocommit=True) as conn:
+        with pytest.raises(psycopg.DatabaseError) as begin:
+            conn.execute(
+                "SELECT batch.step_begin(%s, 'PLANNED', 'w', 60, %s, 'LEDGER_POST', '{}', '{}')",
+                [uuid.uuid4(), run_id],
+            )
+        assert begin.value.sqlstate == "BJ003"
+        with pytest.raises(psycopg.DatabaseError) as finish:
+            conn.execute(
+                "SELECT batch.step_finish(1, 'OK', '{}', %s, 'PLANNED', 'w', '{}', '{}', NULL,"
+                " 'a', 'x', %s, 'P', '{}')",
+                [uuid.uuid4(), run_id],
+            )
+        assert finish.value.sqlstate == "BJ003"
+
+
+def test_listener_sweep_spares_its_own_run_and_a_holder_back_from_a_restart(journal_engine: Engine) -> None:
+    """The sweep never abandons the sweeper's own run; a lease whose lock predates the server's start (a
+    restart) stays live; one whose session died in this server's life is abandoned, fenced and released."""
+    journal = Journal(journal_engine)
+    store = BusStore(journal_engine)
+    instances = {"own": uuid.uuid4().hex, "restarted": uuid.uuid4().hex, "dead": uuid.uuid4().hex}
+    runs = {}
+    for key, instance in instances.items():
+        runs[key] = uuid.uuid4()
+        session = _session(journal_engine, listener_lease(instance), host="elsewhere")
+        session.acquire(None, actor="itest")
+        _start_run(journal, runs[key], trigger="listener", instance=instance, worker=f"listener:{key}")
+        session._drop()  # no session lock held by anyone now
+    with journal_engine.begin() as conn:  # as if it locked before the server restarted
+        conn.execute(
+            sa.text("UPDATE batch.leases SET lock_epoch = '2000-01-01' WHERE name = :n"),
+            {"n": listener_lease(instances["restarted"])},
+        )
+    abandoned, _ = store.abandon_dead_listeners("itest", instances["own"])
+    assert abandoned == [runs["dead"]]
+    statuses = {key: (journal.get_run(run) or {}).get("status") for key, run in runs.items()}
+    assert statuses == {"own": "RUNNING", "restarted": "RUNNING", "dead": "ABANDONED"}
+    with journal_engine.connect() as conn:
+        released = conn.execute(
+            sa.text("SELECT released_at IS NOT NULL FROM batch.leases WHERE name = :n"),
+            {"n": listener_lease(instances["dead"])},
+        ).scalar_one()
+    assert released
+
+
+def test_open_payout_leased_by_a_live_process_is_in_progress_and_exit_3(
+    dsns: Dsns, sandbox: RunningSandbox, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """A run that finds an open payout it cannot claim (a live listener holds it) lists it and exits 3."""
+    add_customer(sandbox_store, dsns)
+    with app_for(make_settings(sandbox.base_url, tmp_path / "reports"), dsns) as app:
+        planned_only = threading.Event()
+        planned_only.set()  # plan, execute nothing: the payout stays PLANNED
+        run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"), stop=planned_only)
+        with app.journal_engine.begin() as conn:
+            held = conn.execute(
+                sa.text(
+                    "UPDATE batch.payouts SET lease_owner = 'listener:elsewhere:9:abcd',"
+                    " lease_expires_at = now() + interval '5 minutes' WHERE state = 'PLANNED' RETURNING id"
+                )
+            ).scalar_one()
+        result = run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"))
+        assert result.exit_code is ExitCode.ATTENTION, result.error
+        assert [row["id"] for row in result.in_progress_elsewhere] == [held]
+        assert result.run_id is not None
+        run = app.journal.get_run(result.run_id)
+        assert run is not None
+        summary = run["summary"] if isinstance(run["summary"], dict) else json.loads(run["summary"])
+        assert str(held) in summary["in_progress_elsewhere"][0]
+
+
+def test_nightly_run_takes_over_a_dead_listeners_payouts_at_once(
+    dsns: Dsns, sandbox: RunningSandbox, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """A payout leased by a listener that died (its session gone, the server never restarted) is released
+    by the next nightly run and paid by it, the listener's run marked ABANDONED: no wait of lease_seconds."""
+    add_customer(sandbox_store, dsns)
+    with app_for(make_settings(sandbox.base_url, tmp_path / "reports"), dsns) as app:
+        planned_only = threading.Event()
+        planned_only.set()
+        run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"), stop=planned_only)
+        instance, listener_run = uuid.uuid4().hex, uuid.uuid4()
+        worker = f"listener:elsewhere:9:{instance[:8]}"
+        dead = _session(app.journal_engine, listener_lease(instance), host="elsewhere")
+        dead.acquire(None, actor="itest")
+        _start_run(app.journal, listener_run, trigger="listener", instance=instance, worker=worker)
+        dead._drop()  # the listener process died: its session (and lock) went with it
+        with app.journal_engine.begin() as conn:
+            held = conn.execute(
+                sa.text(
+                    "UPDATE batch.payouts SET lease_owner = :w, lease_expires_at = now() + interval '5 minutes'"
+                    " WHERE state = 'PLANNED' RETURNING id"
+                ),
+                {"w": worker},
+            ).scalar_one()
+        result = run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"))
+        assert result.exit_code is ExitCode.OK, result.error
+        payout = app.journal.get_payout(held)
+        assert payout is not None and payout.state is PayoutState.COMPLETED
+        run = app.journal.get_run(listener_run)
+        assert run is not None and run["status"] == "ABANDONED" and run["fenced_at"] is not None
