@@ -46,7 +46,7 @@ def journal(journal_engine: Engine) -> Journal:
 def _append(journal: Journal, first: int, last: int) -> None:
     run_id = uuid.uuid4()
     for n in range(first, last + 1):
-        journal.audit(actor="tester", action="test.event", run_id=run_id, portfolio_id=f"P{n}", details={"n": n})
+        journal.audit(actor="tester", action="run.test_event", run_id=run_id, portfolio_id=f"P{n}", details={"n": n})
 
 
 @pytest.fixture
