@@ -22,9 +22,10 @@ SELECT seq, hash FROM batch.audit_log ORDER BY seq DESC LIMIT 1
 -- the hash, prev_hash and hash version each of these seqs carries now
 SELECT seq, hash, prev_hash, hash_version FROM batch.audit_log WHERE seq = ANY(:seqs)
 
--- name: latest_checkpoint
+-- name: latest_checkpoint_until
+-- the newest checkpoint at or below :until (the last row the anchors still vouch for)
 SELECT id, seq, hash, verified_at, verified_by, accepted_break_seq, reason
-  FROM batch.audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 1
+  FROM batch.audit_checkpoints WHERE seq <= :until ORDER BY seq DESC, id DESC LIMIT 1
 
 -- name: checkpoints
 SELECT id, seq, hash, verified_at, verified_by, accepted_break_seq, reason FROM batch.audit_checkpoints ORDER BY seq, id

@@ -26,6 +26,7 @@ from batch.domain.audit import (
     AuditVerification,
     ChainWalk,
     check_witnesses,
+    trusted_until,
     verification,
 )
 from batch.domain.oversight import require_reason
@@ -99,8 +100,10 @@ class AuditStore(JournalBase):
             witnesses, from_seq, start = list(anchors), 0, (0, GENESIS_HASH, 1)
             notes: list[str] = []
             reanchored: dict[int, _Checkpoint] = {}
+            # an anchor that disagrees with the database: no checkpoint past the last agreeing anchor is trusted
+            trust_until = trusted_until(anchors, _stored_hashes(cursor, [a.seq for a in anchors]))
             if since_checkpoint:
-                cursor.execute(AUDIT.latest_checkpoint.pyformat)
+                cursor.execute(AUDIT.latest_checkpoint_until.pyformat, {"until": trust_until})
                 latest = cursor.fetchone()
                 carried = None if latest is None else _hashes(cursor, [latest["seq"]]).get(latest["seq"])
                 if latest is not None and carried is not None and carried.hash == latest["hash"]:
@@ -112,7 +115,7 @@ class AuditStore(JournalBase):
                     start = (checkpoint.seq - 1, carried.prev_hash, carried.hash_version)
             if from_seq == 0:  # the whole chain: every checkpoint is a witness, re-anchorings let it walk on
                 cursor.execute(AUDIT.checkpoints.pyformat)
-                checkpoints = [_Checkpoint.of(row) for row in cursor.fetchall()]
+                checkpoints = [c for c in map(_Checkpoint.of, cursor.fetchall()) if c.seq <= trust_until]
                 reanchored = {c.accepted_break_seq: c for c in checkpoints if c.accepted_break_seq is not None}
                 witnesses = [w for w in witnesses if not any(c.excuses(w.seq) for c in reanchored.values())]
                 witnesses += [c.anchor for c in checkpoints if not any(r.supersedes(c) for r in reanchored.values())]
@@ -128,7 +131,7 @@ class AuditStore(JournalBase):
                 walked += walk.rows
                 notes += accepted.notes()
                 start = (accepted.seq - 1, carried.prev_hash, carried.hash_version)
-            stored = {seq: found.hash for seq, found in _hashes(cursor, [w.seq for w in witnesses]).items()}
+            stored = _stored_hashes(cursor, [w.seq for w in witnesses])
             result = verification(
                 walk, check_witnesses(witnesses, stored, head), from_seq=from_seq, anchors_checked=len(witnesses)
             )
@@ -200,6 +203,11 @@ def _hashes(cursor: psycopg.Cursor[dict[str, Any]], seqs: Sequence[int]) -> dict
     return {
         int(r["seq"]): _Stored(str(r["hash"]), str(r["prev_hash"]), int(r["hash_version"])) for r in cursor.fetchall()
     }
+
+
+def _stored_hashes(cursor: psycopg.Cursor[dict[str, Any]], seqs: Sequence[int]) -> dict[int, str]:
+    """The hash each of these seqs carries now (one read for all of them)."""
+    return {seq: found.hash for seq, found in _hashes(cursor, seqs).items()}
 
 
 def _record_checkpoint(
