@@ -38,6 +38,13 @@ def configured_anchors(settings: AuditSettings) -> list[Anchor]:
         raise ConfigError(f"cannot read [audit] anchor_file: {exc}") from exc
 
 
+def refuse_while_stopped(app: Services) -> None:
+    """AuditChainBrokenError while a failed full verification stands (the listener's check: one query)."""
+    stop = app.journal.money_stop()
+    if stop is not None:
+        raise AuditChainBrokenError(stop)
+
+
 def check_before_money(app: Services, actor: str) -> AuditVerification:
     """Raise AuditChainBrokenError unless the chain may be trusted tonight; the verification on success."""
     anchors = configured_anchors(app.settings.audit)
