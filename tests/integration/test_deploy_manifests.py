@@ -248,7 +248,7 @@ def test_dockerignore_keeps_local_state_out() -> None:
 
 
 def test_crontab_example_has_a_nightly_batch_run_and_an_audit_anchor() -> None:
-    """crontab.example: a valid 5-field `batch run` entry, then `batch audit verify --full`, then `batch audit anchor`."""
+    """crontab.example: a 5-field `batch run` entry, then `batch audit verify --full`, then `batch audit anchor`."""
     text = (ROOT / "crontab.example").read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     env = dict(ln.split("=", 1) for ln in lines if re.match(r"^[A-Z_]+=", ln))
