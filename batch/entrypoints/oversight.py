@@ -137,7 +137,7 @@ def _anchors(paths: list[Path]) -> list[Anchor]:
 
 def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
     name = display_name(args)
-    configured = configured_anchors(settings.audit) if args.action in ("verify", "anchor") else []
+    configured = configured_anchors(settings.audit) if args.action in ("verify", "anchor", "reanchor") else []
     if args.action == "verify":
         anchors = [*args.expect, *_anchors(args.anchors), *configured]
     elif args.action == "anchor" and args.to is not None and args.to.exists():
@@ -152,7 +152,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -
             print(f"{seq} {head}")
             return ExitCode.OK
         if args.action == "reanchor":
-            return _reanchor(app, args.reason, name)
+            return _reanchor(app, args.reason, name, anchors)
         if args.action == "verify" and args.full:
             processes = args.processes or settings.audit.full_verify_processes
             result, recorded = full_verification(app, processes=processes, anchors=anchors, display_name=name)
@@ -187,10 +187,10 @@ def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -
     return with_app(settings, go)
 
 
-def _reanchor(app: App, reason: str, name: str | None) -> int:
+def _reanchor(app: App, reason: str, name: str | None, anchors: list[Anchor]) -> int:
     """Accept the first broken row the run's verification finds; runs verify from the new checkpoint on."""
     # after a failed full verification the break may lie before the checkpoint: walk the whole chain
-    found = app.journal.verify_audit(since_checkpoint=app.journal.money_stop() is None)
+    found = app.journal.verify_audit(since_checkpoint=app.journal.money_stop() is None, anchors=anchors)
     if found.ok or found.first_broken_seq is None:
         raise UsageError("nothing to re-anchor: the audit chain verifies")
     anchor = app.journal.reanchor(
