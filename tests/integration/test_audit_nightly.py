@@ -232,3 +232,19 @@ def test_the_parallel_full_verification_agrees_with_the_sequential_one(journal_e
     _behind_the_back(journal_engine, "UPDATE batch.audit_log SET details = '{\"x\": 1}' WHERE seq = 900")
     broken = journal.verify_full(processes=2, min_rows=500)
     assert (broken.ok, broken.first_broken_seq) == (False, 900)
+
+
+def test_verify_full_from_the_cli_records_its_result(journal_engine: Engine, dsns: Dsns, tmp_path: Path) -> None:
+    """`batch audit verify --full --processes 2` exits 0, says it recorded the result, and the journal has it."""
+    _append(Journal(journal_engine), 5)
+    done = _cli(dsns, tmp_path, "verify", "--full", "--processes", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "audit chain verified: 5 rows checked (the whole chain)" in done.stdout
+    assert "full verification with 2 process(es) recorded in the journal" in done.stdout
+    with journal_engine.connect() as conn:
+        kept = conn.execute(
+            sa.text("SELECT ok, rows_checked, head_seq, processes, first_broken_seq FROM batch.audit_verifications")
+        ).one()
+        audited = conn.execute(sa.text("SELECT action FROM batch.audit_log WHERE seq = 6")).scalar_one()
+    assert tuple(kept) == (True, 5, 5, 2, None)
+    assert audited == "audit.full_verification"
