@@ -222,6 +222,20 @@ class ScheduleSettings(_Section):
     misfire_grace_seconds: int = Field(default=3600, ge=1)
 
 
+class AuditSettings(_Section):
+    """Where the audit chain's anchors live outside the database, and the full verification's processes.
+
+    ``anchor_file``: an append-only JSON-lines file (``batch audit anchor --to``), ideally on write-once
+    storage (a WORM volume, a mount with object lock). When set, every run checks, before any money moves,
+    that the rows at every anchored seq still carry the anchored hash; the file must exist (create it with
+    ``batch audit anchor --to FILE``). An object-store URL is not supported yet: mount it, or ship the file.
+    """
+
+    anchor_file: Path | None = None
+    #: processes of ``batch audit verify --full`` (one checkpoint segment of the chain each)
+    full_verify_processes: int = Field(default=4, ge=1, le=64)
+
+
 class MetricsSettings(_Section):
     pushgateway_url: str | None = None
     job_name: str = "investsuite_payout_batch"
@@ -290,6 +304,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     metrics: MetricsSettings = MetricsSettings()
     bus: BusSettings = BusSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _lease_outlives_a_call(self) -> Settings:

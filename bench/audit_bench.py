@@ -107,15 +107,22 @@ def extend_chain(dsn: str, until: int) -> float:
     return time.perf_counter() - started
 
 
-def child(dsn: str, mode: str) -> None:
-    """In the measured process: one verification, its figures as one JSON line on stdout."""
+def child(dsn: str, mode: str, processes: int) -> None:
+    """In the measured process: one verification, its figures as one JSON line on stdout.
+
+    ``parallel``: ``Journal.verify_full`` (what ``batch audit verify --full`` runs) with ``processes``
+    processes, one segment of the chain each (issue 22).
+    """
     from batch.adapters.journal import Journal  # noqa: PLC0415
 
     engine = make_engine(dsn, pool_size=1)
     try:
         journal = Journal(engine)
         started = time.perf_counter()
-        result = journal.verify_audit(since_checkpoint=mode == "incremental", record_checkpoint=True)
+        if mode == "parallel":
+            result = journal.verify_full(processes=processes)
+        else:
+            result = journal.verify_audit(since_checkpoint=mode == "incremental", record_checkpoint=True)
         seconds = time.perf_counter() - started
     finally:
         engine.dispose()
@@ -148,11 +155,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="incremental verifications per history length")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the /tmp folder (the database)")
-    parser.add_argument("--child", choices=["full", "incremental"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--processes", default="1,2", help="process counts of the parallel full verification (verify --full)"
+    )
+    parser.add_argument("--child", choices=["full", "incremental", "parallel"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-processes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.dsn, args.child)
+        child(args.dsn, args.child, args.child_processes)
         return 0
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -182,6 +193,17 @@ def main() -> int:
             rate = full["rows"] / full["seconds"]
             log(f"  full: {full['rows']:,} rows in {full['seconds']:.2f} s = {rate:,.0f} rows/s")
             log(f"        peak RSS {full['maxrss_mb']:.0f} MB, ok={full['ok']}")
+            parallel: dict[int, dict[str, Any]] = {}
+            for processes in [int(p) for p in args.processes.split(",")]:
+                command = [PYTHON, __file__, "--child", "parallel", "--child-processes", str(processes), "--dsn", dsn]
+                parallel[processes] = measured(root, command)
+                done = parallel[processes]
+                per_core = done["rows"] / done["seconds"] / processes
+                log(
+                    f"  verify --full, {processes} process(es): {done['rows']:,} rows in {done['seconds']:.2f} s"
+                    f" = {done['rows'] / done['seconds']:,.0f} rows/s ({per_core:,.0f} rows/s per process),"
+                    f" ok={done['ok']}"
+                )
             nights: list[dict[str, Any]] = []
             for _ in range(args.repeat):
                 extend_chain(dsn, size + (len(nights) + 1) * args.night)
@@ -202,6 +224,7 @@ def main() -> int:
                     "table_mb": float(table_mb),
                     "load_rows_per_s": (size - have) / load if size > have else None,
                     "full": full,
+                    "parallel_full": parallel,
                     "incremental": nights,
                     "incremental_median_s": seconds[len(seconds) // 2],
                     "incremental_max_s": seconds[-1],
@@ -228,6 +251,16 @@ def main() -> int:
             f" | {r['incremental_median_s']:.2f} / {r['incremental_max_s']:.2f} s"
             f" | {r['incremental_max_rss_mb']:.0f} MB | {r['cli_incremental_wall_s']:.2f} s |"
         )
+    print()
+    print("| history rows | `verify --full` processes | seconds | rows/s | rows/s per process |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in results:
+        for processes, done in r["parallel_full"].items():
+            rate = done["rows"] / done["seconds"]
+            print(
+                f"| {r['history_rows']:,} | {processes} | {done['seconds']:.1f} | {rate:,.0f}"
+                f" | {rate / processes:,.0f} |"
+            )
     return 0
 
 

@@ -334,6 +334,20 @@ def check_witnesses(witnesses: Sequence[Anchor], stored: Mapping[int, str], head
     return None
 
 
+def trusted_until(anchors: Sequence[Anchor], stored: Mapping[int, str]) -> int:
+    """The highest seq the journal's own checkpoints may be trusted up to, given the external anchors.
+
+    Every anchor agrees with the hash stored at its seq: no limit. Else the last anchor below the first
+    one that disagrees (0: none): a checkpoint past it may have been rewritten along with the rows.
+    """
+    good = 0
+    for anchor in sorted(anchors, key=lambda a: a.seq):
+        if stored.get(anchor.seq) != anchor.hash:
+            return good
+        good = anchor.seq
+    return 2**63 - 1
+
+
 def first_break(chain: Break | None, witness: Break | None) -> Break | None:
     """The break to report: the chain's own (it names one row) unless a witness breaks before it."""
     if chain is None or witness is None:

@@ -20,6 +20,7 @@ from batch.adapters.anchors import append_anchor, read_anchors
 from batch.bootstrap import App
 from batch.domain.audit import Anchor, AnchorError, AuditVerification, parse_expect
 from batch.errors import ConfigError, UsageError
+from batch.service.audit_checks import configured_anchors, full_verification
 from batch.service.run import ExitCode
 from batch.settings import Settings
 
@@ -58,7 +59,14 @@ def add_parsers(sub: Any, payout_id: Callable[[str], uuid.UUID]) -> None:
     audit = sub.add_parser("audit", help="audit trail")
     audit_sub = audit.add_subparsers(dest="action", required=True)
     verify = audit_sub.add_parser("verify", help="recompute the hash chain; name the first broken row")
-    verify.add_argument("--full", action="store_true", help="the whole chain, not only the rows after the checkpoint")
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help="the whole chain, in parallel; the result is recorded and a failed one stops the next run's money",
+    )
+    verify.add_argument(
+        "--processes", type=int, metavar="N", help="processes of --full (default: [audit] full_verify_processes)"
+    )
     verify.add_argument(
         "--expect", type=_expect, action="append", default=[], metavar="SEQ:HASH", help="a head the chain must pass"
     )
@@ -129,12 +137,13 @@ def _anchors(paths: list[Path]) -> list[Anchor]:
 
 def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
     name = display_name(args)
+    configured = configured_anchors(settings.audit) if args.action in ("verify", "anchor", "reanchor") else []
     if args.action == "verify":
-        anchors = [*args.expect, *_anchors(args.anchors)]
+        anchors = [*args.expect, *_anchors(args.anchors), *configured]
     elif args.action == "anchor" and args.to is not None and args.to.exists():
         anchors = _anchors([args.to])  # never anchor a chain that no longer passes the file's earlier anchors
     else:
-        anchors = []
+        anchors = configured
 
     def go(app: App) -> int:
         journal = app.journal
@@ -143,11 +152,18 @@ def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -
             print(f"{seq} {head}")
             return ExitCode.OK
         if args.action == "reanchor":
-            return _reanchor(app, args.reason, name)
-        full = args.action == "verify" and args.full
-        result = journal.verify_audit(
-            since_checkpoint=not full, anchors=anchors, record_checkpoint=True, display_name=name
-        )
+            return _reanchor(app, args.reason, name, anchors)
+        if args.action == "verify" and args.full:
+            processes = args.processes or settings.audit.full_verify_processes
+            result, recorded = full_verification(app, processes=processes, anchors=anchors, display_name=name)
+            print(_broken_line(result) if not result.ok else _verified_line(result))
+            print(
+                f"  full verification with {processes} process(es) "
+                + ("recorded in the journal" if recorded else "NOT recorded (this role may not record it)")
+                + ("" if result.ok else "; runs move no money until `batch audit reanchor --reason ...`")
+            )
+            return ExitCode.OK if result.ok else ExitCode.TECHNICAL_FAILURE
+        result = journal.verify_audit(since_checkpoint=True, anchors=anchors, record_checkpoint=True, display_name=name)
         if not result.ok:
             print(_broken_line(result))
             return ExitCode.TECHNICAL_FAILURE
@@ -171,9 +187,10 @@ def cmd_audit(settings: Settings, args: argparse.Namespace, with_app: WithApp) -
     return with_app(settings, go)
 
 
-def _reanchor(app: App, reason: str, name: str | None) -> int:
+def _reanchor(app: App, reason: str, name: str | None, anchors: list[Anchor]) -> int:
     """Accept the first broken row the run's verification finds; runs verify from the new checkpoint on."""
-    found = app.journal.verify_audit(since_checkpoint=True)
+    # after a failed full verification the break may lie before the checkpoint: walk the whole chain
+    found = app.journal.verify_audit(since_checkpoint=app.journal.money_stop() is None, anchors=anchors)
     if found.ok or found.first_broken_seq is None:
         raise UsageError("nothing to re-anchor: the audit chain verifies")
     anchor = app.journal.reanchor(

@@ -30,6 +30,7 @@ from batch import __version__
 from batch.adapters.journal.bus import BusStore, DecisionSummary
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
+from batch.service.audit_checks import refuse_while_stopped
 from batch.service.context import Services
 from batch.service.run import business_today, engine_for, planner_for
 
@@ -177,6 +178,7 @@ class PlanAndExecute:
         return outcome
 
     def _round(self, portfolio_id: str) -> tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]:
+        refuse_while_stopped(self.app)  # no money moves past a failed full verification of the audit chain
         with self.runs.run_for(portfolio_id) as (run_id, business_date):
             planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan([portfolio_id])
             engine = engine_for(
@@ -207,6 +209,7 @@ class AbandonedRuns:
         abandoned, released = self.store.abandon_dead_listeners(self.actor, self.runs.instance)
         if not abandoned:
             return 0
+        refuse_while_stopped(self.app)
         log.warning("listener.abandoned_marked", runs=[str(r) for r in abandoned])
         driven = 0
         with self.runs.using() as run_id:

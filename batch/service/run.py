@@ -31,7 +31,8 @@ from batch.adapters.journal.bus import BusStore
 from batch.adapters.journal.leases import RUN_LEASE, LeaseSession
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
-from batch.errors import AuditChainBrokenError, BatchError, ConfigError, FenceLostError, RunLockedError
+from batch.errors import BatchError, ConfigError, FenceLostError, RunLockedError
+from batch.service.audit_checks import check_before_money
 from batch.service.context import Services
 from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
@@ -227,7 +228,7 @@ def _locked_run(
         log.info("run.started", dry_run=request.dry_run, trigger=request.trigger, operator=actor)
         progress = Progress(interval=settings.run.progress_interval_seconds)
         try:
-            _check_audit_chain(app, actor)  # no money moves on a broken chain
+            check_before_money(app, actor)  # no money moves on a broken chain, nor past a failed full check
             journal.record_approval_policy(settings.policy.four_eyes_threshold, run_id=run_id, display_name=actor)
             only = list(request.portfolio_ids) or None
             app.client.authenticate()  # refused credentials stop the run before any payout is touched
@@ -354,17 +355,6 @@ def _locked_run(
             **result.report.log_totals(),
         )
     return result
-
-
-def _check_audit_chain(app: Services, actor: str) -> None:
-    """Verify the audit chain from the last checkpoint (and record the new one); raise if it is broken."""
-    verified = app.journal.verify_audit(since_checkpoint=True, record_checkpoint=True, display_name=actor)
-    if not verified.ok:
-        log.error("audit.chain_broken", first_broken_seq=verified.first_broken_seq, problem=verified.problem)
-        raise AuditChainBrokenError(
-            f"audit chain broken at seq {verified.first_broken_seq}: {verified.problem};"
-            " nothing resumed or planned (see README: Verifying the audit trail)"
-        )
 
 
 def _reconcile(app: Services, result: RunResult, actor: str) -> None:

@@ -22,9 +22,10 @@ SELECT seq, hash FROM batch.audit_log ORDER BY seq DESC LIMIT 1
 -- the hash, prev_hash and hash version each of these seqs carries now
 SELECT seq, hash, prev_hash, hash_version FROM batch.audit_log WHERE seq = ANY(:seqs)
 
--- name: latest_checkpoint
+-- name: latest_checkpoint_until
+-- the newest checkpoint at or below :until (the last row the anchors still vouch for)
 SELECT id, seq, hash, verified_at, verified_by, accepted_break_seq, reason
-  FROM batch.audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 1
+  FROM batch.audit_checkpoints WHERE seq <= :until ORDER BY seq DESC, id DESC LIMIT 1
 
 -- name: checkpoints
 SELECT id, seq, hash, verified_at, verified_by, accepted_break_seq, reason FROM batch.audit_checkpoints ORDER BY seq, id
@@ -38,3 +39,18 @@ SELECT * FROM batch.audit_reanchor(:broken_seq, :problem, :reason, :display_name
 
 -- name: last_finished_run
 SELECT id FROM batch.runs WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1
+
+-- name: record_verification
+-- a full verification's result, and its audit row (migration 0014)
+SELECT id FROM batch.audit_record_verification(:started_at, :ok, :rows, :head_seq, :head_hash, :first_broken_seq,
+                                               :problem, :processes, :anchors, :display_name)
+
+-- name: failed_full_verification
+-- the latest failed full verification, unless an operator re-anchored after it (then money may move again)
+SELECT v.finished_at, v.verified_by, v.first_broken_seq, v.problem
+  FROM batch.audit_verifications v
+ WHERE NOT v.ok
+   AND NOT EXISTS (SELECT 1 FROM batch.audit_checkpoints c
+                    WHERE c.accepted_break_seq IS NOT NULL AND c.verified_at > v.finished_at)
+ ORDER BY v.id DESC
+ LIMIT 1

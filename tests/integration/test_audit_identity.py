@@ -63,7 +63,7 @@ def test_job_and_operator_logins_cannot_insert_audit_rows_directly(journal: Jour
     with psycopg.connect(_libpq(dsn)) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(
             "INSERT INTO batch.audit_log (seq, at, actor, action, details, prev_hash, hash)"
-            " VALUES (0, now(), 'forged', 'test.forged', '{}', '', '')"
+            " VALUES (0, now(), 'forged', 'run.test_forged', '{}', '', '')"
         )
     assert journal.verify_audit().ok
 
@@ -74,7 +74,7 @@ def test_operators_cannot_append_through_the_function_either(dsns: Dsns) -> None
         psycopg.connect(_libpq(operator_dsn(dsns.journal, "dora"))) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="audit_append"),
     ):
-        conn.execute("SELECT batch.audit_append('test.forged', NULL, NULL, NULL, '{}', 'dora')")
+        conn.execute("SELECT batch.audit_append('run.test_forged', NULL, NULL, NULL, '{}', 'dora')")
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_stamped_actor_is_the_login_role_whatever_the_client_sends(dsns: Dsns, j
     """The job's login appends with display name 'root': actor and application name are the connection's own."""
     engine = make_engine(job_dsn(dsns.journal), pool_size=1, application_name="nightly-payouts")
     try:
-        Journal(engine).audit(actor="root", action="test.appended", details={"n": 1})
+        Journal(engine).audit(actor="root", action="run.test_appended", details={"n": 1})
     finally:
         engine.dispose()
     (row,) = _rows(journal.engine, "SELECT actor, application_name, display_name, hash_version FROM batch.audit_log")
@@ -99,12 +99,12 @@ def test_set_role_and_a_forged_actor_do_not_change_the_stamp(journal: Journal) -
     with journal.engine.begin() as conn:
         login = conn.execute(sa.text("SELECT session_user")).scalar_one()
         conn.execute(sa.text("SET LOCAL ROLE batch_job"))
-        conn.execute(sa.text("SELECT batch.audit_append('test.as_job', NULL, NULL, NULL, '{}', 'job')"))
+        conn.execute(sa.text("SELECT batch.audit_append('run.test_as_job', NULL, NULL, NULL, '{}', 'job')"))
         conn.execute(sa.text("RESET ROLE"))
         conn.execute(
             sa.text(
                 "INSERT INTO batch.audit_log (seq, at, actor, action, details, prev_hash, hash)"
-                " VALUES (0, now(), 'forged', 'test.forged', '{}', '', '')"
+                " VALUES (0, now(), 'forged', 'run.test_forged', '{}', '', '')"
             )
         )
     actors = [r.actor for r in _rows(journal.engine, "SELECT actor FROM batch.audit_log ORDER BY seq")]
@@ -114,8 +114,8 @@ def test_set_role_and_a_forged_actor_do_not_change_the_stamp(journal: Journal) -
 
 def test_the_stamped_identity_is_part_of_the_hash(journal: Journal, journal_engine: Engine) -> None:
     """Changing only the stamped application name of a row breaks the chain at that row."""
-    journal.audit(actor="tester", action="test.event", details={})
-    journal.audit(actor="tester", action="test.event", details={})
+    journal.audit(actor="tester", action="run.test_event", details={})
+    journal.audit(actor="tester", action="run.test_event", details={})
     with journal_engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
         conn.execute(sa.text("UPDATE batch.audit_log SET application_name = 'other' WHERE seq = 1"))
@@ -152,8 +152,8 @@ def test_rows_written_before_the_migration_still_verify(unmigrated_dsn: str, tmp
                 )
         migrate(engine, "journal")
         journal = Journal(engine)
-        journal.audit(actor="tester", action="test.after", details={})
-        journal.audit(actor="tester", action="test.after", details={})
+        journal.audit(actor="tester", action="run.test_after", details={})
+        journal.audit(actor="tester", action="run.test_after", details={})
         rows = _rows(engine, "SELECT * FROM batch.audit_log ORDER BY seq")
         assert [(r.hash_version, r.actor) for r in rows][:3] == [(1, "legacy")] * 3
         assert rows[3].hash_version == 2 and rows[3].prev_hash == rows[2].hash

@@ -46,7 +46,7 @@ def journal(journal_engine: Engine) -> Journal:
 def _append(journal: Journal, first: int, last: int) -> None:
     run_id = uuid.uuid4()
     for n in range(first, last + 1):
-        journal.audit(actor="tester", action="test.event", run_id=run_id, portfolio_id=f"P{n}", details={"n": n})
+        journal.audit(actor="tester", action="run.test_event", run_id=run_id, portfolio_id=f"P{n}", details={"n": n})
 
 
 @pytest.fixture
@@ -105,13 +105,14 @@ def _assert_broken_at(
 ) -> AuditVerification:
     """The code and `batch audit verify --full` both name ``seq``; the last good row is the one before it."""
     extra = ["--anchors", str(anchors)] if anchors else []
+    # the code first: `verify --full` records its result, which appends an audit row
+    result = journal.verify_audit(anchors=read_anchors(anchors) if anchors else ())
+    assert (result.ok, result.first_broken_seq, result.head_seq) == (False, seq, seq - 1)
+    assert result.problem is not None and problem in result.problem
     done = _cli(config, "verify", "--full", *extra)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"audit chain BROKEN at seq {seq}:" in done.stdout
     assert problem in done.stdout
-    result = journal.verify_audit(anchors=read_anchors(anchors) if anchors else ())
-    assert (result.ok, result.first_broken_seq, result.head_seq) == (False, seq, seq - 1)
-    assert result.problem is not None and problem in result.problem
     return result
 
 
@@ -238,10 +239,10 @@ def test_expected_head_is_checked(journal: Journal, config: Path) -> None:
     """`--expect SEQ:HASH` passes for the real head and fails for another hash or a seq beyond the head."""
     seq, head = journal.audit_head()
     assert _cli(config, "verify", "--expect", f"{seq}:{head}").returncode == 0
-    wrong = _cli(config, "verify", "--full", "--expect", f"{seq}:{'f' * 64}")
-    assert wrong.returncode == 1 and f"not ffffffffffffffff… as --expect {seq} recorded" in wrong.stdout
     beyond = _cli(config, "verify", "--expect", f"{seq + 2}:{head}")
     assert beyond.returncode == 1 and f"rows {seq + 1}..{seq + 2} were deleted" in beyond.stdout
+    wrong = _cli(config, "verify", "--full", "--expect", f"{seq}:{'f' * 64}")  # recorded: appends a row
+    assert wrong.returncode == 1 and f"not ffffffffffffffff… as --expect {seq} recorded" in wrong.stdout
     assert _cli(config, "verify", "--expect", "six:abc").returncode == 2
 
 

@@ -248,14 +248,14 @@ def test_dockerignore_keeps_local_state_out() -> None:
 
 
 def test_crontab_example_has_a_nightly_batch_run_and_an_audit_anchor() -> None:
-    """crontab.example sets the time zone and config: a valid 5-field `batch run` entry, then `batch audit anchor`."""
+    """crontab.example: a 5-field `batch run` entry, then `batch audit verify --full`, then `batch audit anchor`."""
     text = (ROOT / "crontab.example").read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     env = dict(ln.split("=", 1) for ln in lines if re.match(r"^[A-Z_]+=", ln))
     assert env["CRON_TZ"] == env["TZ"] == "Europe/Brussels"
     assert env["BATCH_CONFIG"].endswith(".toml")
     entries = [ln for ln in lines if not re.match(r"^[A-Z_]+=", ln)]
-    assert len(entries) == 2
+    assert len(entries) == 3
     field_re = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\d+(-\d+)?))*$")
     limits = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
     for entry in entries:
@@ -263,8 +263,10 @@ def test_crontab_example_has_a_nightly_batch_run_and_an_audit_anchor() -> None:
             assert field_re.match(value), value
             for number in re.findall(r"\d+", value.split("/")[0]):
                 assert low <= int(number) <= high
-    command, anchor = (entry.split(None, 5)[5] for entry in entries)
+    command, verify, anchor = (entry.split(None, 5)[5] for entry in entries)
     assert "batch audit anchor --to " in anchor
+    assert "batch audit verify --full" in verify
+    assert entries[0].split()[1] < entries[1].split()[1] < entries[2].split()[1], "run, then verify, then anchor"
     assert command.startswith("cd ")
     assert "batch run --trigger cron" in command
     assert "2>> /var/log/" in command and ".jsonl" in command

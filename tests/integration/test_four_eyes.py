@@ -138,7 +138,9 @@ def test_the_threshold_the_job_ran_with_is_recorded_and_audited(world: World) ->
             sa.text("SELECT actor, details FROM batch.audit_log WHERE action = 'policy.four_eyes_threshold'")
         ).all()
     assert (policy.four_eyes_threshold, policy.recorded_by) == ({"EUR": "50000"}, JOB_LOGIN)
-    assert [(r.actor, json.loads(r.details)) for r in audited] == [(JOB_LOGIN, {"from": None, "to": {"EUR": "50000"}})]
+    assert [(r.actor, json.loads(r.details)) for r in audited] == [
+        (JOB_LOGIN, {"from": None, "to": {"EUR": "50000"}, "version": 1, "held_payouts_raised": 0})
+    ]
 
 
 def test_a_payout_above_the_threshold_is_paid_only_after_two_different_operators_approve(world: World) -> None:
@@ -281,3 +283,34 @@ def test_operator_actions_and_appends_are_definer_functions_not_granted_to_publi
         "payout_cancel": (True, True, True),
         "audit_append": (False, True, True),
     }
+
+
+def test_four_eyes_is_frozen_with_the_hold_and_survives_a_config_change(world: World) -> None:
+    """Held under 50,000 EUR: a later run recording no threshold leaves 2 approvals needed; one releases nothing."""
+    payout_id = world.payout_of(world.spare).id
+    held = world.payout_of(world.spare)
+    assert (held.approvals_required, held.approval_policy_version) == (2, 1)
+    relaxed = world.job.settings.model_copy(
+        update={"policy": world.job.settings.policy.model_copy(update={"four_eyes_threshold": {}})}
+    )
+    as_job = Dsns(journal=job_dsn(world.dsns.journal), ledger=world.dsns.ledger, sandbox=world.dsns.sandbox)
+    later = build_app(relaxed, dsns=as_job, migrate_schemas=False)
+    try:
+        run_job(later, RunRequest(business_date=date(2026, 5, 7), trigger="test", operator="nightly"))
+    finally:
+        later.close()
+    with world.admin.journal_engine.connect() as conn:
+        policy = conn.execute(sa.text("SELECT four_eyes_threshold, version FROM batch.approval_policy")).one()
+    assert (policy.four_eyes_threshold, policy.version) == ({}, 2)
+    assert world.payout_of(world.spare).approvals_required == 2
+
+    done = world.cli("carol", "payout", "approve", str(payout_id), "--reason", "known customer")
+    assert done.returncode == 0, done.stderr
+    assert "approval 1 of 2 recorded" in done.stdout
+    assert world.payout_of(world.spare).state == "HELD"
+    with psycopg.connect(job_dsn(world.dsns.journal).replace("+psycopg", "")) as conn:
+        with pytest.raises(psycopg.DatabaseError, match="may be raised, never lowered"):
+            conn.execute("UPDATE batch.payouts SET approvals_required = 1 WHERE id = %s", [payout_id])
+        conn.rollback()
+        with pytest.raises(psycopg.DatabaseError, match="1 of 2 approvals recorded"):
+            conn.execute("UPDATE batch.payouts SET state = 'PLANNED' WHERE id = %s", [payout_id])

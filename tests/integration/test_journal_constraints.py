@@ -234,7 +234,7 @@ def test_audit_seq_and_hash_cannot_be_chosen_by_the_writer(journal_engine: Engin
     _exec(
         journal_engine,
         """INSERT INTO batch.audit_log (seq, at, actor, action, details, prev_hash, hash)
-           VALUES (42, now(), 'tester', 'forged', '{}', repeat('a', 64), repeat('b', 64))""",
+           VALUES (42, now(), 'tester', 'run.forged', '{}', repeat('a', 64), repeat('b', 64))""",
     )
     row = _exec(journal_engine, "SELECT seq, prev_hash, hash FROM batch.audit_log")[0]
     assert row.seq == 1

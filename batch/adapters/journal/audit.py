@@ -10,29 +10,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.rows import args_row
 
+from batch.adapters.journal.audit_segments import MIN_SEGMENT_ROWS, PAGE_ROWS, joined, verify_in_parallel, walk_rows
 from batch.adapters.journal.base import AUDIT, JournalBase
 from batch.domain.audit import (
     GENESIS_HASH,
     Anchor,
-    AuditRow,
     AuditVerification,
     ChainWalk,
     check_witnesses,
+    trusted_until,
     verification,
 )
 from batch.domain.oversight import require_reason
 from batch.errors import OperatorRefusedError
-
-#: rows per page of the chain walk
-PAGE_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -99,8 +95,10 @@ class AuditStore(JournalBase):
             witnesses, from_seq, start = list(anchors), 0, (0, GENESIS_HASH, 1)
             notes: list[str] = []
             reanchored: dict[int, _Checkpoint] = {}
+            # an anchor that disagrees with the database: no checkpoint past the last agreeing anchor is trusted
+            trust_until = trusted_until(anchors, _stored_hashes(cursor, [a.seq for a in anchors]))
             if since_checkpoint:
-                cursor.execute(AUDIT.latest_checkpoint.pyformat)
+                cursor.execute(AUDIT.latest_checkpoint_until.pyformat, {"until": trust_until})
                 latest = cursor.fetchone()
                 carried = None if latest is None else _hashes(cursor, [latest["seq"]]).get(latest["seq"])
                 if latest is not None and carried is not None and carried.hash == latest["hash"]:
@@ -112,14 +110,14 @@ class AuditStore(JournalBase):
                     start = (checkpoint.seq - 1, carried.prev_hash, carried.hash_version)
             if from_seq == 0:  # the whole chain: every checkpoint is a witness, re-anchorings let it walk on
                 cursor.execute(AUDIT.checkpoints.pyformat)
-                checkpoints = [_Checkpoint.of(row) for row in cursor.fetchall()]
+                checkpoints = [c for c in map(_Checkpoint.of, cursor.fetchall()) if c.seq <= trust_until]
                 reanchored = {c.accepted_break_seq: c for c in checkpoints if c.accepted_break_seq is not None}
                 witnesses = [w for w in witnesses if not any(c.excuses(w.seq) for c in reanchored.values())]
                 witnesses += [c.anchor for c in checkpoints if not any(r.supersedes(c) for r in reanchored.values())]
             walked = 0
             while True:
                 walk = ChainWalk(*start)
-                _walk(cursor.connection, walk, after=start[0], until=head[0], batch_size=batch_size)
+                walk_rows(cursor.connection, walk, after=start[0], until=head[0], batch_size=batch_size)
                 broken = walk.finish()
                 accepted = reanchored.get(broken.seq) if broken is not None else None
                 carried = None if accepted is None else _hashes(cursor, [accepted.seq]).get(accepted.seq)
@@ -128,7 +126,7 @@ class AuditStore(JournalBase):
                 walked += walk.rows
                 notes += accepted.notes()
                 start = (accepted.seq - 1, carried.prev_hash, carried.hash_version)
-            stored = {seq: found.hash for seq, found in _hashes(cursor, [w.seq for w in witnesses]).items()}
+            stored = _stored_hashes(cursor, [w.seq for w in witnesses])
             result = verification(
                 walk, check_witnesses(witnesses, stored, head), from_seq=from_seq, anchors_checked=len(witnesses)
             )
@@ -137,6 +135,77 @@ class AuditStore(JournalBase):
                 recorded = _record_checkpoint(cursor, result, full=from_seq == 0, display_name=display_name)
                 result = replace(result, checkpointed=recorded)
         return result
+
+    def verify_full(
+        self,
+        *,
+        processes: int,
+        anchors: Sequence[Anchor] = (),
+        display_name: str | None = None,
+        min_rows: int = MIN_SEGMENT_ROWS,
+    ) -> AuditVerification:
+        """The whole chain, in parallel over segments when it is intact (else sequentially, for the blame).
+
+        Rows people accepted by re-anchoring make the walk jump, which only the sequential walk does.
+        """
+        with self._statement() as cursor:
+            cursor.execute(AUDIT.head.pyformat)
+            top = cursor.fetchone()
+            head = (0, GENESIS_HASH) if top is None else (int(top["seq"]), str(top["hash"]))
+            cursor.execute(AUDIT.checkpoints.pyformat)
+            checkpoints = [_Checkpoint.of(row) for row in cursor.fetchall()]
+            trust_until = trusted_until(anchors, _stored_hashes(cursor, [a.seq for a in anchors]))
+            witnesses = [*anchors, *(c.anchor for c in checkpoints if c.seq <= trust_until)]
+            stored = _stored_hashes(cursor, [w.seq for w in witnesses])
+        sequential = processes <= 1 or any(c.accepted_break_seq is not None for c in checkpoints)
+        if not sequential and check_witnesses(witnesses, stored, head) is None:
+            dsn = self.engine.url.render_as_string(hide_password=False).replace("+psycopg", "", 1)
+            segments = verify_in_parallel(dsn, head[0], processes, min_rows=min_rows)
+            if joined(segments, head):
+                result = AuditVerification(True, sum(s.rows for s in segments), *head, anchors_checked=len(witnesses))
+                if head[0] > 0:
+                    with self._statement() as cursor:
+                        recorded = _record_checkpoint(cursor, result, full=True, display_name=display_name)
+                    result = replace(result, checkpointed=recorded)
+                return result
+        return self.verify_audit(anchors=anchors, record_checkpoint=True, display_name=display_name)
+
+    def record_full_verification(
+        self, result: AuditVerification, *, started_at: datetime, processes: int, display_name: str | None
+    ) -> int | None:
+        """Keep a full verification's result (and its audit row); None if this role may not record it."""
+        params = {
+            "started_at": started_at,
+            "ok": result.ok,
+            "rows": result.rows,
+            "head_seq": result.head_seq,
+            "head_hash": result.head_hash,
+            "first_broken_seq": result.first_broken_seq,
+            "problem": None if result.ok else (result.problem or "broken"),
+            "processes": processes,
+            "anchors": result.anchors_checked,
+            "display_name": display_name,
+        }
+        try:
+            with self._statement() as cursor:
+                cursor.execute(AUDIT.record_verification.pyformat, params)
+                row = cursor.fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            return None
+        return None if row is None else int(row["id"])
+
+    def money_stop(self) -> str | None:
+        """Why no money may move: a failed full verification no re-anchoring followed (None: none)."""
+        with self._read() as conn:
+            row = conn.execute(AUDIT.failed_full_verification.text).first()
+        if row is None:
+            return None
+        when = row.finished_at.isoformat(timespec="seconds")
+        return (
+            f"the full verification of {when} by {row.verified_by} found the chain broken at seq"
+            f" {row.first_broken_seq}: {row.problem}; no money moves until an operator re-anchors after an"
+            " investigation (batch audit reanchor --reason ...)"
+        )
 
     def reanchor(self, *, broken_seq: int, problem: str, reason: str, display_name: str | None) -> Anchor:
         """Accept the first broken row after an investigation (a person only); the checkpoint it records."""
@@ -162,30 +231,6 @@ class AuditStore(JournalBase):
         return value if isinstance(value, uuid.UUID) else None
 
 
-def _walk(conn: psycopg.Connection[Any], walk: ChainWalk, *, after: int, until: int, batch_size: int) -> None:
-    """Feed the rows after ``after`` up to ``until`` to the walk, a page at a time, until it breaks.
-
-    The next page is read (by one helper thread, on this connection, while nothing else uses it) as the
-    current one is hashed: the database's work and the hashing overlap. Memory: two pages.
-    """
-    with conn.cursor(row_factory=args_row(AuditRow)) as rows, ThreadPoolExecutor(1) as reader:
-
-        def page_after(seq: int) -> list[AuditRow]:
-            rows.execute(AUDIT.chain_between.pyformat, {"after": seq, "until": until, "n": batch_size})
-            return rows.fetchall()
-
-        page = page_after(after) if after < until else []
-        while page:
-            last = page[-1].seq
-            ahead = reader.submit(page_after, last) if last < until else None
-            for row in page:
-                if not walk.feed(row):
-                    if ahead is not None:
-                        ahead.result()  # let the read finish before the cursor closes
-                    return
-            page = ahead.result() if ahead is not None else []
-
-
 class _Stored(NamedTuple):
     hash: str
     prev_hash: str
@@ -200,6 +245,11 @@ def _hashes(cursor: psycopg.Cursor[dict[str, Any]], seqs: Sequence[int]) -> dict
     return {
         int(r["seq"]): _Stored(str(r["hash"]), str(r["prev_hash"]), int(r["hash_version"])) for r in cursor.fetchall()
     }
+
+
+def _stored_hashes(cursor: psycopg.Cursor[dict[str, Any]], seqs: Sequence[int]) -> dict[int, str]:
+    """The hash each of these seqs carries now (one read for all of them)."""
+    return {seq: found.hash for seq, found in _hashes(cursor, seqs).items()}
 
 
 def _record_checkpoint(
