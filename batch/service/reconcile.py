@@ -11,7 +11,9 @@ Which checks apply follows the steps the payout reached (the journal's per-step 
     ledger_posted      one ledger transfer under the payout's key: same amount, currency, reference
     (any state)        no ledger transfer under the key of a payout that never posted (CANCELLED, ...)
     transaction_recorded  exactly one InvestSuite transaction with external_id = the ledger reference:
-                       the journal's id, -amount of $CCY, SETTLED
+                       the journal's id, one CASH_WITHDRAWAL movement of -amount $CCY, SETTLED or EXECUTED
+                       (the transaction-level ``status`` is response-only and computed: informative only,
+                       the docs' example is "COMPLETED")
     divest_cleared     the divest amount no longer holds the paid amount (current - target < paid)
     holdings_updated   the $CCY cash not above the recorded absolute target
     event_sent         the event id InvestSuite answered is kept
@@ -44,7 +46,7 @@ class BreakType(StrEnum):
     REFERENCE_MISMATCH = "REFERENCE_MISMATCH"  # the ledger's reference or InvestSuite's id is not the journal's
     MISSING_TRANSACTION = "MISSING_TRANSACTION"  # no InvestSuite transaction with the external_id
     DUPLICATE_TRANSACTION = "DUPLICATE_TRANSACTION"  # more than one transaction with the external_id
-    TRANSACTION_NOT_SETTLED = "TRANSACTION_NOT_SETTLED"  # the transaction or its movement is not SETTLED
+    TRANSACTION_NOT_SETTLED = "TRANSACTION_NOT_SETTLED"  # its CASH_WITHDRAWAL movement is not SETTLED/EXECUTED
     PORTFOLIO_MISSING = "PORTFOLIO_MISSING"  # the portfolio of a payout past the ledger is gone
     DIVEST_NOT_CLEARED = "DIVEST_NOT_CLEARED"  # the divest amount still holds the paid amount
     HOLDINGS_NOT_UPDATED = "HOLDINGS_NOT_UPDATED"  # the cash holding is above the recorded target
@@ -272,8 +274,7 @@ def _transaction_breaks(
                 **base,
             )
         )
-    statuses = {tx.status, *(m[1] for m in tx.movements)}
-    if statuses != {"SETTLED"}:
+    if not settled(tx):
         breaks.append(
             Break(
                 BreakType.TRANSACTION_NOT_SETTLED,
@@ -281,11 +282,29 @@ def _transaction_breaks(
                 found=booked,
                 source="investsuite",
                 reference=tx.id,
-                evidence={"statuses": sorted(str(s) for s in statuses)},
+                evidence={
+                    "movement_statuses": sorted(str(m[1]) for m in tx.movements),
+                    "transaction_status": tx.status,
+                },
                 **base,
             )
         )
     return breaks
+
+
+#: movement statuses that mean the cash left the portfolio (the docs: "use EXECUTED or SETTLED")
+SETTLED_MOVEMENT_STATUSES = frozenset({"SETTLED", "EXECUTED"})
+
+
+def settled(tx: TransactionFact) -> bool:
+    """Settled by the documented contract: every movement is a CASH_WITHDRAWAL SETTLED or EXECUTED.
+
+    The transaction's own ``status`` is response-only and computed from its movements (the docs'
+    example is "COMPLETED"): it is kept as evidence, never required to take a particular value.
+    """
+    return bool(tx.movements) and all(
+        kind == "CASH_WITHDRAWAL" and status in SETTLED_MOVEMENT_STATUSES for kind, status, _i, _q in tx.movements
+    )
 
 
 def _withdrawn(tx: TransactionFact, currency: str) -> Decimal | None:
@@ -420,7 +439,7 @@ def add_paid(
     if remote.transactions is not None and len(remote.transactions) == 1:
         tx = remote.transactions[0]
         withdrawn = _withdrawn(tx, payout.currency)
-        if withdrawn is not None and {tx.status, *(m[1] for m in tx.movements)} == {"SETTLED"}:
+        if withdrawn is not None and settled(tx):
             f.investsuite += withdrawn
     if payout.event_id:
         f.events += payout.amount

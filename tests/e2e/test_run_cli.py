@@ -220,7 +220,7 @@ def _check_paid(n: Nightly, pid: str, expected: Expected, decision: dict[str, An
     assert len(transactions) == 1, f"{where}: transactions {transactions}"
     tx = transactions[0]
     assert tx["external_id"] == tx["_external_id_column"] == transfer["reference"], where
-    assert tx["status"] == "SETTLED", where
+    assert tx["status"] == "COMPLETED", where  # response-only, computed (the docs example)
     assert len(tx["movements"]) == 1, where
     movement = tx["movements"][0]
     assert (movement["type"], movement["status"], movement["instrument_id"]) == (

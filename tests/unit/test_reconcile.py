@@ -98,6 +98,25 @@ def test_pending_transaction_is_not_settled() -> None:
     assert _types(remote=replace(REMOTE, transactions=(pending,))) == [BreakType.TRANSACTION_NOT_SETTLED]
 
 
+def test_transaction_status_completed_as_in_the_docs_example_is_settled() -> None:
+    """The docs' computed transaction status "COMPLETED" with a SETTLED CASH_WITHDRAWAL movement: no break."""
+    completed = TransactionFact("T1", "COMPLETED", (("CASH_WITHDRAWAL", "SETTLED", "$EUR", Decimal("-100.00")),))
+    assert _types(remote=replace(REMOTE, transactions=(completed,))) == []
+
+
+def test_executed_movement_counts_as_settled_whatever_the_transaction_status() -> None:
+    """An EXECUTED CASH_WITHDRAWAL movement settles it; an absent or unknown transaction status is informative."""
+    for status in (None, "EXECUTED", "ANYTHING"):
+        executed = TransactionFact("T1", status, (("CASH_WITHDRAWAL", "EXECUTED", "$EUR", Decimal("-100.00")),))
+        assert _types(remote=replace(REMOTE, transactions=(executed,))) == [], status
+
+
+def test_pending_movement_under_a_completed_transaction_is_not_settled() -> None:
+    """The movement decides: a PENDING movement is TRANSACTION_NOT_SETTLED even if the transaction says COMPLETED."""
+    pending = TransactionFact("T1", "COMPLETED", (("CASH_WITHDRAWAL", "PENDING", "$EUR", Decimal("-100.00")),))
+    assert _types(remote=replace(REMOTE, transactions=(pending,))) == [BreakType.TRANSACTION_NOT_SETTLED]
+
+
 def test_divest_raised_again_to_the_paid_amount_is_not_cleared() -> None:
     """The divest amount holds the paid amount again (re-raised outside the job): DIVEST_NOT_CLEARED."""
     raised = replace(REMOTE, portfolio=PortfolioFact("P1", True, Decimal("100.00"), "100.00", Decimal("900.00")))
