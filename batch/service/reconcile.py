@@ -31,7 +31,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from batch.domain.money import FULL_WITHDRAWAL_THRESHOLD, MINOR_UNITS
+from batch.domain.money import FULL_WITHDRAWAL_THRESHOLD, exact
 
 ZERO = Decimal(0)
 
@@ -469,11 +469,10 @@ def mask(reference: str) -> str:
 
 
 def text(amount: Decimal | None, currency: str | None) -> str | None:
-    """A plain-notation amount at the currency's minor unit (8 places for one the job does not know)."""
+    """A plain-notation amount at the currency's minor unit at least, never rounded (10.005 EUR stays 10.005)."""
     if amount is None:
         return None
-    places = MINOR_UNITS.get(currency or "", 8)
-    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
+    return format(exact(amount, currency), "f")
 
 
 def _plain(value: Any) -> Any:

@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from batch import __version__
-from batch.domain.money import MINOR_UNITS
+from batch.domain.money import exact
 from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
 
 SCHEMA_VERSION = "2.1"
@@ -44,11 +44,10 @@ EXCEPTION_STATES = {PayoutState.NEEDS_ATTENTION.value, PayoutState.HELD.value}
 
 
 def quantized(amount: Decimal | None, currency: str | None) -> Decimal | None:
-    """An amount at the currency's minor unit (the journal's NUMERIC carries 8 decimals)."""
+    """An amount at the currency's minor unit, never rounded: a sub-minor 10.005 EUR stays 10.005."""
     if amount is None:
         return None
-    places = MINOR_UNITS.get(currency or "", 8)
-    return amount.quantize(Decimal(1).scaleb(-places))
+    return exact(amount, currency)
 
 
 def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
