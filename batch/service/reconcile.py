@@ -14,8 +14,10 @@ Which checks apply follows the steps the payout reached (the journal's per-step 
                        the journal's id, one CASH_WITHDRAWAL movement of -amount $CCY, SETTLED or EXECUTED
                        (the transaction-level ``status`` is response-only and computed: informative only,
                        the docs' example is "COMPLETED")
-    divest_cleared     the divest amount no longer holds the paid amount (current - target < paid)
-    holdings_updated   the $CCY cash not above the recorded absolute target
+    divest_cleared     the divest amount no longer holds the paid amount (current - target < paid), unless a
+                       later payout of the portfolio took the divest amount over (the customer asked again)
+    holdings_updated   the $CCY cash not above the recorded absolute target plus the deposits the job
+                       announced for the portfolio after the payout (what moved its cash since)
     event_sent         the event id InvestSuite answered is kept
 
 and, per value date, every customer -> payout clearing transfer has a payout of the journal behind it.
@@ -104,6 +106,11 @@ class PayoutFacts:
     event_id: str | None = None
     moved_in_run: bool = False  # for a run's reconciliation: the run posted it on the ledger
     value_date: date | None = None  # the ledger value date (the payout's business date)
+    #: what the job moved on the portfolio's cash after this payout: deposits announced after its holdings
+    #: update (they raise the cash above its target), and whether a later payout of the portfolio exists
+    #: (it takes over the divest amount and lowers the cash)
+    later_credits: Decimal = ZERO
+    later_payout: bool = False
 
     @property
     def posted(self) -> bool:
@@ -321,7 +328,7 @@ def _portfolio_breaks(payout: PayoutFacts, portfolio: PortfolioFact, base: Mappi
     if not portfolio.found:
         return [Break(BreakType.PORTFOLIO_MISSING, expected=payout.amount, source="investsuite", **base)]
     breaks = []
-    if "divest_cleared" in payout.reached:
+    if "divest_cleared" in payout.reached and not payout.later_payout:  # a later payout owns the divest now
         target = payout.divest_target or ZERO
         current = portfolio.divest
         if current is None and portfolio.divest_raw not in (None, "None", "0"):
@@ -342,14 +349,20 @@ def _portfolio_breaks(payout: PayoutFacts, portfolio: PortfolioFact, base: Mappi
             )
     if "holdings_updated" in payout.reached and payout.holdings_target_cash is not None:
         cash = portfolio.cash
-        if cash is None or cash > payout.holdings_target_cash:
+        # the deposits the job announced afterwards raised the cash, as they must: the ceiling moves with them
+        ceiling = payout.holdings_target_cash + payout.later_credits
+        if cash is None or cash > ceiling:
             breaks.append(
                 Break(
                     BreakType.HOLDINGS_NOT_UPDATED,
-                    expected=payout.holdings_target_cash,
+                    expected=ceiling,
                     found=cash,
                     source="investsuite",
-                    evidence={"cash_key": f"${payout.currency}"},
+                    evidence={
+                        "cash_key": f"${payout.currency}",
+                        "target": payout.holdings_target_cash,
+                        "later_credits": payout.later_credits,
+                    },
                     **base,
                 )
             )
@@ -386,9 +399,12 @@ class PaidFigures:
 
     ``journal``: the payouts the journal says COMPLETED; ``ledger``: the transfers read back from the
     ledger under the keys of the payouts checked; ``investsuite``: their transactions read back (exactly
-    one, SETTLED); ``events``: those whose event id InvestSuite answered is kept. They agree when every
-    payout that reached the ledger also completed. ``moved_journal`` / ``moved_ledger``:
-    the payouts a run posted on the ledger itself, by the journal and as read back.
+    one, its CASH_WITHDRAWAL movement SETTLED or EXECUTED); ``events``: those whose event id InvestSuite
+    answered is kept. A payout still on its way (past the ledger, not completed, not stopped) is counted
+    apart, under ``in_flight_*``, by each source: it is its own line, not a difference. A payout stopped
+    after the ledger (NEEDS_ATTENTION) stays in the sources' figures: a difference until it is resolved.
+    ``moved_journal`` / ``moved_ledger``: the payouts a run posted on the ledger itself, by the journal and
+    as read back.
     """
 
     payouts: int = 0
@@ -400,6 +416,11 @@ class PaidFigures:
     moved_journal: Decimal = ZERO
     moved_ledger: Decimal = ZERO
     unknown_ledger: Decimal = ZERO
+    in_flight_count: int = 0
+    in_flight_journal: Decimal = ZERO
+    in_flight_ledger: Decimal = ZERO
+    in_flight_investsuite: Decimal = ZERO
+    in_flight_events: Decimal = ZERO
 
     @property
     def agree(self) -> bool:
@@ -411,12 +432,29 @@ class PaidFigures:
             "payouts": self.payouts,
             **{
                 name: text(getattr(self, name), currency)
-                for name in ("journal", "ledger", "investsuite", "events", "moved_journal", "moved_ledger")
+                for name in (
+                    "journal",
+                    "ledger",
+                    "investsuite",
+                    "events",
+                    "moved_journal",
+                    "moved_ledger",
+                    "in_flight_journal",
+                    "in_flight_ledger",
+                    "in_flight_investsuite",
+                    "in_flight_events",
+                )
             },
             "moved_count": self.moved_count,
+            "in_flight_count": self.in_flight_count,
             "unknown_ledger": text(self.unknown_ledger, currency),
             "agree": self.agree,
         }
+
+
+def in_flight(payout: PayoutFacts) -> bool:
+    """Past the ledger, not completed and not stopped: on its way (a run resumes it)."""
+    return payout.posted and payout.state not in ("COMPLETED", "NEEDS_ATTENTION", "CANCELLED")
 
 
 def add_paid(
@@ -429,20 +467,29 @@ def add_paid(
         f.moved_journal += payout.amount
         if transfer is not None and transfer.currency == payout.currency:
             f.moved_ledger += transfer.amount
-    if payout.completed:
-        f.payouts += 1
-        f.journal += payout.amount
-    # the systems of record count whatever they hold, completed or not: a payout stuck after the
-    # ledger makes them differ from the journal's paid figure until it completes
-    if transfer is not None and transfer.currency == payout.currency:
-        f.ledger += transfer.amount
+    ledger = transfer.amount if transfer is not None and transfer.currency == payout.currency else ZERO
+    investsuite = ZERO
     if remote.transactions is not None and len(remote.transactions) == 1:
         tx = remote.transactions[0]
         withdrawn = _withdrawn(tx, payout.currency)
         if withdrawn is not None and settled(tx):
-            f.investsuite += withdrawn
-    if payout.event_id:
-        f.events += payout.amount
+            investsuite = withdrawn
+    events = payout.amount if payout.event_id else ZERO
+    if in_flight(payout):
+        f.in_flight_count += 1
+        f.in_flight_journal += payout.amount
+        f.in_flight_ledger += ledger
+        f.in_flight_investsuite += investsuite
+        f.in_flight_events += events
+        return
+    if payout.completed:
+        f.payouts += 1
+        f.journal += payout.amount
+    # the systems of record count whatever they hold, completed or not: a payout stopped after the
+    # ledger makes them differ from the journal's paid figure until it is resolved
+    f.ledger += ledger
+    f.investsuite += investsuite
+    f.events += events
 
 
 def add_unknown(figures: dict[str, PaidFigures], breaks: Iterable[Break]) -> None:

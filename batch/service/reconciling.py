@@ -5,7 +5,8 @@ limiter and bounded concurrency (threads). The rules are pure functions in ``bat
 this module only gathers their inputs and records the result in the journal (``batch.reconciliations``
 and one audit row), so a report rendered later shows the same figures.
 
-- ``reconcile_payouts``: the payouts of a business date, or those one run created or drove, streamed from
+- ``reconcile_payouts``: the payouts of a business date (a run's: its whole date plus the payouts of other
+  dates it created or drove), streamed from
   the journal and matched 1,000 at a time (memory flat). Ledger: one query per chunk for their keys and
   one streamed query for every payout transfer of each value date, whose keys are looked up in the
   journal 1,000 at a time (to find those the journal does not know).
@@ -125,6 +126,8 @@ def payout_facts(row: Mapping[str, Any]) -> PayoutFacts:
         event_id=row["event_id"],
         moved_in_run=bool(row.get("moved_in_run")),
         value_date=row["business_date"],
+        later_credits=Decimal(row.get("later_credits") or 0),
+        later_payout=bool(row.get("later_payout")),
     )
 
 
@@ -218,7 +221,8 @@ def reconcile_payouts(
     reader = app.ledger_reader
     queries_before = reader.queries
     moved_dates: set[date | None] = set()
-    rows = journal.payouts_to_reconcile(business_date=business_date, run_id=run_id)
+    # a run reconciles its whole business date (any run's payouts) plus what it drove of other dates
+    rows = journal.payouts_to_reconcile(business_date=business_date or run_date, run_id=run_id)
     workers = max(1, app.settings.run.concurrency)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         for chunk in _chunks(rows, _PAYOUT_CHUNK):  # memory flat in the number of payouts
@@ -237,6 +241,7 @@ def reconcile_payouts(
             result.breaks += unknown_ledger_payouts(facts, known)
     add_unknown(result.paid, result.breaks)
     result.stats = {
+        "scope": "date",  # the whole business date (a run's: plus the payouts it drove of other dates)
         "investsuite_calls": sum(app.client.calls.values()) - calls_before,
         "ledger_queries": reader.queries - queries_before,
         "seconds": round(time.monotonic() - started, 3),

@@ -37,7 +37,7 @@ from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
-from batch.service.report_model import checks
+from batch.service.report_checks import checks
 
 log = structlog.get_logger("batch.run")
 
@@ -256,7 +256,7 @@ def _locked_run(
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.reconcile_error:
             report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
-            report.checks = checks(report.totals, report.reconcile, report.dry_run) + (
+            report.checks = checks(report.totals, report.reconcile, report.dry_run, report.kind) + (
                 report.deposits.checks() if report.deposits else []
             )
         if result.status == "RUNNING":

@@ -206,3 +206,38 @@ def test_book_unmapped_missing_and_orphan_accounts_are_named() -> None:
     orphan = orphan_account("CASH-7", "EUR", Decimal(5), {"CASH-1"})
     assert orphan is not None and orphan.type is BreakType.ORPHAN_LEDGER_ACCOUNT
     assert orphan_account("CASH-1", "EUR", Decimal(5), {"CASH-1"}) is None
+
+
+def test_deposits_announced_after_the_payout_raise_the_holdings_ceiling() -> None:
+    """Cash above the target by exactly the deposits the job announced afterwards is no HOLDINGS_NOT_UPDATED."""
+    raised = replace(REMOTE, portfolio=PortfolioFact("P1", True, Decimal(0), "0", Decimal("1400.00")))
+    assert _types(remote=raised) == [BreakType.HOLDINGS_NOT_UPDATED]
+    assert _types(replace(PAYOUT, later_credits=Decimal("500.00")), remote=raised) == []
+    assert _types(replace(PAYOUT, later_credits=Decimal("499.99")), remote=raised) == [BreakType.HOLDINGS_NOT_UPDATED]
+
+
+def test_a_later_payout_of_the_portfolio_takes_the_divest_over() -> None:
+    """The customer asked again: the divest now holds the new request; with a later payout it is not this one's break."""
+    asked_again = replace(REMOTE, portfolio=PortfolioFact("P1", True, Decimal("300"), "300", Decimal("900.00")))
+    assert _types(remote=asked_again) == [BreakType.DIVEST_NOT_CLEARED]
+    assert _types(replace(PAYOUT, later_payout=True), remote=asked_again) == []
+
+
+def test_a_payout_in_flight_is_counted_apart_not_as_a_difference() -> None:
+    """Posted but not completed: its own in-flight figures, the paid figures still agree."""
+    moving = replace(PAYOUT, state="TRANSACTION_RECORDED", reached=frozenset({"ledger_posted", "transaction_recorded"}))
+    figures: dict[str, PaidFigures] = {}
+    add_paid(figures, PAYOUT, TRANSFER, REMOTE)
+    add_paid(figures, moving, TRANSFER, REMOTE)
+    eur = figures["EUR"]
+    assert (eur.journal, eur.ledger, eur.investsuite) == (Decimal("100.00"),) * 3
+    assert (eur.in_flight_count, eur.in_flight_ledger, eur.in_flight_investsuite) == (1, Decimal("100"), Decimal("100"))
+    assert eur.agree
+
+
+def test_a_payout_stopped_after_the_ledger_stays_a_difference() -> None:
+    """NEEDS_ATTENTION after the ledger post: the ledger holds it, the journal did not pay it: they disagree."""
+    stopped = replace(PAYOUT, state="NEEDS_ATTENTION", reached=frozenset({"ledger_posted"}), event_id=None)
+    figures: dict[str, PaidFigures] = {}
+    add_paid(figures, stopped, TRANSFER, RemoteFacts(()))
+    assert figures["EUR"].in_flight_count == 0 and not figures["EUR"].agree
