@@ -99,7 +99,7 @@ def build_report(
         candidate_totals = conn.execute(
             (Q.candidate_totals_of_run if kind == "run" else Q.candidate_totals_of_date).text, params
         ).all()
-        movement_totals = conn.execute(Q.movement_totals.text, params).all()
+        movement_totals = list(conn.execute(Q.movement_totals.text, params).all())
         if kind == "date":  # the date's money: every payout of the value date, not one per portfolio
             movement_totals += conn.execute(Q.earlier_payout_totals_of_date.text, params).all()
     line_queries = (
