@@ -28,7 +28,7 @@ from batch import __version__
 from batch.domain.money import exact
 from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "3.0"
 ZERO = Decimal(0)
 BUCKETS = ("paid", "in_progress", "would_pay", "deferred", "skipped", "held")
 GROUPS = ("planned", "paid_earlier", "carried_over", "approved", "retried")

@@ -5,6 +5,7 @@ Exit codes (for cron and Kubernetes podFailurePolicy):
     3   done, but something needs a person: a new hold, a payout that needs attention (of any run), a
         payout still in progress, a reconciliation break; a hold unchanged since the previous run
         ("still held") only with ``[run] alert_on_unchanged_holds = true``
+    3   also: stopped by SIGTERM/SIGINT (recorded INTERRUPTED, with when and what was in flight)
     1   technical failure (the run is recorded as FAILED)
     2   usage or configuration error
     75  another run holds the lock (nothing was done)
@@ -33,6 +34,7 @@ from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLock
 from batch.service.context import Services
 from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
+from batch.service.interruption import INTERRUPTED, interruption_record, interruption_text
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
@@ -268,7 +270,15 @@ def _locked_run(
             attention = attention or result.stalled > 0 or bool(result.reconcile_error)
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
             result.status = "SUCCEEDED_WITH_EXCEPTIONS" if result.exit_code else "SUCCEEDED"
+        interrupted: dict[str, object] = {}
+        if stop is not None and stop.is_set() and result.status.startswith("SUCCEEDED"):
+            # stopped by a signal: a state of its own (not ABANDONED, not FAILED), and the night is not done
+            interrupted = interruption_record(stop, journal.in_flight_of_run(run_id))
+            result.status, result.exit_code = INTERRUPTED, ExitCode.ATTENTION
+            result.error = interruption_text(interrupted)
+            log.warning("run.interrupted", **interrupted)
         summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
+        summary |= {"interrupted": interrupted} if interrupted else {}
         journal.finish_run(
             run_id,
             status=result.status,
