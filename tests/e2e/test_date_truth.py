@@ -11,7 +11,15 @@ example values (transaction ``status`` "COMPLETED").
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
+from dataclasses import replace
+from datetime import date
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,7 @@ import pytest
 from batch.adapters.ledger_deposits import IncomingFundsAdmin
 from batch.adapters.postgres import Dsns, make_engine
 from batch.domain.money import quantum
+from batch.sandbox.seed import seed_scenario
 from batch.service.run import business_today
 from batch.settings import LedgerSettings
 from tests.e2e.chaos_support import ChaosHarness, ChaosOptions, ChaosResult
@@ -172,3 +181,145 @@ def test_one_date_crashed_asked_again_and_listened_is_one_truth(
         assert len(set(figures)) == 1, f"{ccy}: ledger, report paid, InvestSuite, events = {figures}"
     failing = [c for c in report["checks"] if not c["ok"]]
     assert not failing, failing
+
+
+def _stop_with_sigterm(cli: Cli, business_date: str) -> subprocess.CompletedProcess[str]:
+    """Start `batch run`, SIGTERM it once a few payouts completed, wait for its graceful end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_")} | {"BATCH_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "batch", "--config", str(cli.config), "run", "--date", business_date]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = fetch(cli.dsns.journal, "SELECT count(*) AS n FROM batch.payouts WHERE state = 'COMPLETED'")
+            if done[0]["n"] >= 15:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_sigterm_is_an_interrupted_run_and_the_next_run_reconciles_its_payouts(
+    cli: Cli, sandbox: RunningSandbox
+) -> None:
+    """SIGTERM: INTERRUPTED with when and what was in flight, in-flight payouts no FAIL; the next run checks them."""
+    day = "2026-07-01"
+    seed_scenario(cli.dsns.sandbox, cli.dsns.ledger, size=200)
+    sandbox.admin.set_faults(latency_ms=40)
+    stopped = _stop_with_sigterm(cli, day)
+    sandbox.admin.set_faults()
+    assert stopped.returncode == 3, explain(stopped)
+    (run,) = fetch(cli.dsns.journal, "SELECT * FROM batch.runs")
+    assert run["status"] == "INTERRUPTED", run
+    interrupted = run["summary"]["interrupted"]
+    assert interrupted["signal"] == "SIGTERM" and interrupted["at"], interrupted
+    left = fetch(
+        cli.dsns.journal,
+        "SELECT count(*) AS n FROM batch.payouts WHERE run_id = %s AND state NOT IN ('COMPLETED', 'CANCELLED',"
+        " 'HELD', 'NEEDS_ATTENTION')",
+        [run["id"]],
+    )[0]["n"]
+    assert left > 0 and interrupted["in_flight"] == left, (interrupted, left)
+    assert run["error"].startswith("interrupted by SIGTERM at ") and "in flight" in run["error"], run["error"]
+    history = cli("runs")
+    assert "INTERRUPTED" in history.stdout, history.stdout
+    shown = cli("report", "--run", str(run["id"]), "--format", "json")
+    report = json.loads(shown.stdout)
+    assert report["runs"][0]["status"] == "INTERRUPTED"
+    assert not [c for c in report["checks"] if not c["ok"]], report["checks"]
+
+    after = cli("run", "--date", day)
+    assert after.returncode in (0, 3), explain(after)
+    (second,) = fetch(cli.dsns.journal, "SELECT summary FROM batch.runs WHERE id <> %s", [run["id"]])
+    of_date = fetch(
+        cli.dsns.journal,
+        "SELECT count(*) AS n FROM batch.payouts WHERE business_date = %s AND flow = 'WITHDRAWAL'",
+        [day],
+    )[0]["n"]
+    assert second["summary"]["reconcile"]["checked"] == of_date  # the whole date, the stopped run's payouts too
+    assert second["summary"]["reconcile"]["breaks"] == 0
+
+
+def test_a_killed_runs_completed_payouts_are_in_the_next_runs_reconciliation(
+    dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Payouts a SIGKILLed run completed are checked by the next finished run (it reconciles the whole date)."""
+    day = date(2026, 7, 2)
+    harness = ChaosHarness(
+        dsns,
+        sandbox.base_url,
+        tmp_path,
+        ChaosOptions(size=40, kills=2, business_date=day, deposits=False, error_rate=0.0, lose_response_rate=0.0),
+    )
+    harness.seed()
+    chaos = ChaosResult()
+    harness.crash_until_converged(chaos)
+    killed_runs = fetch(dsns.journal, "SELECT id FROM batch.runs WHERE status = 'ABANDONED'")
+    by_killed = fetch(
+        dsns.journal,
+        "SELECT count(*) AS n FROM batch.payouts WHERE state = 'COMPLETED' AND run_id = ANY(%s)",
+        [[r["id"] for r in killed_runs]],
+    )[0]["n"]
+    assert killed_runs and by_killed > 0, (killed_runs, by_killed)
+    last = fetch(
+        dsns.journal,
+        "SELECT r.checked, r.breaks, r.figures FROM batch.reconciliations r JOIN batch.runs u ON u.id = r.run_id"
+        " ORDER BY r.finished_at DESC LIMIT 1",
+    )[0]
+    of_date = fetch(
+        dsns.journal,
+        "SELECT count(*) AS n FROM batch.payouts WHERE business_date = %s AND flow = 'WITHDRAWAL'",
+        [day],
+    )[0]["n"]
+    assert last["checked"] == of_date and last["breaks"] == 0, last
+    assert last["figures"]["stats"]["scope"] == "date"
+
+
+def test_an_unchanged_hold_alerts_once_across_a_failed_run_and_a_listener_run(
+    cli: Cli, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Still held compares with the last completed nightly run: a refused run and a bus event do not reset it."""
+    day = business_today(TIMEZONE)
+    seed_scenario(cli.dsns.sandbox, cli.dsns.ledger, size=30)
+    first = cli("run", "--date", day.isoformat())
+    assert first.returncode == 3, explain(first)  # new holds
+    second = cli("run", "--date", day.isoformat())
+    assert second.returncode == 0, explain(second)
+    refused = cli("run", "--date", day.isoformat(), env_extra={"BATCH_INVESTSUITE__SECRET_ACCESS_KEY": "wrong"})
+    assert refused.returncode == 2, explain(refused)  # refused credentials: a FAILED run, a configuration error
+    held = fetch(
+        cli.dsns.journal,
+        "SELECT portfolio_id FROM batch.decisions WHERE decision = 'HOLD' AND payout_id IS NULL LIMIT 1",
+    )
+    store = SandboxState(cli.dsns.sandbox)
+    doc = store.portfolio(held[0]["portfolio_id"])
+    assert doc is not None
+    with app_for(make_settings(sandbox.base_url, tmp_path / "listener"), cli.dsns) as app, listener_handler(app) as w:
+        divest = doc["config"]["manager_settings"].get("divest_amount")
+        amount = format(divest, "f") if isinstance(divest, Decimal) else "1"  # the event is only a trigger
+        handled = w.handler.handle(withdrawal(doc, amount, event_id="one-bus-event"))
+        assert handled.status == "HANDLED", handled
+    third = cli("run", "--date", day.isoformat())
+    assert third.returncode == 0, explain(third)
+    summaries = fetch(
+        cli.dsns.journal,
+        "SELECT summary FROM batch.runs WHERE trigger <> 'listener' AND status LIKE 'SUCCEEDED%%' ORDER BY started_at",
+    )
+    assert summaries[1]["summary"]["still_held"] == summaries[2]["summary"]["still_held"] > 0, summaries
+
+    listed = cli("payouts", "--state", "all", "--flow", "withdrawal")
+    assert listed.returncode == 0 and "withdrawal" in listed.stdout and " deposit " not in listed.stdout, listed.stdout
+
+
+def test_invalid_base_url_is_a_configuration_error_naming_the_setting(cli: Cli) -> None:
+    """`investsuite.base_url = "not-a-url"`: exit 2 naming the setting, not a transport error."""
+    config = cli.config.with_name("bad-url.toml")
+    text = cli.config.read_text(encoding="utf-8")
+    config.write_text(re.sub(r'base_url = "[^"]*"', 'base_url = "not-a-url"', text), encoding="utf-8")
+    done = replace(cli, config=config)("run", "--date", "2026-07-01")
+    assert done.returncode == 2, explain(done)
+    assert "investsuite.base_url" in done.stderr and "transport error" not in done.stderr, done.stderr
