@@ -217,7 +217,7 @@ def test_deposits_announced_after_the_payout_raise_the_holdings_ceiling() -> Non
 
 
 def test_a_later_payout_of_the_portfolio_takes_the_divest_over() -> None:
-    """The customer asked again: the divest now holds the new request; with a later payout it is not this one's break."""
+    """The customer asked again: the divest holds the new request; with a later payout that is not this break."""
     asked_again = replace(REMOTE, portfolio=PortfolioFact("P1", True, Decimal("300"), "300", Decimal("900.00")))
     assert _types(remote=asked_again) == [BreakType.DIVEST_NOT_CLEARED]
     assert _types(replace(PAYOUT, later_payout=True), remote=asked_again) == []
