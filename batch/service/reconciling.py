@@ -42,19 +42,17 @@ from batch.service.read_ahead import read_ahead
 from batch.service.reconcile import (
     Break,
     LedgerFact,
-    PaidFigures,
     PayoutFacts,
     PortfolioFact,
     RemoteFacts,
     TransactionFact,
-    add_paid,
-    add_unknown,
     count_by_type,
     match_payout,
     needs_investsuite,
     unknown_ledger_payouts,
 )
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
+from batch.service.reconcile_figures import PaidFigures, add_paid, add_unknown
 
 #: portfolios read per listing request (the API's page maximum)
 _PORTFOLIOS_PER_READ = 100

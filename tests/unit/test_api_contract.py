@@ -17,12 +17,11 @@ import httpx
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.service.reconcile import (
     LedgerFact,
-    PaidFigures,
     PayoutFacts,
     RemoteFacts,
-    add_paid,
     match_payout,
 )
+from batch.service.reconcile_figures import PaidFigures, add_paid
 from batch.service.reconciling import portfolio_fact, transaction_fact
 from tests.unit.test_investsuite_client import FakeClock, make_settings
 

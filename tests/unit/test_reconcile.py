@@ -8,16 +8,15 @@ from decimal import Decimal
 from batch.service.reconcile import (
     BreakType,
     LedgerFact,
-    PaidFigures,
     PayoutFacts,
     PortfolioFact,
     RemoteFacts,
     TransactionFact,
-    add_paid,
     match_payout,
     unknown_ledger_payouts,
 )
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
+from batch.service.reconcile_figures import PaidFigures, add_paid
 
 ALL_STEPS = frozenset(
     {"ledger_posted", "transaction_recorded", "divest_cleared", "holdings_updated", "event_sent", "completed"}
