@@ -30,6 +30,7 @@ from batch.adapters.ledger_deposits import IncomingFundsAdmin
 from batch.adapters.postgres import Dsns, make_engine
 from batch.domain.money import quantum
 from batch.sandbox.seed import seed_scenario
+from batch.sandbox.seed_deposits import seed_deposits
 from batch.service.run import business_today
 from batch.settings import LedgerSettings
 from tests.e2e.chaos_support import ChaosHarness, ChaosOptions, ChaosResult
@@ -323,3 +324,19 @@ def test_invalid_base_url_is_a_configuration_error_naming_the_setting(cli: Cli) 
     done = replace(cli, config=config)("run", "--date", "2026-07-01")
     assert done.returncode == 2, explain(done)
     assert "investsuite.base_url" in done.stderr and "transport error" not in done.stderr, done.stderr
+
+
+def test_a_sub_minor_credit_is_reported_with_its_real_decimals(cli: Cli, sandbox: RunningSandbox) -> None:
+    """A held 10.005 EUR credit shows as 10.005 in the report and its totals, never rounded to 10.00."""
+    seed_deposits(cli.dsns.sandbox, cli.dsns.ledger)
+    done = cli("run", "--date", "2026-07-01", "--flow", "deposits")
+    assert done.returncode in (0, 3), explain(done)
+    (run,) = fetch(cli.dsns.journal, "SELECT id FROM batch.runs")
+    shown = cli("report", "--run", str(run["id"]), "--format", "json")
+    report = json.loads(shown.stdout)
+    (line,) = [d for d in report["deposit_lines"] if d["amount"] == "10.005"]
+    assert line["currency"] == "EUR"
+    eur = report["deposits"]["totals"]["EUR"]
+    assert eur["received"].endswith("5") and len(eur["received"].partition(".")[2]) == 3, eur
+    held = [b for b in eur.values() if isinstance(b, dict) and b["amount"].endswith(".005")]
+    assert held, eur  # the bucket holding it keeps the half cent
