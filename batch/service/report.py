@@ -94,6 +94,11 @@ def build_report(
         now = datetime.now(UTC)
         finished = [r["finished_at"] for r in runs if r["finished_at"] is not None]
         as_of = now if as_of_now or len(finished) < len(runs) else max(finished)
+        if kind == "date" and as_of < now:
+            # the date's money: a payout of the date that a later run (another date's, an operator's
+            # retry) moved on is counted as of that movement, as the ledger's value date counts it
+            moved = Journal(engine).latest_movement_of_date(runs[0]["business_date"], now)
+            as_of = max(as_of, moved) if moved is not None else as_of
         run_ids = [r["id"] for r in runs]
         params: dict[str, Any] = {"run_id": run_ids[0], "runs": run_ids, "d": runs[0]["business_date"]}
         candidate_totals = conn.execute(
