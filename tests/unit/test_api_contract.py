@@ -13,8 +13,10 @@ import json
 from decimal import Decimal
 
 import httpx
+import pytest
 
 from batch.adapters.investsuite import InvestSuiteClient
+from batch.errors import NotFoundError, RemotePermanentError
 from batch.service.reconcile import (
     LedgerFact,
     PayoutFacts,
@@ -121,3 +123,52 @@ def test_examples_are_valid_json_as_copied() -> None:
     """The copied examples are JSON once their placeholders are filled (the test reads what the docs print)."""
     for text in (LOGIN, PORTFOLIO, MOVEMENT, TRANSACTION.replace("[MOVEMENT]", "[]")):
         json.loads(text)
+
+
+# §6: the documented error bodies, verbatim (placeholders filled)
+UNAUTHORIZED = (
+    '{"title": "Unauthorized", "description": "JWT invalid", "request_id": "5b8e0a4e-3c4a-4a8e-9d6f-2f6d1c3b7a10",'
+    ' "timestamp": "2022-06-10T07:49:26.341Z"}'
+)
+NOT_FOUND = '{"title": "Resource not found", "detail": "...", "status": 404}'
+BAD_REQUEST = (
+    '{"title": "Bad request", "detail": [{"loc": ["body", "<field>"], "msg": "extra fields not permitted",'
+    ' "type": "value_error.extra"}], "status": 400, "body": {}}'
+)
+
+
+def _answering(*answers: tuple[int, str]) -> tuple[InvestSuiteClient, list[str]]:
+    """A client whose API answers these (status, body) in turn after the login (then the portfolio)."""
+    seen: list[str] = []
+    queue = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/auth/"):
+            return httpx.Response(200, content=LOGIN.encode(), headers={"Content-Type": "application/json"})
+        seen.append(request.url.path)
+        status, body = queue.pop(0) if queue else (200, PORTFOLIO)
+        return httpx.Response(status, content=body.encode(), headers={"Content-Type": "application/json"})
+
+    clock = FakeClock()
+    client = InvestSuiteClient(
+        make_settings(), transport=httpx.MockTransport(handler), sleep=clock.sleep, monotonic=clock.monotonic
+    )
+    return client, seen
+
+
+def test_documented_401_body_logs_in_again_and_the_read_succeeds() -> None:
+    """The docs' 401 body ("JWT invalid"): the client logs in again and the GET is answered."""
+    client, seen = _answering((401, UNAUTHORIZED))
+    assert client.get_portfolio(PID).id == PID
+    assert len(seen) == 2
+
+
+def test_documented_404_and_400_bodies_are_typed_errors() -> None:
+    """The docs' 404 body is NotFoundError; its 400 body a permanent refusal (4xx not retryable)."""
+    client, seen = _answering((404, NOT_FOUND))
+    with pytest.raises(NotFoundError):
+        client.get_portfolio(PID)
+    client, seen = _answering((400, BAD_REQUEST))
+    with pytest.raises(RemotePermanentError):
+        client.get_portfolio(PID)
+    assert len(seen) == 1  # not retried
