@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -292,6 +292,29 @@ def _uuids(keys: Iterable[str]) -> list[uuid.UUID]:
         except ValueError:
             continue
     return found
+
+
+# -- a business date, every flow ------------------------------------------------------------------------
+
+
+class DateReconciler(Protocol):
+    """One flow's reconciliation of a business date (or of a run's scope), recorded and returned."""
+
+    def __call__(
+        self, app: Services, *, actor: str, business_date: date | None = None, run_id: uuid.UUID | None = None
+    ) -> Reconciliation: ...
+
+
+#: the per-flow reconcilers ``batch reconcile --date`` runs, in order (withdrawals first): another flow
+#: (deposits) adds its own here, each recorded as its own reconciliation and shown as its own section
+DATE_RECONCILERS: list[DateReconciler] = [reconcile_payouts]
+
+
+def reconcile_date(
+    app: Services, *, actor: str, business_date: date | None = None, run_id: uuid.UUID | None = None
+) -> list[Reconciliation]:
+    """Every flow's reconciliation of the date (or of the run's scope), in ``DATE_RECONCILERS`` order."""
+    return [reconcile(app, actor=actor, business_date=business_date, run_id=run_id) for reconcile in DATE_RECONCILERS]
 
 
 # -- the full book ------------------------------------------------------------------------------------------
