@@ -254,7 +254,17 @@ def test_a_killed_runs_completed_payouts_are_in_the_next_runs_reconciliation(
         dsns,
         sandbox.base_url,
         tmp_path,
-        ChaosOptions(size=40, kills=2, business_date=day, deposits=False, error_rate=0.0, lose_response_rate=0.0),
+        ChaosOptions(
+            size=40,
+            kills=2,
+            business_date=day,
+            deposits=False,
+            error_rate=0.0,
+            lose_response_rate=0.0,
+            # killed only inside a payout's last step: the run is recorded and has completed payouts by then
+            crash_points="SEND_EVENT.after:0.15",
+            external_kill_share=0.0,
+        ),
     )
     harness.seed()
     chaos = ChaosResult()
