@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from enum import Enum
 from typing import Any, Literal, TextIO, get_args
 
 import structlog
@@ -43,6 +44,25 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
             event[key] = "***"
         elif isinstance(value, str):
             event[key] = scrub(value)
+    return event
+
+
+def _plain(value: Any) -> Any:
+    """Enums as their values, in dict keys and values and in lists too (``{"HOLD": 7}``, not ``{<Decision...>}``)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _enum_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every field as plain values: the console and JSON lines print an enum as its value."""
+    for key, value in list(event.items()):
+        if isinstance(value, (Enum, Mapping, list, tuple, set, frozenset)):
+            event[key] = _plain(value)
     return event
 
 
@@ -118,6 +138,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             timestamper,
             exceptions,
+            _enum_values,
             _redact,
             renderer,
         ],

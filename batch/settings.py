@@ -19,6 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -99,6 +100,17 @@ class InvestSuiteSettings(_Section):
     max_retry_seconds: float = Field(default=120.0, gt=0)
     rate_limit_per_second: float | None = Field(default=None, gt=0)
     max_connections: int = Field(default=100, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        """An absolute http(s) URL with a host: a typo is a configuration error (exit 2), not a transport error."""
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"must be an absolute http(s) URL such as https://api.sandbox.investsuite.com, not {value!r}"
+            )
+        return value.strip()
 
 
 class PolicySettings(_Section):

@@ -100,6 +100,20 @@ def parse_amount(raw: object) -> Decimal:
     return value
 
 
+def exact(amount: Decimal, currency: str | None) -> Decimal:
+    """The amount at the currency's minor unit *at least*, never rounded: a sub-minor 10.005 EUR stays 10.005.
+
+    For reports and reconciliation figures: the minor unit pads ("10.00", not "10"), extra digits the
+    amount really carries are kept (trailing zeros beyond the minor unit are dropped). An unknown
+    currency gets 8 places (the journal's NUMERIC scale) as its padding.
+    """
+    places = MINOR_UNITS.get(currency or "", 8)
+    padded = amount.quantize(Decimal(1).scaleb(-places))
+    if padded == amount:
+        return padded
+    return amount.normalize()  # it has digits past the minor unit, so no exponent form
+
+
 def format_amount(amount: Decimal, currency: str) -> str:
     """Plain decimal string with exactly the currency's minor unit, e.g. '12.50' (never exponent form)."""
     return f"{quantize_down(amount, currency):f}"

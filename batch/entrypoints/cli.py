@@ -187,32 +187,42 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from batch.service.reconcile_text import reconciliation_lines  # noqa: PLC0415
-    from batch.service.reconciling import reconcile_book, reconcile_payouts  # noqa: PLC0415
+    from batch.service.reconciling import reconcile_book, reconcile_date  # noqa: PLC0415
 
     if args.book == bool(args.date or args.run):
         raise UsageError("batch reconcile: give --book, or --date and/or --run")
 
     def go(app: App) -> int:
         if args.book:
-            result = reconcile_book(app, actor=nightly.operator_name(args))
+            results = [reconcile_book(app, actor=nightly.operator_name(args))]
         else:
             if args.run and args.date:
                 run = app.journal.get_run(args.run)
                 if run is not None and run["business_date"] != args.date:
                     raise UsageError(f"run {args.run} is of business date {run['business_date']}, not {args.date}")
-            try:
-                result = reconcile_payouts(
+            try:  # one reconciliation per flow (DATE_RECONCILERS), each its own section
+                results = reconcile_date(
                     app, actor=nightly.operator_name(args), business_date=args.date, run_id=args.run
                 )
             except LookupError as exc:
                 raise UsageError(str(exc)) from exc
-        if args.format == "json":
-            document = {**result.figures(), "checked": result.checked, "breaks": [b.to_dict() for b in result.breaks]}
-            print(json.dumps({"kind": result.kind, "id": str(result.id), **document}, indent=2, default=str))
+        documents = [
+            {
+                "kind": r.kind,
+                "id": str(r.id),
+                **r.figures(),
+                "checked": r.checked,
+                "breaks": [b.to_dict() for b in r.breaks],
+            }
+            for r in results
+        ]
+        if args.format == "json":  # one flow: its document as before; several: a list of them
+            print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2, default=str))
         else:
-            for line in reconciliation_lines(result):
-                print(line)
-        return ExitCode.OK if result.clean else ExitCode.ATTENTION
+            for result in results:
+                for line in reconciliation_lines(result):
+                    print(line)
+        return ExitCode.OK if all(r.clean for r in results) else ExitCode.ATTENTION
 
     return _with_app(settings, go)
 

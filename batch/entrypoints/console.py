@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batch.adapters.journal.listings import Page
-from batch.domain.money import format_amount
+from batch.domain.money import exact, minor_unit
 from batch.errors import UnknownCurrencyError, UsageError
 from batch.logs import json_logging, scrub
 
@@ -50,12 +50,14 @@ FOLDED_WIDTH = 24
 
 
 def amount_text(amount: Decimal | None, currency: str | None, raw: str | None = None) -> str:
-    """An amount at the currency's minor unit; as recorded when the currency is unknown; ``raw`` when no amount."""
+    """An amount at the currency's minor unit, never rounded (10.005 EUR stays 10.005); as recorded when the
+    currency is unknown; ``raw`` when no amount."""
     if amount is None:
         return raw if raw is not None else "-"
     if currency:
         try:
-            return format_amount(amount, currency)
+            minor_unit(currency)
+            return format(exact(amount, currency), "f")
         except UnknownCurrencyError:
             pass
     return f"{amount.normalize():f}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from batch.adapters.journal.listings import HeldDecision
 from batch.bootstrap import App
-from batch.domain.payout import OPEN_STATES, PayoutState
+from batch.domain.payout import OPEN_STATES, FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.entrypoints.console import (
     Column,
@@ -46,8 +46,17 @@ STATE_CHOICES: dict[str, frozenset[PayoutState]] = {
     "all": frozenset(PayoutState),
 }
 
+#: ``--flow``: which operations ``batch payouts`` lists (a deposit's announce-only operation is a deposit)
+FLOW_CHOICES: dict[str, tuple[FlowKind, ...]] = {
+    "all": tuple(FlowKind),
+    "withdrawal": (FlowKind.WITHDRAWAL,),
+    "deposit": (FlowKind.DEPOSIT, FlowKind.DEPOSIT_ANNOUNCE),
+}
+FLOW_LABEL = {FlowKind.WITHDRAWAL: "withdrawal", FlowKind.DEPOSIT: "deposit", FlowKind.DEPOSIT_ANNOUNCE: "deposit"}
+
 PAYOUT_COLUMNS = (
     Column("payout id"),
+    Column("flow"),
     Column("portfolio"),
     Column("state"),
     Column("amount", "right"),
@@ -79,6 +88,7 @@ def add_parsers(sub: Any, run_id: Callable[[str], Any]) -> None:
     """The ``payouts``, ``report`` and ``runs`` sub-commands."""
     payouts = sub.add_parser("payouts", help="list payouts by state (held: and the HOLD decisions without a payout)")
     payouts.add_argument("--state", default="open", choices=list(STATE_CHOICES))
+    payouts.add_argument("--flow", default="all", choices=list(FLOW_CHOICES), help="withdrawals, deposits or both")
     _paging(payouts, 200)
 
     report = sub.add_parser("report", help="render a run report")
@@ -107,6 +117,7 @@ def _payout_row(p: PayoutRecord) -> tuple[str, ...]:
         why += f": {' '.join(p.last_error.split())[:80]}"
     return (
         str(p.id),
+        FLOW_LABEL[p.flow],
         p.portfolio_id,
         p.state.value,
         amount_text(p.amount, p.currency),
@@ -130,7 +141,10 @@ def _held_row(d: HeldDecision) -> tuple[str, ...]:
 def cmd_payouts(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
     def go(app: App) -> int:
         journal = app.journal
-        page = journal.payouts_page(sorted(STATE_CHOICES[args.state]), limit=args.limit, offset=args.offset)
+        flows = FLOW_CHOICES[args.flow]
+        page = journal.payouts_page(
+            sorted(STATE_CHOICES[args.state]), limit=args.limit, offset=args.offset, flows=flows
+        )
         print_table(PAYOUT_COLUMNS, [_payout_row(p) for p in page.items])
         print(paging_line(page, "payout"))
         if args.state == "held":

@@ -11,7 +11,6 @@ import argparse
 import functools
 import os
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from batch.entrypoints.console import iso_date, report_error, seconds, whole_num
 from batch.entrypoints.oversight import WithApp
 from batch.errors import UsageError
 from batch.logs import json_logging
+from batch.service.interruption import Interruption
 from batch.service.run import ExitCode, RunRequest, RunResult, business_today, held_line, run_job
 from batch.settings import Settings
 
@@ -107,14 +107,16 @@ def cmd_run(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> 
         flows=tuple(args.flow),
         backfill_reason=args.backfill_reason,
     )
-    stop = threading.Event()
+    stop = Interruption()
 
     def on_signal(signum: int, _frame: object) -> None:
-        # graceful: payouts in flight finish their current step, the run is recorded, then we exit
-        log.warning("run.stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
+        # graceful: payouts in flight finish their current step, the run is recorded INTERRUPTED, then we exit
+        name = signal.Signals(signum).name
+        log.warning("run.stop_requested", signal=name)
+        stop.request(name)
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def go(app: App) -> int:
         from batch.entrypoints.workers import spawn_local_workers  # noqa: PLC0415

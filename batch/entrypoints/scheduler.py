@@ -20,6 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from batch.bootstrap import build_app
 from batch.errors import ConfigError
+from batch.service.interruption import Interruption
 from batch.service.metrics import publish_run_metrics
 from batch.service.run import ExitCode, RunRequest, RunResult, run_job
 from batch.settings import Settings
@@ -79,12 +80,13 @@ def build_scheduler(
 
 
 def run_scheduler(settings: Settings, *, config_path: Path | None = None) -> int:
-    stop = threading.Event()
+    stop = Interruption()
     scheduler = build_scheduler(settings, stop)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("schedule.stopping", signal=signal.Signals(signum).name)
-        stop.set()
+        name = signal.Signals(signum).name
+        log.info("schedule.stopping", signal=name)
+        stop.request(name)  # a run in flight is recorded INTERRUPTED
         # wait=True: a run in flight finishes its current steps and is recorded before we exit
         threading.Thread(target=lambda: scheduler.shutdown(wait=True), daemon=True).start()
 

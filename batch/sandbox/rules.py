@@ -348,8 +348,21 @@ def validate_transaction(body: Any) -> Document:
     return body
 
 
+def transaction_status(movements: list[Document], latest: str) -> str:
+    """The transaction-level status computed from its movements (the docs' example value "COMPLETED")."""
+    if all(m["status"] in ("EXECUTED", "SETTLED") for m in movements):
+        return "COMPLETED"
+    if latest in ("CANCELLED", "NOT_EXECUTED", "EXPIRED"):
+        return "CANCELLED"
+    return "PENDING"
+
+
 def transaction_document(portfolio_id: str, currency: str | None, body: Document) -> Document:
-    """The stored transaction: type from its movements, status = the latest movement's status."""
+    """The stored transaction: type and status computed from its movements, as the docs' example shows.
+
+    ``status`` is response-only: "COMPLETED" once every movement is EXECUTED or SETTLED (the docs'
+    example value), "CANCELLED" once the latest is cancelled/not executed/expired, else "PENDING".
+    """
     movements: list[Document] = body["movements"]
     latest = max(enumerate(movements), key=lambda item: (datetime.fromisoformat(item[1]["datetime"]), item[0]))
     kinds = {m["type"] for m in movements}
@@ -373,7 +386,7 @@ def transaction_document(portfolio_id: str, currency: str | None, body: Document
         "order_type": body.get("order_type"),
         "description": body.get("description"),
         "type": kind,
-        "status": latest[1]["status"],
+        "status": transaction_status(movements, latest[1]["status"]),
         "movements": movements,
         "creation_datetime": stamp,
         "version": 1,

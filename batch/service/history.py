@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from batch.domain.money import format_amount
+from batch.domain.money import exact, minor_unit
 from batch.errors import UnknownCurrencyError
 
 #: the columns of ``history_row``
@@ -14,9 +14,10 @@ RUN_COLUMNS = ("run id", "date", "status", "exit", "trigger", "operator", "start
 
 
 def _money(text: object, currency: str) -> str:
-    """A summary amount at the currency's minor unit (as recorded when the currency is unknown)."""
+    """A summary amount at the currency's minor unit, never rounded (as recorded when the currency is unknown)."""
     try:
-        return format_amount(Decimal(str(text)), currency)
+        minor_unit(currency)
+        return format(exact(Decimal(str(text)), currency), "f")
     except (InvalidOperation, UnknownCurrencyError):
         return str(text)
 
@@ -43,6 +44,9 @@ def history_row(run: Mapping[str, Any]) -> tuple[str, ...]:
     if reconcile:
         breaks = "NOT COMPLETED" if reconcile.get("error") else f"{reconcile.get('breaks', 0)} breaks"
         totals.append(f"reconcile {breaks}")
+    interrupted = summary.get("interrupted")
+    if interrupted:  # stopped by a signal: say what it left
+        totals.append(f"interrupted by {interrupted.get('signal')}: {interrupted.get('in_flight', 0)} in flight")
     status = run["status"] + (" (dry)" if run["dry_run"] else "")
     code = "-" if run["exit_code"] is None else str(run["exit_code"])
     return (

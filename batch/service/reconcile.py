@@ -11,9 +11,13 @@ Which checks apply follows the steps the payout reached (the journal's per-step 
     ledger_posted      one ledger transfer under the payout's key: same amount, currency, reference
     (any state)        no ledger transfer under the key of a payout that never posted (CANCELLED, ...)
     transaction_recorded  exactly one InvestSuite transaction with external_id = the ledger reference:
-                       the journal's id, -amount of $CCY, SETTLED
-    divest_cleared     the divest amount no longer holds the paid amount (current - target < paid)
-    holdings_updated   the $CCY cash not above the recorded absolute target
+                       the journal's id, one CASH_WITHDRAWAL movement of -amount $CCY, SETTLED or EXECUTED
+                       (the transaction-level ``status`` is response-only and computed: informative only,
+                       the docs' example is "COMPLETED")
+    divest_cleared     the divest amount no longer holds the paid amount (current - target < paid), unless a
+                       later payout of the portfolio took the divest amount over (the customer asked again)
+    holdings_updated   the $CCY cash not above the recorded absolute target plus the deposits the job
+                       announced for the portfolio after the payout (what moved its cash since)
     event_sent         the event id InvestSuite answered is kept
 
 and, per value date, every customer -> payout clearing transfer has a payout of the journal behind it.
@@ -29,7 +33,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from batch.domain.money import FULL_WITHDRAWAL_THRESHOLD, MINOR_UNITS
+from batch.domain.money import FULL_WITHDRAWAL_THRESHOLD, exact
 
 ZERO = Decimal(0)
 
@@ -44,7 +48,7 @@ class BreakType(StrEnum):
     REFERENCE_MISMATCH = "REFERENCE_MISMATCH"  # the ledger's reference or InvestSuite's id is not the journal's
     MISSING_TRANSACTION = "MISSING_TRANSACTION"  # no InvestSuite transaction with the external_id
     DUPLICATE_TRANSACTION = "DUPLICATE_TRANSACTION"  # more than one transaction with the external_id
-    TRANSACTION_NOT_SETTLED = "TRANSACTION_NOT_SETTLED"  # the transaction or its movement is not SETTLED
+    TRANSACTION_NOT_SETTLED = "TRANSACTION_NOT_SETTLED"  # its CASH_WITHDRAWAL movement is not SETTLED/EXECUTED
     PORTFOLIO_MISSING = "PORTFOLIO_MISSING"  # the portfolio of a payout past the ledger is gone
     DIVEST_NOT_CLEARED = "DIVEST_NOT_CLEARED"  # the divest amount still holds the paid amount
     HOLDINGS_NOT_UPDATED = "HOLDINGS_NOT_UPDATED"  # the cash holding is above the recorded target
@@ -102,6 +106,11 @@ class PayoutFacts:
     event_id: str | None = None
     moved_in_run: bool = False  # for a run's reconciliation: the run posted it on the ledger
     value_date: date | None = None  # the ledger value date (the payout's business date)
+    #: what the job moved on the portfolio's cash after this payout: deposits announced after its holdings
+    #: update (they raise the cash above its target), and whether a later payout of the portfolio exists
+    #: (it takes over the divest amount and lowers the cash)
+    later_credits: Decimal = ZERO
+    later_payout: bool = False
 
     @property
     def posted(self) -> bool:
@@ -259,7 +268,7 @@ def _transaction_breaks(
                 **base,
             )
         )
-    booked = _withdrawn(tx, payout.currency)
+    booked = withdrawn(tx, payout.currency)
     if len(tx.movements) != 1 or booked != payout.amount:
         breaks.append(
             Break(
@@ -272,8 +281,7 @@ def _transaction_breaks(
                 **base,
             )
         )
-    statuses = {tx.status, *(m[1] for m in tx.movements)}
-    if statuses != {"SETTLED"}:
+    if not settled(tx):
         breaks.append(
             Break(
                 BreakType.TRANSACTION_NOT_SETTLED,
@@ -281,14 +289,32 @@ def _transaction_breaks(
                 found=booked,
                 source="investsuite",
                 reference=tx.id,
-                evidence={"statuses": sorted(str(s) for s in statuses)},
+                evidence={
+                    "movement_statuses": sorted(str(m[1]) for m in tx.movements),
+                    "transaction_status": tx.status,
+                },
                 **base,
             )
         )
     return breaks
 
 
-def _withdrawn(tx: TransactionFact, currency: str) -> Decimal | None:
+#: movement statuses that mean the cash left the portfolio (the docs: "use EXECUTED or SETTLED")
+SETTLED_MOVEMENT_STATUSES = frozenset({"SETTLED", "EXECUTED"})
+
+
+def settled(tx: TransactionFact) -> bool:
+    """Settled by the documented contract: every movement is a CASH_WITHDRAWAL SETTLED or EXECUTED.
+
+    The transaction's own ``status`` is response-only and computed from its movements (the docs'
+    example is "COMPLETED"): it is kept as evidence, never required to take a particular value.
+    """
+    return bool(tx.movements) and all(
+        kind == "CASH_WITHDRAWAL" and status in SETTLED_MOVEMENT_STATUSES for kind, status, _i, _q in tx.movements
+    )
+
+
+def withdrawn(tx: TransactionFact, currency: str) -> Decimal | None:
     """The cash the transaction withdrew in ``currency`` (minus its movements' quantities), None if unreadable."""
     total = ZERO
     for kind, _status, instrument, quantity in tx.movements:
@@ -302,7 +328,7 @@ def _portfolio_breaks(payout: PayoutFacts, portfolio: PortfolioFact, base: Mappi
     if not portfolio.found:
         return [Break(BreakType.PORTFOLIO_MISSING, expected=payout.amount, source="investsuite", **base)]
     breaks = []
-    if "divest_cleared" in payout.reached:
+    if "divest_cleared" in payout.reached and not payout.later_payout:  # a later payout owns the divest now
         target = payout.divest_target or ZERO
         current = portfolio.divest
         if current is None and portfolio.divest_raw not in (None, "None", "0"):
@@ -323,14 +349,20 @@ def _portfolio_breaks(payout: PayoutFacts, portfolio: PortfolioFact, base: Mappi
             )
     if "holdings_updated" in payout.reached and payout.holdings_target_cash is not None:
         cash = portfolio.cash
-        if cash is None or cash > payout.holdings_target_cash:
+        # the deposits the job announced afterwards raised the cash, as they must: the ceiling moves with them
+        ceiling = payout.holdings_target_cash + payout.later_credits
+        if cash is None or cash > ceiling:
             breaks.append(
                 Break(
                     BreakType.HOLDINGS_NOT_UPDATED,
-                    expected=payout.holdings_target_cash,
+                    expected=ceiling,
                     found=cash,
                     source="investsuite",
-                    evidence={"cash_key": f"${payout.currency}"},
+                    evidence={
+                        "cash_key": f"${payout.currency}",
+                        "target": payout.holdings_target_cash,
+                        "later_credits": payout.later_credits,
+                    },
                     **base,
                 )
             )
@@ -358,80 +390,6 @@ def unknown_ledger_payouts(transfers: Iterable[LedgerFact], known_keys: set[str]
     ]
 
 
-# -- figures ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PaidFigures:
-    """One currency's "paid, everywhere once" figures, each from its own source.
-
-    ``journal``: the payouts the journal says COMPLETED; ``ledger``: the transfers read back from the
-    ledger under the keys of the payouts checked; ``investsuite``: their transactions read back (exactly
-    one, SETTLED); ``events``: those whose event id InvestSuite answered is kept. They agree when every
-    payout that reached the ledger also completed. ``moved_journal`` / ``moved_ledger``:
-    the payouts a run posted on the ledger itself, by the journal and as read back.
-    """
-
-    payouts: int = 0
-    journal: Decimal = ZERO
-    ledger: Decimal = ZERO
-    investsuite: Decimal = ZERO
-    events: Decimal = ZERO
-    moved_count: int = 0
-    moved_journal: Decimal = ZERO
-    moved_ledger: Decimal = ZERO
-    unknown_ledger: Decimal = ZERO
-
-    @property
-    def agree(self) -> bool:
-        paid = self.journal == self.ledger == self.investsuite == self.events
-        return paid and self.moved_journal == self.moved_ledger
-
-    def to_dict(self, currency: str) -> dict[str, Any]:
-        return {
-            "payouts": self.payouts,
-            **{
-                name: text(getattr(self, name), currency)
-                for name in ("journal", "ledger", "investsuite", "events", "moved_journal", "moved_ledger")
-            },
-            "moved_count": self.moved_count,
-            "unknown_ledger": text(self.unknown_ledger, currency),
-            "agree": self.agree,
-        }
-
-
-def add_paid(
-    figures: dict[str, PaidFigures], payout: PayoutFacts, transfer: LedgerFact | None, remote: RemoteFacts
-) -> None:
-    """Count one payout into its currency's figures, each source by what it holds."""
-    f = figures.setdefault(payout.currency, PaidFigures())
-    if payout.moved_in_run:
-        f.moved_count += 1
-        f.moved_journal += payout.amount
-        if transfer is not None and transfer.currency == payout.currency:
-            f.moved_ledger += transfer.amount
-    if payout.completed:
-        f.payouts += 1
-        f.journal += payout.amount
-    # the systems of record count whatever they hold, completed or not: a payout stuck after the
-    # ledger makes them differ from the journal's paid figure until it completes
-    if transfer is not None and transfer.currency == payout.currency:
-        f.ledger += transfer.amount
-    if remote.transactions is not None and len(remote.transactions) == 1:
-        tx = remote.transactions[0]
-        withdrawn = _withdrawn(tx, payout.currency)
-        if withdrawn is not None and {tx.status, *(m[1] for m in tx.movements)} == {"SETTLED"}:
-            f.investsuite += withdrawn
-    if payout.event_id:
-        f.events += payout.amount
-
-
-def add_unknown(figures: dict[str, PaidFigures], breaks: Iterable[Break]) -> None:
-    for b in breaks:
-        if b.type is BreakType.UNKNOWN_LEDGER_PAYOUT and b.currency and b.found is not None:
-            figures.setdefault(b.currency, PaidFigures()).unknown_ledger += b.found
-
-
 def count_by_type(breaks: Iterable[Break | Mapping[str, Any]]) -> dict[str, int]:
     """Breaks per type (for summaries and logs)."""
     counts: dict[str, int] = defaultdict(int)
@@ -450,11 +408,10 @@ def mask(reference: str) -> str:
 
 
 def text(amount: Decimal | None, currency: str | None) -> str | None:
-    """A plain-notation amount at the currency's minor unit (8 places for one the job does not know)."""
+    """A plain-notation amount at the currency's minor unit at least, never rounded (10.005 EUR stays 10.005)."""
     if amount is None:
         return None
-    places = MINOR_UNITS.get(currency or "", 8)
-    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
+    return format(exact(amount, currency), "f")
 
 
 def _plain(value: Any) -> Any:

@@ -22,13 +22,23 @@ def reconciliation_lines(result: Reconciliation) -> Iterator[str]:
     """The summary: scope, counts, figures per currency with their sources, then every break."""
     figures = result.figures()["currencies"]
     if result.kind == "payouts":
-        scope = f"run {result.run_id}" if result.run_id else f"business date {result.business_date}"
+        scope = (
+            f"business date {result.business_date} (run {result.run_id})"
+            if result.run_id
+            else f"business date {result.business_date}"
+        )
         yield f"Reconciliation of the payouts of {scope}: {result.checked} payouts checked, {len(result.breaks)} breaks"
         yield f"  {'ccy':<4} {'payouts':>7} " + " ".join(f"{label:>22}" for _, label in _PAID_COLUMNS)
         for ccy, f in figures.items():
             yield f"  {ccy:<4} {f['payouts']:>7} " + " ".join(f"{f[key]:>22}" for key, _ in _PAID_COLUMNS)
             if result.run_id is not None:
                 yield f"  {ccy:<4} moved by this run: journal {f['moved_journal']}, ledger {f['moved_ledger']}"
+            if f.get("in_flight_count"):
+                yield (
+                    f"  {ccy:<4} in flight (past the ledger, not completed): {f['in_flight_count']} payout(s),"
+                    f" ledger {f['in_flight_ledger']}, InvestSuite {f['in_flight_investsuite']},"
+                    f" events {f['in_flight_events']}"
+                )
             if Decimal(f["unknown_ledger"]):
                 yield f"  {ccy:<4} unknown ledger payouts: {f['unknown_ledger']}"
     else:

@@ -5,7 +5,8 @@ limiter and bounded concurrency (threads). The rules are pure functions in ``bat
 this module only gathers their inputs and records the result in the journal (``batch.reconciliations``
 and one audit row), so a report rendered later shows the same figures.
 
-- ``reconcile_payouts``: the payouts of a business date, or those one run created or drove, streamed from
+- ``reconcile_payouts``: the payouts of a business date (a run's: its whole date plus the payouts of other
+  dates it created or drove), streamed from
   the journal and matched 1,000 at a time (memory flat). Ledger: one query per chunk for their keys and
   one streamed query for every payout transfer of each value date, whose keys are looked up in the
   journal 1,000 at a time (to find those the journal does not know).
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -41,13 +42,10 @@ from batch.service.read_ahead import read_ahead
 from batch.service.reconcile import (
     Break,
     LedgerFact,
-    PaidFigures,
     PayoutFacts,
     PortfolioFact,
     RemoteFacts,
     TransactionFact,
-    add_paid,
-    add_unknown,
     count_by_type,
     match_payout,
     needs_investsuite,
@@ -55,6 +53,7 @@ from batch.service.reconcile import (
 )
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
 from batch.service.reconcile_deposits import reconcile_deposits_into
+from batch.service.reconcile_figures import PaidFigures, add_paid, add_unknown
 
 #: portfolios read per listing request (the API's page maximum)
 _PORTFOLIOS_PER_READ = 100
@@ -126,6 +125,8 @@ def payout_facts(row: Mapping[str, Any]) -> PayoutFacts:
         event_id=row["event_id"],
         moved_in_run=bool(row.get("moved_in_run")),
         value_date=row["business_date"],
+        later_credits=Decimal(row.get("later_credits") or 0),
+        later_payout=bool(row.get("later_payout")),
     )
 
 
@@ -219,7 +220,8 @@ def reconcile_payouts(
     reader = app.ledger_reader
     queries_before = reader.queries
     moved_dates: set[date | None] = set()
-    rows = journal.payouts_to_reconcile(business_date=business_date, run_id=run_id)
+    # a run reconciles its whole business date (any run's payouts) plus what it drove of other dates
+    rows = journal.payouts_to_reconcile(business_date=business_date or run_date, run_id=run_id)
     workers = max(1, app.settings.run.concurrency)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         for chunk in _chunks(rows, _PAYOUT_CHUNK):  # memory flat in the number of payouts
@@ -238,11 +240,13 @@ def reconcile_payouts(
             result.breaks += unknown_ledger_payouts(facts, known)
     add_unknown(result.paid, result.breaks)
     result.stats = {
+        "scope": "date",  # the whole business date (a run's: plus the payouts it drove of other dates)
         "investsuite_calls": sum(app.client.calls.values()) - calls_before,
         "ledger_queries": reader.queries - queries_before,
         "seconds": round(time.monotonic() - started, 3),
     }
-    reconcile_deposits_into(app, result, business_date=business_date, run_id=run_id, run_date=run_date)
+    # deposits: the whole business date too (a run's deposit operations all carry its business date)
+    reconcile_deposits_into(app, result, business_date=business_date or run_date, run_id=None, run_date=None)
     if record:
         _record(app, result, actor)
     log.info(
@@ -291,6 +295,29 @@ def _uuids(keys: Iterable[str]) -> list[uuid.UUID]:
         except ValueError:
             continue
     return found
+
+
+# -- a business date, every flow ------------------------------------------------------------------------
+
+
+class DateReconciler(Protocol):
+    """One flow's reconciliation of a business date (or of a run's scope), recorded and returned."""
+
+    def __call__(
+        self, app: Services, *, actor: str, business_date: date | None = None, run_id: uuid.UUID | None = None
+    ) -> Reconciliation: ...
+
+
+#: the per-flow reconcilers ``batch reconcile --date`` runs, in order (withdrawals first): another flow
+#: (deposits) adds its own here, each recorded as its own reconciliation and shown as its own section
+DATE_RECONCILERS: list[DateReconciler] = [reconcile_payouts]
+
+
+def reconcile_date(
+    app: Services, *, actor: str, business_date: date | None = None, run_id: uuid.UUID | None = None
+) -> list[Reconciliation]:
+    """Every flow's reconciliation of the date (or of the run's scope), in ``DATE_RECONCILERS`` order."""
+    return [reconcile(app, actor=actor, business_date=business_date, run_id=run_id) for reconcile in DATE_RECONCILERS]
 
 
 # -- the full book ------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ so a report rendered a month later shows the same figures. What each line and gr
 
 - A run's report counts every payout whose money moved in that run (its step attempts tell which):
   tonight's candidates, and the payouts carried over, approved or retried that it drove.
-- A date's report counts each portfolio once: its latest decision of the date, earlier ones beneath.
+- A date's report is the date's money: each portfolio's decision once (its latest of the date, earlier
+  ones beneath), and every payout of the value date whose money moved, from any run (killed,
+  interrupted, operator, listener): a portfolio paid twice shows both payouts (group ``paid_earlier``).
 - The audit head printed is the one stored on the run's row at its end (the date's last run).
 """
 
@@ -24,6 +26,7 @@ from sqlalchemy.engine import Engine
 
 from batch.adapters.journal import Journal
 from batch.adapters.sqlfiles import load_queries
+from batch.service.report_checks import checks
 from batch.service.report_deposits import build_deposit_section
 from batch.service.report_model import (
     BUCKETS,
@@ -37,7 +40,6 @@ from batch.service.report_model import (
     Report,
     Totals,
     bucket,
-    checks,
     quantized,
     state_as_of,
 )
@@ -92,17 +94,28 @@ def build_report(
         now = datetime.now(UTC)
         finished = [r["finished_at"] for r in runs if r["finished_at"] is not None]
         as_of = now if as_of_now or len(finished) < len(runs) else max(finished)
+        if kind == "date" and as_of < now:
+            # the date's money: a payout of the date that a later run (another date's, an operator's
+            # retry) moved on is counted as of that movement, as the ledger's value date counts it
+            moved = Journal(engine).latest_movement_of_date(runs[0]["business_date"], now)
+            as_of = max(as_of, moved) if moved is not None else as_of
         run_ids = [r["id"] for r in runs]
-        params: dict[str, Any] = {"run_id": run_ids[0], "runs": run_ids}
+        params: dict[str, Any] = {"run_id": run_ids[0], "runs": run_ids, "d": runs[0]["business_date"]}
         candidate_totals = conn.execute(
             (Q.candidate_totals_of_run if kind == "run" else Q.candidate_totals_of_date).text, params
         ).all()
-        movement_totals = conn.execute(Q.movement_totals.text, params).all()
-    candidates_query = Q.candidate_lines_of_run if kind == "run" else Q.candidate_lines_of_date
+        movement_totals = list(conn.execute(Q.movement_totals.text, params).all())
+        if kind == "date":  # the date's money: every payout of the value date, not one per portfolio
+            movement_totals += conn.execute(Q.earlier_payout_totals_of_date.text, params).all()
+    line_queries = (
+        (Q.candidate_lines_of_run, Q.movement_lines)
+        if kind == "run"
+        else (Q.candidate_lines_of_date, Q.earlier_payout_lines_of_date, Q.movement_lines)
+    )
 
     def stream() -> Iterator[Line]:
         with engine.connect() as conn:
-            for query in (candidates_query, Q.movement_lines):
+            for query in line_queries:
                 rows = conn.execution_options(stream_results=True, yield_per=1000).execute(query.text, params)
                 for row in rows:
                     yield _line(dict(row._mapping), as_of)
@@ -127,7 +140,7 @@ def build_report(
     for ccy, t in totals.items():
         t.at_minor_unit(ccy)
     journal = Journal(engine)
-    reconcile = _reconcile(journal, runs, kind)
+    reconcile = _reconcile(journal, runs, kind, as_of)
     dry_run = all(r["dry_run"] for r in runs)
     deposits = build_deposit_section(engine, run_ids)
     report = Report(
@@ -137,7 +150,7 @@ def build_report(
         as_of=as_of,
         lines=Lines(stream),
         totals=totals,
-        checks=checks(totals, reconcile, dry_run) + (deposits.checks() if deposits else []),
+        checks=checks(totals, reconcile, dry_run, kind) + (deposits.checks() if deposits else []),
         audit={},
         generated_at=now,
         candidates=count,
@@ -151,8 +164,12 @@ def build_report(
     return report
 
 
-def _reconcile(journal: Journal, runs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
-    """The recorded reconciliation: the run's own; for a date, the latest of the whole date (any time)."""
+def _reconcile(journal: Journal, runs: list[dict[str, Any]], kind: str, as_of: datetime) -> dict[str, Any] | None:
+    """The recorded reconciliation: the run's own; for a date, the latest of the whole date (any time).
+
+    ``stale_since``: the date's latest money movement by the report's cut-off, when the reconciliation
+    finished before it (its checks then say "not reconciled since ..." instead of PASS).
+    """
     if kind == "run":
         found = journal.reconciliation_of_run(runs[0]["id"])
         error = (runs[0].get("summary") or {}).get("reconcile_error")
@@ -162,7 +179,12 @@ def _reconcile(journal: Journal, runs: list[dict[str, Any]], kind: str) -> dict[
         found = journal.reconciliation_of_date(runs[0]["business_date"])
     if found is None:
         return None
+    # a reconciliation older than the date's latest money movement vouches for nothing after it
+    moved = journal.latest_movement_of_date(runs[0]["business_date"], as_of)
+    scope = ((found.get("figures") or {}).get("stats") or {}).get("scope")
+    stale = moved is not None and moved > found["finished_at"] and (kind == "date" or scope == "date")
     return {
+        "stale_since": moved.isoformat() if stale and moved is not None else None,
         "id": str(found["id"]),
         "kind": found["kind"],
         "run_id": str(found["run_id"]) if found["run_id"] else None,
@@ -268,7 +290,7 @@ def _line(row: Mapping[str, Any], as_of: datetime) -> Line:
         note=_note(details, row, as_of),
         steps=steps,
         dry_run=bool(row["dry_run"]),
-        group=_group(row, as_of) if row["movement"] else "planned",
+        group=row.get("line_group") or (_group(row, as_of) if row["movement"] else "planned"),
         still_held=bool(row["still_held"]),
         moved=bool(row["moved"]) and bool(steps.get("ledger_posted")),
         earlier=[_earlier(e) for e in row["earlier"] or []],

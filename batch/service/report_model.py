@@ -4,6 +4,8 @@ A line is one candidate portfolio (its decision), or one payout a run moved that
 Every line is in one **group** and one **bucket**:
 
     groups   planned        decided by the run(s) of the report ("planned tonight")
+             paid_earlier   (a date's report) a payout of the value date whose money moved under an
+                            earlier decision of its portfolio: the customer asked again, both are paid
              carried_over   decided by an earlier run, driven on by this one (a crash, a stop, a lost answer)
              approved       a HELD payout an operator released, paid by this run
              retried        a NEEDS_ATTENTION payout an operator sent back, driven by this run (whatever the outcome)
@@ -23,15 +25,16 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from batch import __version__
-from batch.domain.money import MINOR_UNITS
+from batch.domain.money import exact
 from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "3.0"
 ZERO = Decimal(0)
 BUCKETS = ("paid", "in_progress", "would_pay", "deferred", "skipped", "held")
-GROUPS = ("planned", "carried_over", "approved", "retried")
+GROUPS = ("planned", "paid_earlier", "carried_over", "approved", "retried")
 GROUP_TITLES = {
     "planned": "planned tonight",
+    "paid_earlier": "paid earlier on the date (the portfolio was decided again)",
     "carried_over": "carried over from an earlier run",
     "approved": "approved (held, released by an operator)",
     "retried": "retried by an operator",
@@ -44,11 +47,10 @@ EXCEPTION_STATES = {PayoutState.NEEDS_ATTENTION.value, PayoutState.HELD.value}
 
 
 def quantized(amount: Decimal | None, currency: str | None) -> Decimal | None:
-    """An amount at the currency's minor unit (the journal's NUMERIC carries 8 decimals)."""
+    """An amount at the currency's minor unit, never rounded: a sub-minor 10.005 EUR stays 10.005."""
     if amount is None:
         return None
-    places = MINOR_UNITS.get(currency or "", 8)
-    return amount.quantize(Decimal(1).scaleb(-places))
+    return exact(amount, currency)
 
 
 def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
@@ -110,6 +112,15 @@ class Line:
         return self.payout_state in EXCEPTION_STATES or held_without_payout or self.outcome == "in_progress"
 
     @property
+    def in_flight(self) -> bool:
+        """Money moved on the ledger, the payout not completed nor stopped: a run resumes it."""
+        return (
+            self.outcome == "in_progress"
+            and bool(self.steps.get("ledger_posted"))
+            and self.payout_state not in EXCEPTION_STATES
+        )
+
+    @property
     def exception_kind(self) -> str:
         """still_held, held, needs_attention or in_progress."""
         if self.payout_state == "NEEDS_ATTENTION":
@@ -163,6 +174,11 @@ class Totals:
     #: the journal's own aggregate of the lines' requests (independent of the bucketing): candidates + movements
     requested: Decimal = ZERO
     candidates: int = 0
+    #: payouts on their way (past the ledger, not completed, not stopped): their own check line, not a FAIL
+    in_flight_count: int = 0
+    in_flight_posted: Decimal = ZERO
+    in_flight_settled: Decimal = ZERO
+    in_flight_events: Decimal = ZERO
 
     def add(self, line: Line) -> None:
         amount = line.requested or ZERO
@@ -185,6 +201,15 @@ class Totals:
                 self.investsuite_settled += amount
             if line.steps.get("event_sent"):
                 self.events_sent += amount
+            if line.in_flight:
+                self.in_flight_count += 1
+                self.in_flight_posted += amount
+                self.in_flight_settled += amount if line.steps.get("transaction_recorded") else ZERO
+                self.in_flight_events += amount if line.steps.get("event_sent") else ZERO
+
+    def paid_of(self, *groups: str) -> Decimal:
+        """Paid in these groups only (a date's own money: ``planned`` and ``paid_earlier``)."""
+        return sum((g.amount["paid"] for name, g in self.groups.items() if name in groups), ZERO)
 
     @property
     def moved(self) -> Decimal:
@@ -199,7 +224,15 @@ class Totals:
         for group in self.groups.values():
             group.still_held_amount = quantized(group.still_held_amount, currency) or ZERO
             group.moved_amount = quantized(group.moved_amount, currency) or ZERO
-        for name in ("ledger_posted", "investsuite_settled", "events_sent", "requested"):
+        for name in (
+            "ledger_posted",
+            "investsuite_settled",
+            "events_sent",
+            "requested",
+            "in_flight_posted",
+            "in_flight_settled",
+            "in_flight_events",
+        ):
             setattr(self, name, quantized(getattr(self, name), currency) or ZERO)
 
 
@@ -357,61 +390,3 @@ class Report:
             for b in BUCKETS:
                 counts[b] += t.count[b]
         return dict(counts)
-
-
-def checks(totals: Mapping[str, Totals], reconcile: Mapping[str, Any] | None, dry_run: bool) -> list[Check]:
-    """The control checks: nothing lost per currency and group, and paid once, everywhere."""
-    found: list[Check] = []
-    figures = (reconcile or {}).get("figures", {}).get("currencies", {})
-    for ccy, t in totals.items():
-        parts = " + ".join(f"{b} {t.amount[b]}" for b in BUCKETS if t.count[b])
-        buckets_sum = sum((t.amount[b] for b in BUCKETS), ZERO)
-        counted = sum(t.count[b] for b in BUCKETS)
-        per_group = "; ".join(f"{g} {gt.lines} = {gt.requested}" for g in GROUPS if (gt := t.groups.get(g)) is not None)
-        found.append(
-            Check(
-                "requested = paid + in_progress + would_pay + deferred + skipped + held (per group)",
-                ccy,
-                t.requested == buckets_sum and t.candidates == counted,
-                f"{t.requested} = {parts or '0'} ({t.candidates} lines, {counted} classified; {per_group})",
-            )
-        )
-        if dry_run:
-            continue
-        paid = t.amount["paid"]
-        if reconcile is not None and ccy != "???":
-            f = figures.get(ccy, {})
-            sources = [f.get(k, "0") for k in ("journal", "ledger", "investsuite", "events")]
-            ok = len({Decimal(s) for s in sources}) == 1 and Decimal(f.get("moved_journal", "0")) == Decimal(
-                f.get("moved_ledger", "0")
-            )
-            found.append(
-                Check(
-                    "paid = ledger = InvestSuite SETTLED = events (read back by the reconcile)",
-                    ccy,
-                    ok,
-                    f"journal {sources[0]}, ledger {sources[1]}, InvestSuite {sources[2]}, events {sources[3]};"
-                    f" moved by the run: journal {f.get('moved_journal', '0')}, ledger {f.get('moved_ledger', '0')}",
-                )
-            )
-        else:
-            ok = paid == t.ledger_posted == t.investsuite_settled == t.events_sent
-            found.append(
-                Check(
-                    "paid = ledger posted = InvestSuite SETTLED = events (journal only: not reconciled)",
-                    ccy,
-                    ok,
-                    f"paid {paid}, ledger {t.ledger_posted}, settled {t.investsuite_settled}, events {t.events_sent}",
-                )
-            )
-    if reconcile is not None:
-        error = reconcile.get("error")
-        found.append(
-            Check(
-                "reconcile against the ledger and InvestSuite: no breaks",
-                "all",
-                not error and int(reconcile["breaks"]) == 0,
-                error or f"{reconcile['checked']} payouts checked, {reconcile['breaks']} breaks",
-            )
-        )
-    return found

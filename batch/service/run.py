@@ -5,6 +5,7 @@ Exit codes (for cron and Kubernetes podFailurePolicy):
     3   done, but something needs a person: a new hold, a payout that needs attention (of any run), a
         payout still in progress, a reconciliation break; a hold unchanged since the previous run
         ("still held") only with ``[run] alert_on_unchanged_holds = true``
+    3   also: stopped by SIGTERM/SIGINT (recorded INTERRUPTED, with when and what was in flight)
     1   technical failure (the run is recorded as FAILED)
     2   usage or configuration error
     75  another run holds the lock (nothing was done)
@@ -37,11 +38,12 @@ from batch.service.context import Services
 from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
 from batch.service.heartbeat import Heartbeat
+from batch.service.interruption import INTERRUPTED, interruption_record, interruption_text
 from batch.service.plan import Planner, PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
-from batch.service.report_model import checks
+from batch.service.report_checks import checks
 
 log = structlog.get_logger("batch.run")
 
@@ -316,7 +318,7 @@ def _locked_run(
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.reconcile_error:
             report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
-            report.checks = checks(report.totals, report.reconcile, report.dry_run) + (
+            report.checks = checks(report.totals, report.reconcile, report.dry_run, report.kind) + (
                 report.deposits.checks() if report.deposits else []
             )
         if result.status == "RUNNING":
@@ -329,9 +331,17 @@ def _locked_run(
             attention = attention or bool(result.in_progress_elsewhere)  # never 0 while others hold open work
             result.exit_code = ExitCode.ATTENTION if attention else ExitCode.OK
             result.status = "SUCCEEDED_WITH_EXCEPTIONS" if result.exit_code else "SUCCEEDED"
+        interrupted: dict[str, object] = {}
+        if stop is not None and stop.is_set() and result.status.startswith("SUCCEEDED"):
+            # stopped by a signal: a state of its own (not ABANDONED, not FAILED), and the night is not done
+            interrupted = interruption_record(stop, journal.in_flight_of_run(run_id))
+            result.status, result.exit_code = INTERRUPTED, ExitCode.ATTENTION
+            result.error = interruption_text(interrupted)
+            log.warning("run.interrupted", **interrupted)
         summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
         if result.in_progress_elsewhere:
             summary["in_progress_elsewhere"] = [held_line(row) for row in result.in_progress_elsewhere]
+        summary |= {"interrupted": interrupted} if interrupted else {}
         journal.finish_run(
             run_id,
             status=result.status,

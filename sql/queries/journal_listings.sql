@@ -2,10 +2,11 @@
 -- each page, and the run window's lower bound (``batch run --date``).
 
 -- name: payouts_page
-SELECT * FROM batch.payouts WHERE state = ANY(:states) ORDER BY created_at, id LIMIT :n OFFSET :offset
+SELECT * FROM batch.payouts WHERE state = ANY(:states) AND flow = ANY(:flows)
+ ORDER BY created_at, id LIMIT :n OFFSET :offset
 
 -- name: payouts_count
-SELECT count(*) FROM batch.payouts WHERE state = ANY(:states)
+SELECT count(*) FROM batch.payouts WHERE state = ANY(:states) AND flow = ANY(:flows)
 
 -- name: held_without_payout
 -- the latest withdrawal decision of each portfolio since the start of the last non-dry run that planned every

@@ -100,3 +100,13 @@ SELECT id, run_id, flow, portfolio_id, state, lease_owner, lease_expires_at
  WHERE state = ANY(:states) AND lease_owner IS NOT NULL AND lease_owner <> ALL(:mine)
    AND lease_expires_at > now()
  ORDER BY created_at, id
+
+-- name: in_flight_of_run
+-- what an interrupted run leaves on its way: the open payouts it planned or drove, per state
+SELECT p.state, count(*) AS n, coalesce(sum(p.amount), 0) AS amount,
+       count(*) FILTER (WHERE p.ledger_posted_at IS NOT NULL OR p.ledger_moved_at IS NOT NULL) AS moved
+  FROM batch.payouts p
+ WHERE p.state = ANY(:states)
+   AND (p.run_id = :run_id OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id))
+ GROUP BY p.state
+ ORDER BY p.state

@@ -9,14 +9,24 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
        (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
          WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome = 'OK'
          ORDER BY a.id DESC LIMIT 1) AS event_id,
+       -- what moved the portfolio's cash after this payout, by the job itself (issue 26): the deposits
+       -- announced after its holdings update raise the cash above its target; a later payout of the same
+       -- portfolio takes over its divest amount
+       coalesce((SELECT sum(o.amount) FROM batch.payouts o
+                  WHERE o.flow <> 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.currency = p.currency
+                    AND o.event_sent_at > p.holdings_updated_at), 0) AS later_credits,
+       EXISTS (SELECT 1 FROM batch.payouts o
+                WHERE o.flow = 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.id <> p.id
+                  AND o.created_at > p.created_at AND o.ledger_posted_at IS NOT NULL) AS later_payout,
        false AS moved_in_run
   FROM batch.payouts p
  WHERE p.business_date = :business_date AND p.flow = 'WITHDRAWAL'
  ORDER BY p.created_at, p.id
 
 -- name: payouts_of_run
--- the payouts a run created or drove (a step attempt of the run), whatever their date; moved_in_run:
--- the run posted it on the ledger itself
+-- a finished run reconciles its whole business date (every payout of the date, from any run: killed,
+-- interrupted, operator, listener) plus the payouts it created or drove of other dates (a step attempt
+-- of the run); moved_in_run: the run posted it on the ledger itself
 SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.ledger_reference, p.transaction_id,
        p.divest_snapshot, p.divest_target, p.holdings_target_cash,
        p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
@@ -24,12 +34,22 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
        (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
          WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome = 'OK'
          ORDER BY a.id DESC LIMIT 1) AS event_id,
+       -- what moved the portfolio's cash after this payout, by the job itself (issue 26): the deposits
+       -- announced after its holdings update raise the cash above its target; a later payout of the same
+       -- portfolio takes over its divest amount
+       coalesce((SELECT sum(o.amount) FROM batch.payouts o
+                  WHERE o.flow <> 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.currency = p.currency
+                    AND o.event_sent_at > p.holdings_updated_at), 0) AS later_credits,
+       EXISTS (SELECT 1 FROM batch.payouts o
+                WHERE o.flow = 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.id <> p.id
+                  AND o.created_at > p.created_at AND o.ledger_posted_at IS NOT NULL) AS later_payout,
        EXISTS (SELECT 1 FROM batch.step_attempts a
                 WHERE a.payout_id = p.id AND a.run_id = :run_id AND a.step = 'LEDGER_POST'
                   AND a.outcome IN ('OK', 'ADOPTED')) AS moved_in_run
   FROM batch.payouts p
  WHERE p.flow = 'WITHDRAWAL'
-   AND (p.run_id = :run_id OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id))
+   AND (p.business_date = :business_date OR p.run_id = :run_id
+        OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id))
  ORDER BY p.created_at, p.id
 
 -- name: known_payouts
@@ -47,8 +67,18 @@ RETURNING finished_at
 SELECT * FROM batch.reconciliations WHERE run_id = :run_id ORDER BY finished_at DESC LIMIT 1
 
 -- name: latest_of_date
--- the latest reconciliation of the whole business date (`batch reconcile --date`; a run's own covers its
--- payouts only)
+-- the latest reconciliation of the whole business date: `batch reconcile --date`, or a run's own made since
+-- runs reconcile their whole date (figures.stats.scope = 'date'; older runs' covered their payouts only)
 SELECT * FROM batch.reconciliations
- WHERE kind = 'payouts' AND business_date = :business_date AND run_id IS NULL
+ WHERE kind = 'payouts' AND business_date = :business_date
+   AND (run_id IS NULL OR figures -> 'stats' ->> 'scope' = 'date')
  ORDER BY finished_at DESC LIMIT 1
+
+-- name: latest_movement_of_date
+-- when money last moved for the value date by the report's cut-off (any step of any withdrawal of the date):
+-- a reconciliation finished before it cannot vouch for the date's figures
+SELECT max(v.stamp)
+  FROM batch.payouts p
+ CROSS JOIN LATERAL (VALUES (p.ledger_posted_at), (p.transaction_recorded_at), (p.divest_cleared_at),
+                            (p.holdings_updated_at), (p.event_sent_at), (p.completed_at)) AS v(stamp)
+ WHERE p.business_date = :business_date AND p.flow = 'WITHDRAWAL' AND v.stamp <= :as_of

@@ -74,6 +74,42 @@ SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.fi
    AND p.flow = 'WITHDRAWAL'
  ORDER BY d.portfolio_id COLLATE "C", p.created_at
 
+-- name: earlier_payout_lines_of_date
+-- the date's money beyond one decision per portfolio: every payout of the value date whose money moved
+-- (from any run of the date: killed, interrupted, operator, listener) that is not the payout of the
+-- portfolio's counted decision, e.g. the first payout of a portfolio whose customer asked again
+WITH counted AS (
+    SELECT d.payout_id FROM batch.decision_ranks(CAST(:runs AS uuid[])) k JOIN batch.decisions d ON d.id = k.decision_id
+     WHERE k.rank = 1 AND d.payout_id IS NOT NULL)
+SELECT d.id AS decision_id, d.run_id, d.portfolio_id, d.decision, d.reason, d.final_decision, d.final_reason,
+       p.currency, d.requested_raw, p.amount AS requested_amount, d.ledger_available, d.investsuite_cash,
+       d.pay_amount, d.reconciliation_break, d.details, d.dry_run,
+       p.id AS payout_id, p.state, p.amount, p.ledger_reference, p.transaction_id, p.failing_step, p.last_error,
+       p.updated_at, p.stopped_at, p.hold_reason, p.approved_at, p.approved_by, p.approval_reason, p.retried_at,
+       p.ledger_posted_at, p.ledger_moved_at, p.transaction_recorded_at, p.divest_cleared_at, p.holdings_updated_at,
+       p.event_sent_at, p.completed_at,
+       false AS still_held, NULL::jsonb AS earlier, false AS movement, 'paid_earlier' AS line_group,
+       EXISTS (SELECT 1 FROM batch.step_attempts a
+                WHERE a.payout_id = p.id AND a.run_id = ANY(CAST(:runs AS uuid[])) AND a.step = 'LEDGER_POST'
+                  AND a.outcome IN ('OK', 'ADOPTED')) AS moved
+  FROM batch.payouts p
+  JOIN batch.decisions d ON d.id = p.decision_id
+ WHERE p.business_date = :d AND p.flow = 'WITHDRAWAL' AND p.ledger_posted_at IS NOT NULL
+   AND p.run_id = ANY(CAST(:runs AS uuid[]))
+   AND p.id NOT IN (SELECT payout_id FROM counted)
+ ORDER BY d.portfolio_id COLLATE "C", p.created_at
+
+-- name: earlier_payout_totals_of_date
+WITH counted AS (
+    SELECT d.payout_id FROM batch.decision_ranks(CAST(:runs AS uuid[])) k JOIN batch.decisions d ON d.id = k.decision_id
+     WHERE k.rank = 1 AND d.payout_id IS NOT NULL)
+SELECT p.currency AS ccy, coalesce(sum(p.amount), 0) AS requested, count(*) AS n
+  FROM batch.payouts p
+ WHERE p.business_date = :d AND p.flow = 'WITHDRAWAL' AND p.ledger_posted_at IS NOT NULL
+   AND p.run_id = ANY(CAST(:runs AS uuid[]))
+   AND p.id NOT IN (SELECT payout_id FROM counted)
+ GROUP BY 1
+
 -- name: candidate_totals_of_run
 SELECT coalesce(currency, '???') AS ccy, coalesce(sum(requested_amount), 0) AS requested, count(*) AS n
   FROM batch.decisions WHERE run_id = :run_id AND flow = 'WITHDRAWAL' GROUP BY 1

@@ -77,7 +77,8 @@ def test_payouts_all_pages_with_limit_and_offset_and_says_when_cut(night: Night)
     assert {row.split()[0] for row in rows} == journal
     assert len(rows) == len(journal)
     for row in rows:
-        amount, ccy = row.split()[3:5]
+        flow, amount, ccy = row.split()[1], *row.split()[4:6]
+        assert flow in ("withdrawal", "deposit"), row  # the flow column says which flow each operation is
         decimals = len(amount.partition(".")[2])
         assert decimals == {"EUR": 2, "USD": 2, "JPY": 0, "KWD": 3}[ccy], row  # never the journal's 8 decimals
 

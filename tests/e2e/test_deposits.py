@@ -84,7 +84,7 @@ def test_every_deposit_case_is_moved_and_announced_once_or_held(
         )
         assert portfolio.doc["funded_since"] is not None
         deposits = [t for t in after.transactions_of(operation["portfolio_id"]) if t["external_id"] == reference]
-        assert [(t["movements"][0]["type"], t["status"]) for t in deposits] == [("CASH_DEPOSIT", "SETTLED")]
+        assert [(t["movements"][0]["type"], t["status"]) for t in deposits] == [("CASH_DEPOSIT", "COMPLETED")]
 
     again = cli("run", "--date", DATE, "--flow", "deposits")
     assert again.returncode == 0, explain(again)  # the same holds are "still held": no new alarm

@@ -220,7 +220,7 @@ def _check_paid(n: Nightly, pid: str, expected: Expected, decision: dict[str, An
     assert len(transactions) == 1, f"{where}: transactions {transactions}"
     tx = transactions[0]
     assert tx["external_id"] == tx["_external_id_column"] == transfer["reference"], where
-    assert tx["status"] == "SETTLED", where
+    assert tx["status"] == "COMPLETED", where  # response-only, computed (the docs example)
     assert len(tx["movements"]) == 1, where
     movement = tx["movements"][0]
     assert (movement["type"], movement["status"], movement["instrument_id"]) == (
@@ -498,8 +498,10 @@ def test_payouts_held_lists_the_payout_above_the_cap(nightly: Nightly) -> None:
     (above_cap,) = nightly.cases["above_cap"]
     held = nightly.after_second.payouts_of(above_cap)[0]
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["payout", "id", "portfolio", "state", "amount", "ccy", "date", "step", "/", "reason"]
-    assert lines[1].split() == [str(held["id"]), above_cap, "HELD", "60000.00", "EUR", BUSINESS_DATE, "OVER_PAYOUT_CAP"]
+    header = ["payout", "id", "flow", "portfolio", "state", "amount", "ccy", "date", "step", "/", "reason"]
+    assert lines[0].split() == header
+    row = [str(held["id"]), "withdrawal", above_cap, "HELD", "60000.00", "EUR", BUSINESS_DATE, "OVER_PAYOUT_CAP"]
+    assert lines[1].split() == row
     assert lines[2] == "1 payout"
 
     # each portfolio's latest decision (the second run's) when it is a HOLD that created no payout

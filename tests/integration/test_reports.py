@@ -166,7 +166,7 @@ def test_json_report_totals_match_the_journal(world: World) -> None:
     """The JSON report of a run carries its header and per-currency totals equal to the journal's sums."""
     assert world.first.run_id is not None
     doc = json.loads(render.render_json(_report(world)))
-    assert doc["schema_version"] == "2.1"
+    assert doc["schema_version"] == "3.0"
     assert doc["kind"] == "run"
     assert doc["business_date"] == D1.isoformat()
     (run,) = doc["runs"]
@@ -425,19 +425,24 @@ def test_date_report_aggregates_every_run_of_the_date(world: World) -> None:
     lines = list(by_date.lines)
     assert sorted(x.portfolio_id for x in lines) == sorted(p.portfolio_id for p in portfolios)
     (above_cap,) = [x for x in lines if x.payout_id == str(world.approved_payout)]
-    assert (above_cap.outcome, above_cap.requested) == ("held", CAP + 10000)  # once, not once per run
+    # once, not once per run; approved and paid by the next date's run with this date as its value date:
+    # the date's money, so the date's report counts it as of that movement (schema 3.0)
+    assert (above_cap.outcome, above_cap.requested) == ("paid", CAP + 10000)
     assert [e["reason"] for e in above_cap.earlier] == ["AWAITING_APPROVAL"]
     for ccy, t in by_date.totals.items():
         latest = [x for x in lines if (x.currency or "???") == ccy]
         assert t.requested == sum((x.requested or Decimal(0) for x in latest), Decimal(0))
         assert t.candidates == len(latest)
-    assert by_date.checks_ok
+    # the approved payout of D1 moved after D1's last reconciliation: its checks say so instead of PASS
+    failing = [c for c in by_date.checks if not c.ok]
+    assert failing and all("not reconciled since" in c.detail for c in failing), failing
+    assert by_date.reconcile is not None and by_date.reconcile["stale_since"] is not None
     doc = json.loads(render.render_json(by_date))
     assert doc["kind"] == "date" and len(doc["runs"]) == 2
     page = render.render_html(by_date)
     assert str(world.first.run_id) in page and str(world.rerun.run_id) in page
-    # the re-run paid nothing new: everything paid on D1 was paid by the first run
-    assert by_date.totals["EUR"].amount["paid"] == first.totals["EUR"].amount["paid"]
+    # the re-run paid nothing new: D1's money is the first run's payouts and the approved one paid later
+    assert by_date.totals["EUR"].amount["paid"] == first.totals["EUR"].amount["paid"] + (above_cap.paid or 0)
 
 
 def test_later_run_report_shows_the_approval_note(world: World) -> None:

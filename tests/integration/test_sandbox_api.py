@@ -269,7 +269,7 @@ def test_transactions_are_created_and_found_by_external_id_duplicates_allowed(
     first = client.post(path, content=_withdrawal("LT-1", "-500.10"), headers={"Content-Type": "application/json"})
     assert first.status_code == 201, first.text
     tx = parse(first)
-    assert tx["id"][0] == "T" and tx["type"] == "CASH_TRANSFER" and tx["status"] == "SETTLED" and tx["version"] == 1
+    assert tx["id"][0] == "T" and tx["type"] == "CASH_TRANSFER" and tx["status"] == "COMPLETED" and tx["version"] == 1
     assert str(tx["movements"][0]["quantity"]) == "-500.10"
     assert client.post(path, content=_withdrawal("LT-1")).status_code == 201
     client.post(path, content=_withdrawal("LT-2"))

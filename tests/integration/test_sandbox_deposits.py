@@ -70,7 +70,7 @@ def test_deposit_records_a_settled_transaction_and_raises_the_cash(client: httpx
     assert after["version"] == made["version"] + 1
     assert after["funded_since"] == made["funded_since"]
     (transaction,) = _deposits(store, made["id"])
-    assert transaction["external_id"] == key and transaction["status"] == "SETTLED"
+    assert transaction["external_id"] == key and transaction["status"] == "COMPLETED"
     (movement,) = transaction["movements"]
     assert (movement["status"], movement["instrument_id"], movement["quantity"]) == (
         "SETTLED",

@@ -164,3 +164,32 @@ def test_a_traceback_only_when_asked_for(capsys: pytest.CaptureFixture[str]) -> 
     report_error("error: RuntimeError: boom", 1, exc_info=caught)
     (event,) = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert "Traceback" in event["exception"] and "RuntimeError: boom" in event["exception"]
+
+
+def test_listing_amounts_are_exact_and_runs_say_when_interrupted() -> None:
+    """Listings pad to the minor unit but never round (10.005 EUR); `batch runs` says what an interrupted run left."""
+    from datetime import UTC, date, datetime  # noqa: PLC0415
+    from decimal import Decimal  # noqa: PLC0415
+
+    from batch.service.history import history_row  # noqa: PLC0415
+
+    assert amount_text(Decimal("10.005"), "EUR") == "10.005"
+    assert amount_text(Decimal("10.00000000"), "EUR") == "10.00"
+    run = {
+        "id": "r1",
+        "business_date": date(2026, 7, 1),
+        "status": "INTERRUPTED",
+        "dry_run": False,
+        "exit_code": 3,
+        "trigger": "cron",
+        "operator": "ops",
+        "started_at": datetime(2026, 7, 1, 22, tzinfo=UTC),
+        "finished_at": datetime(2026, 7, 1, 22, 1, tzinfo=UTC),
+        "summary": {
+            "totals": {"EUR": {"paid": "5260.005", "paid_count": 2}},
+            "interrupted": {"signal": "SIGTERM", "in_flight": 4},
+        },
+    }
+    row = history_row(run)
+    assert row[2] == "INTERRUPTED"
+    assert "EUR paid 5260.005 (2)" in row[-1] and "interrupted by SIGTERM: 4 in flight" in row[-1], row[-1]

@@ -132,3 +132,15 @@ def test_configuring_again_replaces_the_handler_and_reset_removes_it() -> None:
     assert len(second.getvalue().splitlines()) == 1
     reset_logging()
     assert not owns_stdlib_logging()
+
+
+def test_enums_are_printed_as_their_values() -> None:
+    """Console and JSON lines print enums as values: ``{'HOLD': 7}``, never ``<Decision.HOLD: 'HOLD'>``."""
+    from batch.domain.model import Decision  # noqa: PLC0415
+
+    for fmt in ("console", "json"):
+        stream = io.StringIO()
+        configure_logging("INFO", fmt, stream=stream)
+        structlog.get_logger("t").info("run.planned", by_decision={Decision.HOLD: 7}, decision=Decision.PAY)
+        text = stream.getvalue()
+        assert "<Decision" not in text and "HOLD" in text and "PAY" in text, text

@@ -170,3 +170,18 @@ def test_quantize_and_format_properties(amount: Decimal, currency: str) -> None:
     assert "E" not in text.upper()
     assert D(text) == result
     assert parse_amount(text) == result
+
+
+def test_exact_keeps_sub_minor_digits_and_pads_to_the_minor_unit() -> None:
+    """Report amounts are exact: 10.005 EUR stays 10.005 (never rounded into a PASS), 10 EUR shows 10.00."""
+    from batch.domain.money import exact  # noqa: PLC0415
+    from batch.service.reconcile import text  # noqa: PLC0415
+    from batch.service.report_model import quantized  # noqa: PLC0415
+
+    assert format(exact(Decimal("10.005"), "EUR"), "f") == "10.005"
+    assert format(exact(Decimal("5260.00500000"), "EUR"), "f") == "5260.005"
+    assert format(exact(Decimal("10"), "EUR"), "f") == "10.00"
+    assert format(exact(Decimal("100.00000000"), "JPY"), "f") == "100"
+    assert quantized(Decimal("10.005"), "EUR") == Decimal("10.005")
+    assert quantized(Decimal("5260.005"), "EUR") != Decimal("5260.00")
+    assert text(Decimal("10.00500000"), "EUR") == "10.005"

@@ -8,16 +8,15 @@ from decimal import Decimal
 from batch.service.reconcile import (
     BreakType,
     LedgerFact,
-    PaidFigures,
     PayoutFacts,
     PortfolioFact,
     RemoteFacts,
     TransactionFact,
-    add_paid,
     match_payout,
     unknown_ledger_payouts,
 )
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
+from batch.service.reconcile_figures import PaidFigures, add_paid
 
 ALL_STEPS = frozenset(
     {"ledger_posted", "transaction_recorded", "divest_cleared", "holdings_updated", "event_sent", "completed"}
@@ -95,6 +94,25 @@ def test_no_transaction_before_the_step_is_not_a_break() -> None:
 def test_pending_transaction_is_not_settled() -> None:
     """The transaction exists but is PENDING: TRANSACTION_NOT_SETTLED."""
     pending = TransactionFact("T1", "PENDING", (("CASH_WITHDRAWAL", "PENDING", "$EUR", Decimal("-100.00")),))
+    assert _types(remote=replace(REMOTE, transactions=(pending,))) == [BreakType.TRANSACTION_NOT_SETTLED]
+
+
+def test_transaction_status_completed_as_in_the_docs_example_is_settled() -> None:
+    """The docs' computed transaction status "COMPLETED" with a SETTLED CASH_WITHDRAWAL movement: no break."""
+    completed = TransactionFact("T1", "COMPLETED", (("CASH_WITHDRAWAL", "SETTLED", "$EUR", Decimal("-100.00")),))
+    assert _types(remote=replace(REMOTE, transactions=(completed,))) == []
+
+
+def test_executed_movement_counts_as_settled_whatever_the_transaction_status() -> None:
+    """An EXECUTED CASH_WITHDRAWAL movement settles it; an absent or unknown transaction status is informative."""
+    for status in (None, "EXECUTED", "ANYTHING"):
+        executed = TransactionFact("T1", status, (("CASH_WITHDRAWAL", "EXECUTED", "$EUR", Decimal("-100.00")),))
+        assert _types(remote=replace(REMOTE, transactions=(executed,))) == [], status
+
+
+def test_pending_movement_under_a_completed_transaction_is_not_settled() -> None:
+    """The movement decides: a PENDING movement is TRANSACTION_NOT_SETTLED even if the transaction says COMPLETED."""
+    pending = TransactionFact("T1", "COMPLETED", (("CASH_WITHDRAWAL", "PENDING", "$EUR", Decimal("-100.00")),))
     assert _types(remote=replace(REMOTE, transactions=(pending,))) == [BreakType.TRANSACTION_NOT_SETTLED]
 
 
@@ -187,3 +205,38 @@ def test_book_unmapped_missing_and_orphan_accounts_are_named() -> None:
     orphan = orphan_account("CASH-7", "EUR", Decimal(5), {"CASH-1"})
     assert orphan is not None and orphan.type is BreakType.ORPHAN_LEDGER_ACCOUNT
     assert orphan_account("CASH-1", "EUR", Decimal(5), {"CASH-1"}) is None
+
+
+def test_deposits_announced_after_the_payout_raise_the_holdings_ceiling() -> None:
+    """Cash above the target by exactly the deposits the job announced afterwards is no HOLDINGS_NOT_UPDATED."""
+    raised = replace(REMOTE, portfolio=PortfolioFact("P1", True, Decimal(0), "0", Decimal("1400.00")))
+    assert _types(remote=raised) == [BreakType.HOLDINGS_NOT_UPDATED]
+    assert _types(replace(PAYOUT, later_credits=Decimal("500.00")), remote=raised) == []
+    assert _types(replace(PAYOUT, later_credits=Decimal("499.99")), remote=raised) == [BreakType.HOLDINGS_NOT_UPDATED]
+
+
+def test_a_later_payout_of_the_portfolio_takes_the_divest_over() -> None:
+    """The customer asked again: the divest holds the new request; with a later payout that is not this break."""
+    asked_again = replace(REMOTE, portfolio=PortfolioFact("P1", True, Decimal("300"), "300", Decimal("900.00")))
+    assert _types(remote=asked_again) == [BreakType.DIVEST_NOT_CLEARED]
+    assert _types(replace(PAYOUT, later_payout=True), remote=asked_again) == []
+
+
+def test_a_payout_in_flight_is_counted_apart_not_as_a_difference() -> None:
+    """Posted but not completed: its own in-flight figures, the paid figures still agree."""
+    moving = replace(PAYOUT, state="TRANSACTION_RECORDED", reached=frozenset({"ledger_posted", "transaction_recorded"}))
+    figures: dict[str, PaidFigures] = {}
+    add_paid(figures, PAYOUT, TRANSFER, REMOTE)
+    add_paid(figures, moving, TRANSFER, REMOTE)
+    eur = figures["EUR"]
+    assert (eur.journal, eur.ledger, eur.investsuite) == (Decimal("100.00"),) * 3
+    assert (eur.in_flight_count, eur.in_flight_ledger, eur.in_flight_investsuite) == (1, Decimal("100"), Decimal("100"))
+    assert eur.agree
+
+
+def test_a_payout_stopped_after_the_ledger_stays_a_difference() -> None:
+    """NEEDS_ATTENTION after the ledger post: the ledger holds it, the journal did not pay it: they disagree."""
+    stopped = replace(PAYOUT, state="NEEDS_ATTENTION", reached=frozenset({"ledger_posted"}), event_id=None)
+    figures: dict[str, PaidFigures] = {}
+    add_paid(figures, stopped, TRANSFER, RemoteFacts(()))
+    assert figures["EUR"].in_flight_count == 0 and not figures["EUR"].agree

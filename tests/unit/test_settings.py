@@ -143,6 +143,8 @@ def test_broken_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param("[run]\nconcurency = 4\n", "run.concurency", id="unknown-key-typo"),
         pytest.param("colour = 4\n", "colour", id="unknown-top-level-key"),
         pytest.param("[investsuite]\npage_size = 101\n", "investsuite.page_size", id="page-size-above-api-max"),
+        pytest.param('[investsuite]\nbase_url = "not-a-url"\n', "investsuite.base_url", id="base-url-not-a-url"),
+        pytest.param('[investsuite]\nbase_url = "ftp://h/"\n', "investsuite.base_url", id="base-url-not-http"),
     ],
 )
 def test_invalid_value_names_the_field(toml: str, field: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from batch.adapters.journal.base import JournalBase
 from batch.adapters.sqlfiles import load_queries
-from batch.domain.payout import PayoutState
+from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 
 Q = load_queries("journal_listings")
@@ -57,9 +57,16 @@ class HeldDecision:
 
 
 class ListingStore(JournalBase):
-    def payouts_page(self, states: Sequence[PayoutState], *, limit: int, offset: int = 0) -> Page[PayoutRecord]:
-        """Payouts in ``states``, oldest first."""
-        params: dict[str, Any] = {"states": [s.value for s in states]}
+    def payouts_page(
+        self,
+        states: Sequence[PayoutState],
+        *,
+        limit: int,
+        offset: int = 0,
+        flows: Sequence[FlowKind] = tuple(FlowKind),
+    ) -> Page[PayoutRecord]:
+        """Operations in ``states`` of ``flows`` (default: every flow), oldest first."""
+        params: dict[str, Any] = {"states": [s.value for s in states], "flows": [f.value for f in flows]}
         with self._read() as conn:
             rows = conn.execute(Q.payouts_page.text, params | {"n": limit, "offset": offset}).all()
             total = conn.execute(Q.payouts_count.text, params).scalar_one()

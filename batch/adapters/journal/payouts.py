@@ -379,6 +379,14 @@ class PayoutStore(JournalBase):
             )
             return [dict(r._mapping) for r in rows]
 
+    def in_flight_of_run(self, run_id: uuid.UUID) -> dict[str, dict[str, int]]:
+        """The open payouts a run planned or drove, per state: count and how many moved money already."""
+        with self._read() as conn:
+            rows = conn.execute(
+                Q.in_flight_of_run.text, {"run_id": run_id, "states": sorted(s.value for s in EXECUTABLE_STATES)}
+            ).all()
+        return {r.state: {"count": int(r.n), "moved": int(r.moved)} for r in rows}
+
     def count_open(self) -> dict[str, int]:
         with self._read() as conn:
             rows = conn.execute(Q.count_by_state.text, {"states": [s.value for s in OPEN_STATES]})

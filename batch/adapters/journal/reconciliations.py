@@ -19,14 +19,15 @@ class ReconciliationStore(JournalBase):
     def payouts_to_reconcile(
         self, *, business_date: date | None = None, run_id: uuid.UUID | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The payouts of a business date, or those a run created or drove, with the journal's evidence.
+        """The payouts of a business date, or a run's (its whole ``business_date`` plus those it created or
+        drove of other dates), with the journal's evidence.
 
         Streamed (a server-side cursor, 1,000 rows per fetch): memory stays flat in the number of payouts.
         """
         with self._read() as conn:
             streamed = conn.execution_options(stream_results=True, yield_per=1000)
             if run_id is not None:
-                rows = streamed.execute(Q.payouts_of_run.text, {"run_id": run_id})
+                rows = streamed.execute(Q.payouts_of_run.text, {"run_id": run_id, "business_date": business_date})
             else:
                 rows = streamed.execute(Q.payouts_of_date.text, {"business_date": business_date})
             for row in rows:
@@ -92,7 +93,15 @@ class ReconciliationStore(JournalBase):
         return None if row is None else dict(row._mapping)
 
     def reconciliation_of_date(self, business_date: date) -> dict[str, Any] | None:
-        """The latest reconciliation of the whole date (not a run's own, which covers its payouts only)."""
+        """The latest reconciliation of the whole date (``reconcile --date`` or a run's, which covers its date)."""
         with self._read() as conn:
             row = conn.execute(Q.latest_of_date.text, {"business_date": business_date}).first()
         return None if row is None else dict(row._mapping)
+
+    def latest_movement_of_date(self, business_date: date, as_of: datetime) -> datetime | None:
+        """When money last moved for the value date by ``as_of`` (None: nothing moved by then)."""
+        with self._read() as conn:
+            value = conn.execute(
+                Q.latest_movement_of_date.text, {"business_date": business_date, "as_of": as_of}
+            ).scalar()
+        return value if isinstance(value, datetime) else None
