@@ -103,7 +103,7 @@ class EventPublisher:
 
     @classmethod
     def from_options(cls, bus: str | None, url: str | None) -> EventPublisher:
-        """``bus``: a kind (rabbitmq|mqtt|kafka|nats) or a JSON object of ``[bus]`` settings; None: off."""
+        """``bus``: a kind (rabbitmq|mqtt|nats) or a JSON object of ``[bus]`` settings; None: off."""
         bus = bus or os.environ.get(BUS_ENV) or None
         url = url or os.environ.get(BUS_URL_ENV) or None
         if bus is None:
