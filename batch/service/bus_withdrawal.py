@@ -10,6 +10,13 @@ lowered amount) is planned again, up to three rounds.
 
 No nightly run lock is taken: the listener and a nightly run work side by side. The listener's decisions
 and payouts belong to long-lived ``listener`` run rows (``ListenerRuns``).
+
+Bursts are handled as bursts (issue 24): withdrawal events that arrive together are planned together.
+A trigger joins the pending set; whenever fewer than ``parallel`` batches are running, the first waiting
+thread takes up to 100 pending portfolios as one batch: one listing of them (``id in [...]``, owners
+embedded), one ledger read for the page, the decisions recorded set-wise, then one step-engine pass over
+their payouts; every trigger of the batch gets its own portfolio's outcome. A lone event is a batch of
+one and starts at once (no waiting window): paced traffic keeps its latency.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import socket
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -92,20 +99,20 @@ class ListenerRuns:
         )
 
     @contextmanager
-    def run_for(self, portfolio_id: str) -> Iterator[tuple[uuid.UUID, date]]:
-        """The run to plan ``portfolio_id`` under now (a fresh one if it was decided in the current run)."""
+    def run_for(self, portfolio_ids: Sequence[str]) -> Iterator[tuple[uuid.UUID, date]]:
+        """The run to plan ``portfolio_ids`` under now (a fresh one if one of them was decided in the current run)."""
         today = business_today(self.app.settings.run.timezone)
         with self._lock:
-            if self._current is None or today != self._date or portfolio_id in self._decided:
+            if self._current is None or today != self._date or not self._decided.isdisjoint(portfolio_ids):
                 if self._current is not None:
                     self._retired.add(self._current)
                     if not self._users[self._current]:
                         self._retire(self._current)
                 self._current, self._date, self._decided = self._start(today), today, set()
             run_id = self._current
-            self._decided.add(portfolio_id)
+            self._decided.update(portfolio_ids)
             self._users[run_id] += 1
-            self.events[run_id] += 1
+            self.events[run_id] += len(portfolio_ids)
         try:
             yield run_id, today
         finally:
@@ -146,44 +153,109 @@ class ListenerRuns:
 
 
 @dataclass
+class _Ticket:
+    """One trigger waiting for its portfolio's outcome in a batch."""
+
+    portfolio_id: str
+    taken: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: str = ""
+    error: Exception | None = None
+
+
+@dataclass
 class PlanAndExecute:
-    """``WithdrawalTrigger`` on the nightly planner and the step engine (single portfolio, no run lock)."""
+    """``WithdrawalTrigger`` on the nightly planner and the step engine (no run lock), batching bursts."""
 
     app: Services
     store: BusStore
     runs: ListenerRuns
     actor: str = "listener"
+    #: portfolios planned together at most (one listing page)
+    max_batch: int = 100
+    #: batches running at once (planning one while paying another)
+    parallel: int = 2
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _pending: list[_Ticket] = field(default_factory=list, repr=False)
+    _running: int = 0
+    #: sizes of the batches run so far (tests, logs)
+    batch_sizes: list[int] = field(default_factory=list, repr=False)
 
     def trigger(self, portfolio_id: str, event_id: str) -> str:
-        seen_cancelled: set[uuid.UUID] = set()
-        outcome = ""
-        for _round in range(ROUNDS):
-            decision, latest, run_id = self._round(portfolio_id)
-            outcome = describe(decision, latest)
-            # the payout this round planned, or the one it deferred to, was cancelled meanwhile (the fresh read
-            # before the ledger post found the request lowered or the balance short): decide again
-            replan = (
-                decision is not None
-                and latest is not None
-                and latest.state is PayoutState.CANCELLED
-                and latest.id not in seen_cancelled
-                and (latest.id == decision.payout_id or decision.reason == "PAYOUT_IN_PROGRESS")
-            )
-            if not replan:
-                break
-            assert latest is not None
-            seen_cancelled.add(latest.id)
-            log.info("listener.replan", portfolio_id=portfolio_id, cancelled=str(latest.id), run_id=str(run_id))
-        return outcome
+        ticket = _Ticket(portfolio_id)
+        batch: list[_Ticket] | None = None
+        with self._cond:
+            self._pending.append(ticket)
+            while not ticket.taken:
+                if self._running < self.parallel:
+                    batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                    for taken in batch:
+                        taken.taken = True
+                    self._running += 1
+                    self._cond.notify_all()
+                    break
+                self._cond.wait()
+        if batch is not None:
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.outcome
 
-    def _round(self, portfolio_id: str) -> tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]:
-        with self.runs.run_for(portfolio_id) as (run_id, business_date):
-            planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan([portfolio_id])
+    def _run_batch(self, batch: list[_Ticket]) -> None:
+        self.batch_sizes.append(len(batch))
+        if len(batch) > 1:
+            log.info("listener.batch", portfolios=len(batch))
+        try:
+            tickets = {t.portfolio_id: t for t in batch}
+            seen_cancelled: set[uuid.UUID] = set()
+            todo = list(tickets)
+            for _round in range(ROUNDS):
+                again: list[str] = []
+                for portfolio_id, (decision, latest, run_id) in self._round(todo).items():
+                    tickets[portfolio_id].outcome = describe(decision, latest)
+                    # the payout this round planned, or the one it deferred to, was cancelled meanwhile (the fresh
+                    # read before the ledger post found the request lowered or the balance short): decide again
+                    if (
+                        decision is not None
+                        and latest is not None
+                        and latest.state is PayoutState.CANCELLED
+                        and latest.id not in seen_cancelled
+                        and (latest.id == decision.payout_id or decision.reason == "PAYOUT_IN_PROGRESS")
+                    ):
+                        seen_cancelled.add(latest.id)
+                        again.append(portfolio_id)
+                        log.info(
+                            "listener.replan", portfolio_id=portfolio_id, cancelled=str(latest.id), run_id=str(run_id)
+                        )
+                if not again:
+                    break
+                todo = again
+        except Exception as exc:  # every trigger of the batch fails alike (and is retried by its handler)
+            for ticket in batch:
+                ticket.error = exc
+        finally:
+            for ticket in batch:
+                ticket.done.set()
+
+    def _round(
+        self, portfolio_ids: list[str]
+    ) -> dict[str, tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]]:
+        with self.runs.run_for(portfolio_ids) as (run_id, business_date):
+            planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan(portfolio_ids)
             engine = engine_for(
                 self.app, run_id, actor=self.actor, worker=self.runs.worker, flows=[FlowKind.WITHDRAWAL]
             )
-            engine.execute(portfolio_ids=[portfolio_id])
-            return self.store.decision_in_run(run_id, portfolio_id), self.store.latest_payout(portfolio_id), run_id
+            engine.execute(portfolio_ids=portfolio_ids)
+            return {
+                pid: (self.store.decision_in_run(run_id, pid), self.store.latest_payout(pid), run_id)
+                for pid in portfolio_ids
+            }
 
 
 @dataclass

@@ -7,7 +7,9 @@ registry, the journal, the ledger and the sandbox afterwards. (The bus itself: t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
 from batch.sandbox.seed_deposits import seed_deposits
 from batch.service.bus_events import Verdict
+from batch.service.bus_withdrawal import PlanAndExecute
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.bus_support import Wired, event, listener_handler, minutes_ago, withdrawal
 from tests.integration.payout_support import (
@@ -313,3 +316,40 @@ def test_undecodable_bodies_are_dead_lettered_and_recorded_by_message_id_or_dige
     assert journal_rows_of(wired, "SELECT count(*) AS n FROM batch.bus_inbox WHERE event_id LIKE 'sha256:%'") == [
         {"n": 1}
     ]
+
+
+def test_a_burst_is_planned_as_one_batch_and_each_paid_once(
+    wired: Wired, app: App, sandbox_store: SandboxState, dsns: Dsns, sandbox: RunningSandbox
+) -> None:
+    """Twelve withdrawal events arriving together: one batch, one listing with owners embedded (no GET of a
+    portfolio or user for planning), one ledger read; each event gets its own outcome, each paid once."""
+    docs = [add_customer(sandbox_store, dsns, divest=Decimal("15.00"), cash=Decimal("100.00")) for _ in range(12)]
+    trigger = wired.handler.withdrawals
+    assert isinstance(trigger, PlanAndExecute)
+    with trigger._cond:  # every batch slot taken: the events gather, as they do behind a running batch
+        trigger._running = trigger.parallel
+    sandbox.admin.reset_stats()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        futures = [pool.submit(wired.handler.handle, withdrawal(d, "15.00")) for d in docs]
+        wait_until_true(lambda: len(trigger._pending) == 12)
+        with trigger._cond:
+            trigger._running = 0
+            trigger._cond.notify_all()
+        results = [f.result(timeout=120) for f in futures]
+    assert trigger.batch_sizes == [12]
+    for doc, handled in zip(docs, results, strict=True):
+        assert handled.status == "HANDLED" and "COMPLETED" in handled.outcome, handled
+        [payout] = payouts_of(app, doc["id"])
+        assert (payout.state, payout.amount) == ("COMPLETED", Decimal("15.00"))
+        assert handled.outcome.count(str(payout.id)) == 1
+    routes = sandbox.admin.stats()["by_route"]
+    assert routes.get("GET /portfolios/", 0) >= 1 and routes.get("GET /users/{id}", 0) == 0
+    # per payout the engine's own fresh reads remain (before the ledger post, and the read-back)
+    assert routes.get("GET /portfolios/{id}", 0) <= 2 * len(docs)
+
+
+def wait_until_true(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
