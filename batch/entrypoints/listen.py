@@ -102,7 +102,9 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             store=store,
             journal=app.journal,
             bus=kind,
-            withdrawals=PlanAndExecute(app, store, runs),
+            # two batches at a time, each of at most half the handler threads: batching never lowers the
+            # number of payouts driven at once (a batch holds its events' threads until its payouts end)
+            withdrawals=PlanAndExecute(app, store, runs, max_batch=max(1, min(100, settings.bus.concurrency // 2))),
             deposits=DepositCheck(app, runs),
             current_run=lambda: runs.current,
             worker=worker,

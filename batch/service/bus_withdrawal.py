@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -209,8 +210,7 @@ class PlanAndExecute:
 
     def _run_batch(self, batch: list[_Ticket]) -> None:
         self.batch_sizes.append(len(batch))
-        if len(batch) > 1:
-            log.info("listener.batch", portfolios=len(batch))
+        started = time.monotonic()
         try:
             tickets = {t.portfolio_id: t for t in batch}
             seen_cancelled: set[uuid.UUID] = set()
@@ -236,6 +236,8 @@ class PlanAndExecute:
                 if not again:
                     break
                 todo = again
+            if len(batch) > 1:
+                log.info("listener.batch", portfolios=len(batch), seconds=round(time.monotonic() - started, 3))
         except Exception as exc:  # every trigger of the batch fails alike (and is retried by its handler)
             for ticket in batch:
                 ticket.error = exc
@@ -247,7 +249,14 @@ class PlanAndExecute:
         self, portfolio_ids: list[str]
     ) -> dict[str, tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]]:
         with self.runs.run_for(portfolio_ids) as (run_id, business_date):
+            started = time.monotonic()
             planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan(portfolio_ids)
+            if len(portfolio_ids) > 1:
+                log.info(
+                    "listener.batch_planned",
+                    portfolios=len(portfolio_ids),
+                    seconds=round(time.monotonic() - started, 3),
+                )
             engine = engine_for(
                 self.app, run_id, actor=self.actor, worker=self.runs.worker, flows=[FlowKind.WITHDRAWAL]
             )
