@@ -102,8 +102,8 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             store=store,
             journal=app.journal,
             bus=kind,
-            # two batches at a time, each of at most half the handler threads: batching never lowers the
-            # number of payouts driven at once (a batch holds its events' threads until its payouts end)
+            # a batch of at most half the handler threads: a batch holds its events' threads until its
+            # payouts end, so the next burst's deliveries still find threads to gather in
             withdrawals=PlanAndExecute(app, store, runs, max_batch=max(1, min(100, settings.bus.concurrency // 2))),
             deposits=DepositCheck(app, runs),
             current_run=lambda: runs.current,

@@ -12,11 +12,12 @@ No nightly run lock is taken: the listener and a nightly run work side by side. 
 and payouts belong to long-lived ``listener`` run rows (``ListenerRuns``).
 
 Bursts are handled as bursts (issue 24): withdrawal events that arrive together are planned together.
-A trigger joins the pending set; whenever fewer than ``parallel`` batches are running, the first waiting
-thread takes up to 100 pending portfolios as one batch: one listing of them (``id in [...]``, owners
-embedded), one ledger read for the page, the decisions recorded set-wise, then one step-engine pass over
-their payouts; every trigger of the batch gets its own portfolio's outcome. A lone event is a batch of
-one and starts at once (no waiting window): paced traffic keeps its latency.
+The first trigger of a batch waits ``window`` (20 ms) for others (a burst's deliveries arrive together)
+or until ``max_batch`` have joined; then the batch is planned as one: one listing of them (``id in
+[...]``, owners embedded), one ledger read for the page, the decisions recorded set-wise, then one
+step-engine pass over their payouts; every trigger gets its own portfolio's outcome. Batches run side
+by side (bounded by the handler threads): a paced event costs the window, never a wait for another
+batch's payments.
 """
 
 from __future__ import annotations
@@ -174,35 +175,31 @@ class PlanAndExecute:
     actor: str = "listener"
     #: portfolios planned together at most (one listing page)
     max_batch: int = 100
-    #: batches running at once (planning one while paying another)
-    parallel: int = 2
+    #: how long the first event of a batch waits for others to join (bus deliveries of a burst arrive together)
+    window: float = 0.02
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
-    _pending: list[_Ticket] = field(default_factory=list, repr=False)
-    _running: int = 0
+    _gathering: list[_Ticket] | None = field(default=None, repr=False)
     #: sizes of the batches run so far (tests, logs)
     batch_sizes: list[int] = field(default_factory=list, repr=False)
 
     def trigger(self, portfolio_id: str, event_id: str) -> str:
         ticket = _Ticket(portfolio_id)
-        batch: list[_Ticket] | None = None
         with self._cond:
-            self._pending.append(ticket)
-            while not ticket.taken:
-                if self._running < self.parallel:
-                    batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                    for taken in batch:
-                        taken.taken = True
-                    self._running += 1
-                    self._cond.notify_all()
-                    break
-                self._cond.wait()
-        if batch is not None:
-            try:
-                self._run_batch(batch)
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._cond.notify_all()
+            leader = self._gathering is None or len(self._gathering) >= self.max_batch
+            if leader:
+                batch = self._gathering = [ticket]
+            else:
+                assert self._gathering is not None
+                self._gathering.append(ticket)
+                self._cond.notify_all()
+        if leader:
+            deadline = time.monotonic() + self.window
+            with self._cond:
+                while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if self._gathering is batch:
+                    self._gathering = None
+            self._run_batch(batch)
         ticket.done.wait()
         if ticket.error is not None:
             raise ticket.error
