@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from batch.adapters.postgres import Dsns
+from batch.sandbox.bus_events import SHAPES_ENV
 from batch.sandbox.server import free_port
 from tests.e2e.helpers import fetch
 from tests.e2e.listener_support import (
@@ -188,3 +189,34 @@ def test_broker_restarted_mid_burst_every_event_handled_once(
         for d in docs:
             assert (counts.journal[d["id"]], counts.ledger[d["id"]]) == (1, 1), d["id"]
             assert (counts.transactions[d["id"]], counts.events[d["id"]]) == (1, 1), d["id"]
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq", "mqtt"])
+def test_the_events_pages_own_shapes_from_the_sandbox_are_handled(
+    kind: str, dsns: Dsns, sandbox_store: SandboxState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox publishing the page's shapes (placeholder ``created``, bare ``{"id"}`` removal on
+    ``portfolio.removal``): the withdrawal is paid once, the removal handled as a removal, nothing dead-lettered."""
+    monkeypatch.setenv(SHAPES_ENV, "page")
+    with _world(dsns, kind, tmp_path) as world:
+        doc = add_customer(sandbox_store, dsns, divest=None, cash=Decimal("800.00"))
+        gone = add_customer(sandbox_store, dsns, divest=None)
+        listener = world.listener().start()
+        try:
+            listener.wait_ready()
+            world.set_divest(doc["id"], "300.00")
+            wait_until(lambda: completed(dsns, [doc["id"]]) == 1, 60, "the payout")
+            response = world.http.delete(f"{world.sandbox.base_url}/_sandbox/portfolios/{gone['id']}", timeout=30)
+            response.raise_for_status()
+            wait_until(lambda: any(r["kind"] == "removal" for r in inbox(dsns)), 30, "the bare removal")
+            wait_until(lambda: not [r for r in inbox(dsns) if r["status"] == "RECEIVED"], 30, "every event finished")
+        finally:
+            listener.stop()
+        rows = inbox(dsns)
+        assert {r["status"] for r in rows} == {"HANDLED"}, [(r["kind"], r["status"], r["outcome"]) for r in rows]
+        [removal] = [r for r in rows if r["kind"] == "removal"]
+        assert removal["portfolio_id"] == gone["id"] and removal["event_id"].startswith("sha256:")
+        assert removal["created"] is None and "no open payout" in removal["outcome"]
+        assert all(r["created"] is None for r in rows)  # every envelope carried the placeholder time
+        counts = paid_counts(dsns, {doc["id"]: doc["external_id"]})
+        assert (counts.journal[doc["id"]], counts.ledger[doc["id"]], counts.events[doc["id"]]) == (1, 1, 1)

@@ -114,3 +114,19 @@ def test_a_real_time_is_kept_and_a_full_withdrawal_stays_exact() -> None:
     data = parse_data(EventKind.WITHDRAWAL, envelope)
     assert not isinstance(data, Poison)
     assert getattr(data, "divest_amount", None) == Decimal("1E+100")
+
+
+def test_sandbox_page_shapes_parse_back_to_their_events() -> None:
+    """The sandbox's "page" shapes: a bare removal on portfolio.removal, envelopes with the placeholder time."""
+    from batch import codec  # noqa: PLC0415
+    from batch.sandbox.bus_events import as_published, envelope  # noqa: PLC0415
+
+    removal, key = as_published(envelope("removal", {"id": PORTFOLIO, "external_id": "x"}), "page")
+    assert (removal, key) == ({"id": PORTFOLIO}, "portfolio.removal")
+    parsed = parse_message(codec.dumps(removal).encode(), routing_key=key)
+    assert isinstance(parsed, Envelope) and classify(parsed.subject, parsed.action) is EventKind.REMOVAL
+    update, key = as_published(envelope("status-update", {"id": PORTFOLIO, "value": "ACTIVE"}), "page")
+    assert update["created"] == PLACEHOLDER and key == "portfolios.status-update"
+    parsed = parse_message(codec.dumps(update).encode(), routing_key=key)
+    assert isinstance(parsed, Envelope) and parsed.created is None
+    assert as_published(update, "envelope")[0] is update
