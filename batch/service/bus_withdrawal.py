@@ -206,41 +206,50 @@ class PlanAndExecute:
         return ticket.outcome
 
     def _run_batch(self, batch: list[_Ticket]) -> None:
+        """Plan and pay the batch; if it fails as a whole, each portfolio alone (one cannot fail the others)."""
         self.batch_sizes.append(len(batch))
         started = time.monotonic()
         try:
-            tickets = {t.portfolio_id: t for t in batch}
-            seen_cancelled: set[uuid.UUID] = set()
-            todo = list(tickets)
-            for _round in range(ROUNDS):
-                again: list[str] = []
-                for portfolio_id, (decision, latest, run_id) in self._round(todo).items():
-                    tickets[portfolio_id].outcome = describe(decision, latest)
-                    # the payout this round planned, or the one it deferred to, was cancelled meanwhile (the fresh
-                    # read before the ledger post found the request lowered or the balance short): decide again
-                    if (
-                        decision is not None
-                        and latest is not None
-                        and latest.state is PayoutState.CANCELLED
-                        and latest.id not in seen_cancelled
-                        and (latest.id == decision.payout_id or decision.reason == "PAYOUT_IN_PROGRESS")
-                    ):
-                        seen_cancelled.add(latest.id)
-                        again.append(portfolio_id)
-                        log.info(
-                            "listener.replan", portfolio_id=portfolio_id, cancelled=str(latest.id), run_id=str(run_id)
-                        )
-                if not again:
-                    break
-                todo = again
+            self._rounds(batch)
             if len(batch) > 1:
                 log.info("listener.batch", portfolios=len(batch), seconds=round(time.monotonic() - started, 3))
-        except Exception as exc:  # every trigger of the batch fails alike (and is retried by its handler)
-            for ticket in batch:
-                ticket.error = exc
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                log.warning("listener.batch_failed", portfolios=len(batch), error=f"{type(exc).__name__}: {exc}"[:500])
+                for ticket in batch:
+                    try:
+                        self._rounds([ticket])
+                    except Exception as alone:  # this trigger fails (and is retried by its handler)
+                        ticket.error = alone
         finally:
             for ticket in batch:
                 ticket.done.set()
+
+    def _rounds(self, batch: list[_Ticket]) -> None:
+        tickets = {t.portfolio_id: t for t in batch}
+        seen_cancelled: set[uuid.UUID] = set()
+        todo = list(tickets)
+        for _round in range(ROUNDS):
+            again: list[str] = []
+            for portfolio_id, (decision, latest, run_id) in self._round(todo).items():
+                tickets[portfolio_id].outcome = describe(decision, latest)
+                # the payout this round planned, or the one it deferred to, was cancelled meanwhile (the fresh
+                # read before the ledger post found the request lowered or the balance short): decide again
+                if (
+                    decision is not None
+                    and latest is not None
+                    and latest.state is PayoutState.CANCELLED
+                    and latest.id not in seen_cancelled
+                    and (latest.id == decision.payout_id or decision.reason == "PAYOUT_IN_PROGRESS")
+                ):
+                    seen_cancelled.add(latest.id)
+                    again.append(portfolio_id)
+                    log.info("listener.replan", portfolio_id=portfolio_id, cancelled=str(latest.id), run_id=str(run_id))
+            if not again:
+                return
+            todo = again
 
     def _round(
         self, portfolio_ids: list[str]
