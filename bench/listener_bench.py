@@ -42,6 +42,7 @@ from batch.sandbox.server import free_port  # noqa: E402
 from bench.bench import Env, log  # noqa: E402
 from tests.e2e.helpers import fetch  # noqa: E402
 from tests.e2e.listener_support import (  # noqa: E402
+    ListenerProcess,
     ListenerWorld,
     broker_missing,
     completed,
@@ -144,10 +145,42 @@ def backlog(world: ListenerWorld, docs: list[dict[str, Any]], listeners: int) ->
     processes = [world.listener(None if i == 0 else free_port()).start() for i in range(listeners)]
     wait_until(lambda: completed(world.dsns, ids) == len(ids), 1800, "the backlog", 0.5)
     drained = time.monotonic() - started
+    cpu = sum(listener_cpu_seconds(process) for process in processes)
     for process in processes:
         process.stop()
     result = measure(world.dsns, docs, started)
-    return result | {"drain_seconds": round(drained, 1), "drain_per_s": round(len(ids) / drained, 1)}
+    batches = [size for process in processes for size in batch_sizes(process)]
+    planned = [t for process in processes for t in batch_sizes(process, "listener.batch_planned", "seconds")]
+    whole = [t for process in processes for t in batch_sizes(process, "listener.batch", "seconds")]
+    return result | {
+        "drain_seconds": round(drained, 1),
+        "drain_per_s": round(len(ids) / drained, 1),
+        "listener_cpu_ms_per_event": round(1000 * cpu / len(ids), 1),
+        "batches_of_2_or_more": len(batches),
+        "mean_batch": round(statistics.mean(batches), 1) if batches else 1,
+        "mean_batch_plan_s": round(statistics.mean(planned), 2) if planned else None,
+        "mean_batch_s": round(statistics.mean(whole), 2) if whole else None,
+    }
+
+
+def listener_cpu_seconds(process: ListenerProcess) -> float:
+    """User + system CPU of a running listener process (psutil)."""
+    import psutil  # noqa: PLC0415
+
+    assert process.process is not None
+    times = psutil.Process(process.process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def batch_sizes(process: ListenerProcess, event: str = "listener.batch", key: str = "portfolios") -> list[float]:
+    """A figure (``key``) of each batch of 2 or more the listener logged (``event``)."""
+    if process.log is None:
+        return []
+    found = []
+    for line in process.log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if f'"{event}"' in line:
+            found.append(float(json.loads(line)[key]))
+    return found
 
 
 def paced(world: ListenerWorld, docs: list[dict[str, Any]], rate: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ engine is thrown away and a new one resumes from what the fakes hold, as a new p
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import uuid
@@ -20,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from batch import codec
+from batch.adapters.bus import Delivery
 from batch.adapters.investsuite_models import EventReceipt, RemotePortfolio, RemoteTransaction
 from batch.domain.payout import EXECUTABLE_STATES, FlowKind, PayoutState, Step, check_transition
 from batch.domain.records import PayoutRecord
@@ -518,3 +520,44 @@ class FakeLedger:
 
 def all_transfers(ledger: FakeLedger, *, into: Callable[[FakeTransfer], bool] = lambda _t: True) -> list[FakeTransfer]:
     return [t for t in ledger.transfers.values() if into(t)]
+
+
+class FakeBus:
+    """The listener's ``BusPort`` in memory: ``deliver`` hands a message over; ``start`` may fail or hang."""
+
+    kind = "rabbitmq"
+
+    def __init__(self, *, start_fails: bool = False, start_hangs: bool = False, ack_fails: bool = False) -> None:
+        self.start_fails, self.start_hangs, self.ack_fails = start_fails, start_hangs, ack_fails
+        self.on_message: Callable[[Any], Any] | None = None
+        self.acked: list[bytes] = []
+        self.dead: list[tuple[bytes, str]] = []
+        self.starts = 0
+        self.stopped = False
+
+    def consume(self, on_message: Callable[[Any], Any]) -> None:
+        self.on_message = on_message
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.start_hangs:
+            await asyncio.Event().wait()
+        if self.start_fails:
+            raise ConnectionError("the bus is down")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        return not (self.start_fails or self.start_hangs)
+
+    async def dead_letter(self, body: bytes, reason: str) -> None:
+        self.dead.append((body, reason))
+
+    def delivery(self, body: bytes) -> Delivery:
+        async def ack() -> None:
+            if self.ack_fails:
+                raise ConnectionError("channel closed")
+            self.acked.append(body)
+
+        return Delivery(body, ack, None, "portfolios.test")

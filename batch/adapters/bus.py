@@ -1,8 +1,18 @@
-"""The bank's message bus through FastStream: one class, four kinds of bus, no protocol code of our own.
+"""The bank's message bus through FastStream: one class, three kinds of bus, no protocol code of our own.
 
 ``Bus`` consumes InvestSuite's event topic with manual acknowledgement (the listener acknowledges only
 after the journal commit), publishes to it (the sandbox, tests and benchmarks do), and dead-letters
 poison with the reason in the ``x-dead-letter-reason`` header.
+
+FastStream never decodes a body here: the subscription's decoder hands the raw bytes over untouched,
+whatever content type the message says (a framework decoder failing on ``application/json`` before the
+handler ran left such messages unacknowledged for ever: issue 24). The listener decodes them itself
+(``batch.adapters.bus_models.parse_message``). Each ``Delivery`` carries the broker's message id (AMQP
+``message-id``, NATS ``Nats-Msg-Id``; MQTT has none) and the event name where the bus carries it (the
+AMQP routing key, the MQTT topic, the NATS subject).
+
+Kafka is not offered: no Kafka-protocol broker can be run beside the tests here, and no transport is
+offered untested (issue 24).
 
 ========  ============================================================================================
 RabbitMQ  a durable queue ``queue`` bound (``#``) to the durable topic exchange ``exchange``; prefetch =
@@ -12,8 +22,6 @@ MQTT      ``topic`` with QoS 1, MQTT 5, a persistent session ``client_id`` (unac
           the topic ``dead_letter`` (QoS 1; MQTT keeps no queue: the journal's inbox keeps every poison
           message too). No Receive Maximum is sent: Mosquitto 2.0.11 exceeds it and the client drops
           the connection (see docs/design.md §6)
-Kafka     ``topic``, consumer group ``client_id``, offsets committed only after the handling (one message
-          at a time per partition: committing out of order would acknowledge unhandled messages)
 NATS      JetStream stream ``stream`` over ``topic`` and ``dead_letter``, durable consumer ``client_id``
 ========  ============================================================================================
 """
@@ -44,6 +52,26 @@ class Delivery:
 
     body: bytes
     ack: Callable[[], Awaitable[None]]
+    #: the broker's own id of the message, None where the bus gives none (MQTT, a publisher that set none)
+    message_id: str | None = None
+    #: the event name where the bus carries it: AMQP routing key, MQTT topic, NATS subject
+    routing_key: str | None = None
+
+
+async def raw_body(message: StreamMessage[Any]) -> Any:
+    """The subscription's decoder: the body as the bus delivered it (the listener decodes it, nothing else)."""
+    return message.body
+
+
+def _origin(kind: BusKind, message: StreamMessage[Any]) -> tuple[str | None, str | None]:
+    """(message id, routing key or topic) of a raw message, as far as the bus carries them."""
+    raw: Any = message.raw_message
+    if kind == "rabbitmq":
+        return getattr(raw, "message_id", None) or None, getattr(raw, "routing_key", None) or None
+    if kind == "mqtt":
+        return None, getattr(raw, "topic", None) or None
+    headers = getattr(raw, "headers", None) or {}
+    return headers.get("Nats-Msg-Id") or None, getattr(raw, "subject", None) or None
 
 
 OnMessage = Callable[[Delivery], Awaitable[None]]
@@ -104,10 +132,6 @@ class Bus:
                 version="5.0",
                 **common,
             )
-        if self.kind == "kafka":
-            from faststream.kafka import KafkaBroker  # noqa: PLC0415
-
-            return KafkaBroker(url, client_id=self.client_id, **common)
         from faststream.nats import NatsBroker  # noqa: PLC0415
 
         return NatsBroker(url, **common)
@@ -116,8 +140,11 @@ class Bus:
         """Subscribe ``on_message`` to the event topic (before ``start``), acknowledging manually."""
         s = self.settings
 
+        kind = self.kind
+
         async def handler(message: Annotated[StreamMessage[Any], Context("message")]) -> None:
-            await on_message(Delivery(bytes(message.body), message.ack))
+            message_id, routing_key = _origin(kind, message)
+            await on_message(Delivery(bytes(message.body), message.ack, message_id, routing_key))
 
         manual = AckPolicy.MANUAL
         if self.kind == "rabbitmq":
@@ -129,24 +156,18 @@ class Bus:
                 self._rabbit_exchange(),
                 channel=Channel(prefetch_count=s.prefetch),
                 ack_policy=manual,
+                decoder=raw_body,
             )(handler)
         elif self.kind == "mqtt":
             from faststream.mqtt import MQTTBroker  # noqa: PLC0415
 
             assert isinstance(self.broker, MQTTBroker)
-            self.broker.subscriber(s.topic, qos=zmqtt.QoS.AT_LEAST_ONCE, ack_policy=manual, max_workers=s.concurrency)(
-                handler
-            )
-        elif self.kind == "kafka":
-            from faststream.kafka import KafkaBroker  # noqa: PLC0415
-
-            assert isinstance(self.broker, KafkaBroker)
             self.broker.subscriber(
                 s.topic,
-                group_id=self.client_id,
+                qos=zmqtt.QoS.AT_LEAST_ONCE,
                 ack_policy=manual,
-                auto_offset_reset="earliest",
-                max_records=s.prefetch,
+                max_workers=s.concurrency,
+                decoder=raw_body,
             )(handler)
         else:
             from faststream.nats import NatsBroker, PullSub  # noqa: PLC0415
@@ -158,6 +179,7 @@ class Bus:
                 durable=self.client_id,
                 ack_policy=manual,
                 pull_sub=PullSub(batch_size=s.prefetch),
+                decoder=raw_body,
             )(handler)
 
     def _rabbit_exchange(self) -> Any:
@@ -200,16 +222,28 @@ class Bus:
             return False
 
     # -- publishing ----------------------------------------------------------------------------------------
-    async def publish(self, body: bytes, *, routing_key: str = "") -> None:
-        """Publish one event to the event topic, durably (persistent / QoS 1 / confirmed)."""
-        await self._send(body, self.settings.topic, routing_key or "event", {}, to_queue=False)
+    async def publish(self, body: bytes, *, routing_key: str = "", content_type: str | None = None) -> None:
+        """Publish one event to the event topic, durably (persistent / QoS 1 / confirmed).
+
+        ``content_type``: the AMQP content-type property (RabbitMQ only; the tests label poison with it).
+        """
+        await self._send(
+            body, self.settings.topic, routing_key or "event", {}, to_queue=False, content_type=content_type
+        )
 
     async def dead_letter(self, body: bytes, reason: str) -> None:
         """Send a poison message to the dead-letter queue/topic with the reason in a header."""
         await self._send(body, self.settings.dead_letter, "", {DEAD_LETTER_REASON: reason[:500]}, to_queue=True)
 
     async def _send(
-        self, body: bytes, topic: str, routing_key: str, headers: dict[str, str], *, to_queue: bool
+        self,
+        body: bytes,
+        topic: str,
+        routing_key: str,
+        headers: dict[str, str],
+        *,
+        to_queue: bool,
+        content_type: str | None = None,
     ) -> None:
         broker: Any = self.broker
         if self.kind == "rabbitmq":
@@ -217,11 +251,14 @@ class Bus:
                 await broker.publish(body, queue=self.settings.dead_letter, headers=headers, persist=True)
             else:
                 await broker.publish(
-                    body, exchange=self._rabbit_exchange(), routing_key=routing_key, headers=headers, persist=True
+                    body,
+                    exchange=self._rabbit_exchange(),
+                    routing_key=routing_key,
+                    headers=headers,
+                    persist=True,
+                    content_type=content_type,
                 )
         elif self.kind == "mqtt":
             await broker.publish(body, topic, qos=zmqtt.QoS.AT_LEAST_ONCE, headers=headers)
-        elif self.kind == "kafka":
-            await broker.publish(body, topic, headers=headers)
         else:
             await broker.publish(body, topic, headers=headers, stream=self.settings.stream)

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true", help="leave the database server running")
 
     listen = sub.add_parser("listen", help="react to InvestSuite's bus events (long-running; one process per bus)")
-    listen.add_argument("--bus", choices=["rabbitmq", "mqtt", "kafka", "nats"], help="default: [bus] kind")
+    listen.add_argument("--bus", choices=["rabbitmq", "mqtt", "nats"], help="default: [bus] kind")
 
     schedule = sub.add_parser("schedule", help="resident scheduler (APScheduler) calling the same run")
     schedule.add_argument("--once-in", type=float, help=argparse.SUPPRESS)

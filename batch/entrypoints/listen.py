@@ -1,4 +1,4 @@
-"""``batch listen --bus rabbitmq|mqtt|kafka|nats``: react to InvestSuite's bus events within seconds.
+"""``batch listen --bus rabbitmq|mqtt|nats``: react to InvestSuite's bus events within seconds.
 
 A long-running consumer, one process per bus (a Kubernetes Deployment beside the nightly CronJob). It
 needs no run lock: it works beside a nightly run, the one-open-payout index keeping every payout
@@ -6,7 +6,7 @@ single. SIGTERM or SIGINT: no new message is started, those in flight finish, th
 bus unacknowledged; the listener's runs are recorded as finished; exit 0.
 
 HTTP (``[bus] health_port``): ``/livez`` (the loop turns), ``/readyz`` (connected to the bus and the
-journal), ``/metrics`` (Prometheus).
+journal, and no delivery waits unacknowledged longer than ``stall_seconds``), ``/metrics`` (Prometheus).
 """
 
 from __future__ import annotations
@@ -113,13 +113,16 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             store=store,
             journal=app.journal,
             bus=kind,
-            withdrawals=PlanAndExecute(app, store, runs),
+            # a batch of at most half the handler threads: a batch holds its events' threads until its
+            # payouts end, so the next burst's deliveries still find threads to gather in
+            withdrawals=PlanAndExecute(app, store, runs, max_batch=max(1, min(100, settings.bus.concurrency // 2))),
             deposits=DepositCheck(app, runs),
             current_run=lambda: runs.current,
             worker=worker,
             lease_seconds=settings.run.lease_seconds,
             max_attempts=settings.bus.max_handling_attempts,
             stopping=stopping,
+            max_body_bytes=settings.bus.max_body_bytes,
         )
         metrics = ListenerMetrics(kind)
         listener = Listener(
@@ -129,7 +132,9 @@ def _listen(app: App, settings: Settings, kind: BusKind) -> int:
             journal_ok=store.ping,
             concurrency=settings.bus.concurrency,
             stopping=stopping,
+            health=Health(stall_seconds=settings.bus.stall_seconds, liveness_seconds=settings.bus.liveness_seconds),
             housekeeping=abandoned.sweep,
+            stop_grace=settings.bus.stop_grace_seconds,
         )
         server = serve_health(settings, listener.health, metrics)
         try:

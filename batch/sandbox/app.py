@@ -469,7 +469,7 @@ def create_app(
     bus_url: str | None = None,
 ) -> Starlette:
     """The sandbox ASGI application over the PostgreSQL database ``dsn`` (migrated on start); ``bus``
-    (rabbitmq|mqtt|kafka|nats, default ``$INVESTSUITE_SANDBOX_BUS``) turns the event publishing on."""
+    (rabbitmq|mqtt|nats, default ``$INVESTSUITE_SANDBOX_BUS``) turns the event publishing on."""
     sandbox = Sandbox(
         dsn,
         access_key_id=access_key_id,

@@ -47,6 +47,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 BUS_ENV, BUS_URL_ENV = "INVESTSUITE_SANDBOX_BUS", "INVESTSUITE_SANDBOX_BUS_URL"
+#: "page": publish the Events page's own shapes (issue 24) — a bare ``{"id"}`` removal on the routing key
+#: ``portfolio.removal``, and every envelope with the page's placeholder ``created``
+SHAPES_ENV = "INVESTSUITE_SANDBOX_EVENT_SHAPES"
+PLACEHOLDER_CREATED = "-1000000000-01-01T00:00:00Z"
+
+
+def as_published(event: Document, shapes: str) -> tuple[Document, str]:
+    """The body and routing key an event goes out with: our envelope, or the Events page's shapes."""
+    if shapes != "page":
+        return event, f"portfolios.{event['action']}"
+    if event["action"] == "removal":
+        return {"id": event["data"]["id"]}, "portfolio.removal"
+    return {**event, "created": PLACEHOLDER_CREATED}, f"portfolios.{event['action']}"
 
 
 def envelope(action: str, data: Document) -> Document:
@@ -100,10 +113,12 @@ class EventPublisher:
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     published: int = 0
     failures: int = 0
+    #: "envelope" (default) or "page" (``$INVESTSUITE_SANDBOX_EVENT_SHAPES``)
+    shapes: str = "envelope"
 
     @classmethod
     def from_options(cls, bus: str | None, url: str | None) -> EventPublisher:
-        """``bus``: a kind (rabbitmq|mqtt|kafka|nats) or a JSON object of ``[bus]`` settings; None: off."""
+        """``bus``: a kind (rabbitmq|mqtt|nats) or a JSON object of ``[bus]`` settings; None: off."""
         bus = bus or os.environ.get(BUS_ENV) or None
         url = url or os.environ.get(BUS_URL_ENV) or None
         if bus is None:
@@ -111,7 +126,7 @@ class EventPublisher:
         options: dict[str, Any] = loads(bus) if bus.lstrip().startswith("{") else {"kind": bus}
         if url:
             options[f"{options.get('kind', 'rabbitmq')}_url"] = url
-        return cls(BusSettings.model_validate(options))
+        return cls(BusSettings.model_validate(options), shapes=os.environ.get(SHAPES_ENV) or "envelope")
 
     @property
     def enabled(self) -> bool:
@@ -157,7 +172,8 @@ class EventPublisher:
                         if bus is None:
                             bus = self._bus()
                             await bus.start()
-                        await bus.publish(dumps(event).encode(), routing_key=f"portfolios.{event['action']}")
+                        body, routing_key = as_published(event, self.shapes)
+                        await bus.publish(dumps(body).encode(), routing_key=routing_key)
                         self.published += 1
                         break
                     except Exception:  # the bus is away: keep the event and try again

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--access-key-id", default=None)
     parser.add_argument("--secret-access-key", default=None)
     parser.add_argument("--pool-size", type=int, default=10)
-    parser.add_argument("--bus", help="publish InvestSuite's events: rabbitmq|mqtt|kafka|nats or a JSON [bus] object")
+    parser.add_argument("--bus", help="publish InvestSuite's events: rabbitmq|mqtt|nats or a JSON [bus] object")
     parser.add_argument("--bus-url", help="the bus to publish to (default: the bus's local default)")
     args = parser.parse_args(argv)
     dsn = args.dsn or os.environ.get(DSN_ENV)

@@ -37,7 +37,7 @@ from batch.adapters.bus_models import (
     StatusUpdate,
     Withdrawal,
     parse_data,
-    parse_envelope,
+    parse_message,
 )
 from batch.adapters.journal import Journal
 from batch.adapters.journal.bus import BusStore
@@ -118,12 +118,15 @@ class BusEventHandler:
     max_attempts: int = 5
     stopping: threading.Event | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: a bigger body is poison (an event is a thin signal)
+    max_body_bytes: int = 65536
 
     def __post_init__(self) -> None:
         self._locks = KeyedLocks()
 
-    def handle(self, body: bytes) -> Handled:
-        parsed = parse_envelope(body)
+    def handle(self, body: bytes, *, routing_key: str | None = None, message_id: str | None = None) -> Handled:
+        """Decode, record and handle one message (``routing_key``: the event name where the bus carries it)."""
+        parsed = parse_message(body, routing_key=routing_key, message_id=message_id, max_bytes=self.max_body_bytes)
         if isinstance(parsed, Poison):
             return self._poison(parsed, body)
         envelope = parsed
@@ -169,7 +172,7 @@ class BusEventHandler:
             return Handled(Verdict.ACK, "IGNORED", why)
         assert portfolio_id is not None
         last = self.store.last_handled(portfolio_id, kind.value, envelope.id)
-        if is_stale(envelope.created, last):
+        if envelope.created is not None and is_stale(envelope.created, last):
             why = f"stale: created {envelope.created.isoformat()}, before the last {kind} handled ({last})"
             self.store.finish(envelope.id, status="STALE", outcome=why)
             return Handled(Verdict.ACK, "STALE", why, kind)
@@ -214,8 +217,9 @@ class BusEventHandler:
             self.store.finish(envelope.id, status="FAILED", outcome=f"failed {failures} times: {problem}")
             return Handled(Verdict.DEAD_LETTER, "FAILED", f"failed {failures} times: {problem}", kind)
         self.store.finish(envelope.id, status="HANDLED", outcome=outcome, run_id=self.current_run())
-        latency = (self.now() - envelope.created).total_seconds()
-        log.info("bus.handled", kind=kind.value, outcome=outcome, latency_seconds=round(latency, 3))
+        # an event whose creation time is unknown (the docs' placeholder) has no latency to measure
+        latency = None if envelope.created is None else (self.now() - envelope.created).total_seconds()
+        log.info("bus.handled", kind=kind.value, outcome=outcome, latency_seconds=latency and round(latency, 3))
         return Handled(Verdict.ACK, "HANDLED", outcome, kind, latency)
 
     # -- the handlers ------------------------------------------------------------------------------------

@@ -10,6 +10,14 @@ lowered amount) is planned again, up to three rounds.
 
 No nightly run lock is taken: the listener and a nightly run work side by side. The listener's decisions
 and payouts belong to long-lived ``listener`` run rows (``ListenerRuns``).
+
+Bursts are handled as bursts (issue 24): withdrawal events that arrive together are planned together.
+The first trigger of a batch waits ``window`` (20 ms) for others (a burst's deliveries arrive together)
+or until ``max_batch`` have joined; then the batch is planned as one: one listing of them (``id in
+[...]``, owners embedded), one ledger read for the page, the decisions recorded set-wise, then one
+step-engine pass over their payouts; every trigger gets its own portfolio's outcome. Batches run side
+by side (bounded by the handler threads): a paced event costs the window, never a wait for another
+batch's payments.
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -93,20 +102,20 @@ class ListenerRuns:
         )
 
     @contextmanager
-    def run_for(self, portfolio_id: str) -> Iterator[tuple[uuid.UUID, date]]:
-        """The run to plan ``portfolio_id`` under now (a fresh one if it was decided in the current run)."""
+    def run_for(self, portfolio_ids: Sequence[str]) -> Iterator[tuple[uuid.UUID, date]]:
+        """The run to plan ``portfolio_ids`` under now (a fresh one if one of them was decided in the current run)."""
         today = business_today(self.app.settings.run.timezone)
         with self._lock:
-            if self._current is None or today != self._date or portfolio_id in self._decided:
+            if self._current is None or today != self._date or not self._decided.isdisjoint(portfolio_ids):
                 if self._current is not None:
                     self._retired.add(self._current)
                     if not self._users[self._current]:
                         self._retire(self._current)
                 self._current, self._date, self._decided = self._start(today), today, set()
             run_id = self._current
-            self._decided.add(portfolio_id)
+            self._decided.update(portfolio_ids)
             self._users[run_id] += 1
-            self.events[run_id] += 1
+            self.events[run_id] += len(portfolio_ids)
         try:
             yield run_id, today
         finally:
@@ -147,45 +156,123 @@ class ListenerRuns:
 
 
 @dataclass
+class _Ticket:
+    """One trigger waiting for its portfolio's outcome in a batch."""
+
+    portfolio_id: str
+    taken: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: str = ""
+    error: Exception | None = None
+
+
+@dataclass
 class PlanAndExecute:
-    """``WithdrawalTrigger`` on the nightly planner and the step engine (single portfolio, no run lock)."""
+    """``WithdrawalTrigger`` on the nightly planner and the step engine (no run lock), batching bursts."""
 
     app: Services
     store: BusStore
     runs: ListenerRuns
     actor: str = "listener"
+    #: portfolios planned together at most (one listing page)
+    max_batch: int = 100
+    #: how long the first event of a batch waits for others to join (bus deliveries of a burst arrive together)
+    window: float = 0.02
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _gathering: list[_Ticket] | None = field(default=None, repr=False)
+    #: sizes of the batches run so far (tests, logs)
+    batch_sizes: list[int] = field(default_factory=list, repr=False)
 
     def trigger(self, portfolio_id: str, event_id: str) -> str:
-        seen_cancelled: set[uuid.UUID] = set()
-        outcome = ""
-        for _round in range(ROUNDS):
-            decision, latest, run_id = self._round(portfolio_id)
-            outcome = describe(decision, latest)
-            # the payout this round planned, or the one it deferred to, was cancelled meanwhile (the fresh read
-            # before the ledger post found the request lowered or the balance short): decide again
-            replan = (
-                decision is not None
-                and latest is not None
-                and latest.state is PayoutState.CANCELLED
-                and latest.id not in seen_cancelled
-                and (latest.id == decision.payout_id or decision.reason == "PAYOUT_IN_PROGRESS")
-            )
-            if not replan:
-                break
-            assert latest is not None
-            seen_cancelled.add(latest.id)
-            log.info("listener.replan", portfolio_id=portfolio_id, cancelled=str(latest.id), run_id=str(run_id))
-        return outcome
+        ticket = _Ticket(portfolio_id)
+        with self._cond:
+            leader = self._gathering is None or len(self._gathering) >= self.max_batch
+            if leader:
+                batch = self._gathering = [ticket]
+            else:
+                assert self._gathering is not None
+                self._gathering.append(ticket)
+                self._cond.notify_all()
+        if leader:
+            deadline = time.monotonic() + self.window
+            with self._cond:
+                while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if self._gathering is batch:
+                    self._gathering = None
+            self._run_batch(batch)
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.outcome
 
-    def _round(self, portfolio_id: str) -> tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]:
+    def _run_batch(self, batch: list[_Ticket]) -> None:
+        """Plan and pay the batch; if it fails as a whole, each portfolio alone (one cannot fail the others)."""
+        self.batch_sizes.append(len(batch))
+        started = time.monotonic()
+        try:
+            self._rounds(batch)
+            if len(batch) > 1:
+                log.info("listener.batch", portfolios=len(batch), seconds=round(time.monotonic() - started, 3))
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                log.warning("listener.batch_failed", portfolios=len(batch), error=f"{type(exc).__name__}: {exc}"[:500])
+                for ticket in batch:
+                    try:
+                        self._rounds([ticket])
+                    except Exception as alone:  # this trigger fails (and is retried by its handler)
+                        ticket.error = alone
+        finally:
+            for ticket in batch:
+                ticket.done.set()
+
+    def _rounds(self, batch: list[_Ticket]) -> None:
+        tickets = {t.portfolio_id: t for t in batch}
+        seen_cancelled: set[uuid.UUID] = set()
+        todo = list(tickets)
+        for _round in range(ROUNDS):
+            again: list[str] = []
+            for portfolio_id, (decision, latest, run_id) in self._round(todo).items():
+                tickets[portfolio_id].outcome = describe(decision, latest)
+                # the payout this round planned, or the one it deferred to, was cancelled meanwhile (the fresh
+                # read before the ledger post found the request lowered or the balance short): decide again
+                if (
+                    decision is not None
+                    and latest is not None
+                    and latest.state is PayoutState.CANCELLED
+                    and latest.id not in seen_cancelled
+                    and (latest.id == decision.payout_id or decision.reason == "PAYOUT_IN_PROGRESS")
+                ):
+                    seen_cancelled.add(latest.id)
+                    again.append(portfolio_id)
+                    log.info("listener.replan", portfolio_id=portfolio_id, cancelled=str(latest.id), run_id=str(run_id))
+            if not again:
+                return
+            todo = again
+
+    def _round(
+        self, portfolio_ids: list[str]
+    ) -> dict[str, tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]]:
         refuse_while_stopped(self.app)  # no money moves past a failed full verification of the audit chain
-        with self.runs.run_for(portfolio_id) as (run_id, business_date):
-            planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan([portfolio_id])
+        with self.runs.run_for(portfolio_ids) as (run_id, business_date):
+            started = time.monotonic()
+            planner_for(self.app, run_id, business_date, dry_run=False, actor=self.actor).plan(portfolio_ids)
+            if len(portfolio_ids) > 1:
+                log.info(
+                    "listener.batch_planned",
+                    portfolios=len(portfolio_ids),
+                    seconds=round(time.monotonic() - started, 3),
+                )
             engine = engine_for(
                 self.app, run_id, actor=self.actor, worker=self.runs.worker, flows=[FlowKind.WITHDRAWAL]
             )
-            engine.execute(portfolio_ids=[portfolio_id])
-            return self.store.decision_in_run(run_id, portfolio_id), self.store.latest_payout(portfolio_id), run_id
+            engine.execute(portfolio_ids=portfolio_ids)
+            return {
+                pid: (self.store.decision_in_run(run_id, pid), self.store.latest_payout(pid), run_id)
+                for pid in portfolio_ids
+            }
 
 
 @dataclass

@@ -123,11 +123,27 @@ class Planner:
         return self.stats
 
     def _explicit_pages(self, portfolio_ids: Sequence[str]) -> Iterator[PortfolioPage]:
-        """``--portfolio`` re-runs: fetch just these portfolios (and owners), in pages of 100."""
+        """``--portfolio`` re-runs and the listener's bursts: these portfolios, in pages of 100.
+
+        One listing per page (``id in [...]``, owners embedded); a portfolio the listing does not return
+        (deleted, unreadable, not found) is read with its own ``GET``, as a single one always was.
+        """
         for start in range(0, len(portfolio_ids), 100):
+            chunk = list(dict.fromkeys(portfolio_ids[start : start + 100]))
             items: list[RemotePortfolio | MalformedPortfolio] = []
             users: dict[str, RemoteUser] = {}
-            for pid in portfolio_ids[start : start + 100]:
+            listed: set[str] = set()
+            if len(chunk) > 1 and not any("'" in pid or not pid for pid in chunk):
+                query = "id in [" + ", ".join(f"'{pid}'" for pid in chunk) + "]"
+                for page in self.client.iter_portfolio_pages(query, page_size=100, embed_owner=True):
+                    users.update(page.users)
+                    for item in page.items:
+                        if isinstance(item, RemotePortfolio) and item.id in chunk and item.id not in listed:
+                            listed.add(item.id)
+                            items.append(item)
+            for pid in chunk:
+                if pid in listed:
+                    continue
                 try:
                     portfolio = self.client.get_portfolio(pid)
                 except NotFoundError:

@@ -12,9 +12,11 @@ ON CONFLICT (event_id) DO UPDATE
 RETURNING i.status, i.attempts, i.duplicates, (i.xmax = 0) AS inserted
 
 -- name: last_handled
--- the newest event of this kind already handled for the portfolio (the stale rule's reference)
+-- the newest event of this kind already handled for the portfolio (the stale rule's reference); an event
+-- whose creation time is unknown (NULL: the docs' placeholder) is no reference
 SELECT event_id, created FROM batch.bus_inbox
  WHERE portfolio_id = :portfolio_id AND kind = :kind AND status = 'HANDLED' AND event_id <> :event_id
+   AND created IS NOT NULL
  ORDER BY created DESC
  LIMIT 1
 

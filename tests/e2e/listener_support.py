@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -81,13 +82,17 @@ class ListenerProcess:
     cwd: Path
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    #: extra environment (``BATCH_BUS__STALL_SECONDS`` ...)
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> ListenerProcess:
         self.log = self.cwd / f"listener-{time.monotonic_ns()}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 batch_command(self.config, "listen", "--bus", self.kind),
-                env=batch_env() | {"BATCH_LOG_LEVEL": "INFO", "BATCH_BUS__HEALTH_PORT": str(self.health_port)},
+                env=batch_env()
+                | {"BATCH_LOG_LEVEL": "INFO", "BATCH_BUS__HEALTH_PORT": str(self.health_port)}
+                | self.env,
                 cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -143,9 +148,11 @@ class ListenerWorld:
     health_port: int
     http: httpx.Client
 
-    def listener(self, health_port: int | None = None) -> ListenerProcess:
+    def listener(self, health_port: int | None = None, env: dict[str, str] | None = None) -> ListenerProcess:
         """A listener process (another ``health_port`` to run several beside each other)."""
-        return ListenerProcess(self.config, self.names.kind, health_port or self.health_port, self.folder)
+        return ListenerProcess(
+            self.config, self.names.kind, health_port or self.health_port, self.folder, env=dict(env or {})
+        )
 
     def set_divest(self, portfolio_id: str, amount: Any) -> None:
         """As the app does: the customer asks for cash (the sandbox publishes the withdrawal event)."""
@@ -156,9 +163,12 @@ class ListenerWorld:
         )
         response.raise_for_status()
 
-    def publish(self, bodies: list[bytes]) -> None:
-        """Publish raw messages on the event topic (what InvestSuite would send)."""
-        asyncio.run(_publish(self.names.settings(), bodies))
+    def publish(self, bodies: list[bytes], *, content_type: str | None = None, routing_key: str = "") -> None:
+        """Publish raw messages on the event topic (what InvestSuite would send), labelled ``content_type``."""
+        if content_type and self.names.kind == "mqtt":
+            asyncio.run(_publish_mqtt5(self.names.settings(), bodies, content_type))
+        else:
+            asyncio.run(_publish(self.names.settings(), bodies, content_type, routing_key or "portfolios.test"))
 
 
 @contextmanager
@@ -179,14 +189,105 @@ def listener_world(
             yield ListenerWorld(dsns, names, sandbox, config, folder, health_port, http)
 
 
-async def _publish(settings: BusSettings, bodies: list[bytes]) -> None:
+async def _publish(settings: BusSettings, bodies: list[bytes], content_type: str | None, routing_key: str) -> None:
     bus = Bus(settings, client_id=f"{settings.client_id}-pub", consumer=False)
     await bus.start()
     try:
         for body in bodies:
-            await bus.publish(body, routing_key="portfolios.test")
+            await bus.publish(body, routing_key=routing_key, content_type=content_type)
     finally:
         await bus.stop()
+
+
+async def _publish_mqtt5(settings: BusSettings, bodies: list[bytes], content_type: str) -> None:
+    """Publish with the MQTT 5 content-type property (FastStream labels only what it encodes itself)."""
+    import zmqtt  # noqa: PLC0415
+
+    host, port = BROKERS["mqtt"]
+    async with zmqtt.create_client(host, port, client_id=f"{settings.client_id}-pub5", version="5.0") as client:
+        for body in bodies:
+            await client.publish(
+                settings.topic,
+                body,
+                qos=zmqtt.QoS.AT_LEAST_ONCE,
+                properties=zmqtt.PublishProperties(content_type=content_type),
+            )
+
+
+class MqttDeadLetters:
+    """Collects what the listener dead-letters on an MQTT test bus (subscribed before anything is published)."""
+
+    def __init__(self, names: BusNames) -> None:
+        self.names = names
+        self.found: list[tuple[bytes, str]] = []
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._collect()), daemon=True)
+
+    def __enter__(self) -> MqttDeadLetters:
+        self._thread.start()
+        assert self._ready.wait(20), "could not subscribe to the dead-letter topic"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    async def _collect(self) -> None:
+        import zmqtt  # noqa: PLC0415
+
+        host, port = BROKERS["mqtt"]
+        settings = self.names.settings()
+        client = zmqtt.create_client(host, port, client_id=f"{settings.client_id}-dlq", version="5.0")
+        async with client, client.subscribe(settings.dead_letter, qos=zmqtt.QoS.AT_LEAST_ONCE) as subscription:
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    message = await asyncio.wait_for(subscription.get_message(), 0.5)
+                except TimeoutError:
+                    continue
+                props = dict(message.properties.user_properties) if message.properties else {}
+                self.found.append((bytes(message.payload), str(props.get(DEAD_LETTER_REASON))))
+
+    def wait_for(self, expected: int, timeout: float = 20.0) -> list[tuple[bytes, str]]:
+        wait_until(lambda: len(self.found) >= expected, timeout, f"{expected} dead letters")
+        return list(self.found)
+
+
+@dataclass
+class ProbeLog:
+    """Samples ``/readyz`` and the oldest-unacknowledged age from ``/metrics`` in a thread, until stopped."""
+
+    listener: ListenerProcess
+    samples: list[tuple[int, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> ProbeLog:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            status = self.listener.probe("/readyz")
+            try:
+                age = metric_value(self.listener.metrics(), "batch_bus_oldest_unacked_age_seconds")
+            except httpx.HTTPError:
+                age = -1.0
+            self.samples.append((status, age))
+            self._stop.wait(0.2)
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of the first sample of ``name`` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name}")
 
 
 def read_dead_letters(names: BusNames, expected: int, timeout: float = 20.0) -> list[tuple[bytes, str]]:

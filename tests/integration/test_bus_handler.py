@@ -6,7 +6,9 @@ registry, the journal, the ledger and the sandbox afterwards. (The bus itself: t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
 from batch.sandbox.seed_deposits import seed_deposits
 from batch.service.bus_events import Verdict
+from batch.service.bus_withdrawal import PlanAndExecute
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.bus_support import Wired, event, listener_handler, minutes_ago, withdrawal
 from tests.integration.payout_support import (
@@ -259,3 +262,81 @@ def test_funding_places_the_new_incoming_credits_now(wired: Wired, dsns: Dsns) -
 def journal_rows_of(wired: Wired, sql: str) -> list[dict[str, Any]]:
     with wired.store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.text(sql))]
+
+
+def test_documented_bare_bodies_and_placeholder_time_are_handled(
+    wired: Wired, app: App, sandbox_store: SandboxState, dsns: Dsns
+) -> None:
+    """The Events page's bare funding and removal of one portfolio are both handled (no shared inbox key),
+    and a withdrawal with the placeholder ``created`` is paid, and handled (never stale) after a newer one."""
+    divest = Decimal("120.00")
+    doc = add_customer(sandbox_store, dsns, divest=divest, cash=Decimal("900.00"))
+    placeholder_time = b'"created": "-1000000000-01-01T00:00:00Z", "was": "'
+    first = withdrawal(doc, "120.00", event_id="w-placeholder").replace(b'"created": "', placeholder_time)
+    paid = wired.handler.handle(first)
+    assert paid.status == "HANDLED" and "COMPLETED" in paid.outcome, paid
+    assert paid.latency is None
+    later = wired.handler.handle(withdrawal(doc, "0", event_id="w-now"))
+    assert later.status == "HANDLED", later
+    late = withdrawal(doc, "120.00", event_id="w-late").replace(b'"created": "', placeholder_time)
+    again = wired.handler.handle(late)
+    assert again.status == "HANDLED", again  # time unknown: never "older than everything"
+    row = wired.store.inbox_row("w-placeholder")
+    assert row is not None and row["created"] is None
+    funding = json.dumps({"id": doc["id"], "value": 500, "currency": "EUR"}).encode()
+    removal = json.dumps({"id": doc["id"]}).encode()
+    by_key = wired.handler.handle(funding, routing_key="portfolio.funding")
+    by_shape = wired.handler.handle(removal)
+    assert (by_key.status, by_key.kind, by_shape.status, by_shape.kind) == ("HANDLED", "funding", "HANDLED", "removal")
+    assert wired.handler.handle(removal).status == "DUPLICATE"  # the same bare body again: one inbox key
+    kinds = journal_rows_of(wired, "SELECT kind, status FROM batch.bus_inbox WHERE event_id LIKE 'sha256:%'")
+    assert sorted((r["kind"], r["status"]) for r in kinds) == [("funding", "HANDLED"), ("removal", "HANDLED")]
+    [payout] = payouts_of(app, doc["id"])
+    assert (payout.state, payout.amount) == ("COMPLETED", divest)
+
+
+def test_undecodable_bodies_are_dead_lettered_and_recorded_by_message_id_or_digest(wired: Wired) -> None:
+    """Bad UTF-8, truncated JSON, a wrong shape, an over-size body: DEAD_LETTER with the reason, in the inbox."""
+    wired.handler.max_body_bytes = 1024
+    cases = {
+        "m-utf8": (b'{"id": "\xff"}', "not UTF-8"),
+        "m-truncated": (b'{"id": "e1", "created": "2026-', "invalid JSON"),
+        "m-shape": (b'{"id": "P1", "value": 1}', "neither an event envelope"),
+        "m-size": (b'{"pad": "' + b"x" * 2000 + b'"}', "body of 2011 bytes"),
+    }
+    for message_id, (body, reason) in cases.items():
+        handled = wired.handler.handle(body, message_id=message_id)
+        assert (handled.verdict, handled.status) == (Verdict.DEAD_LETTER, "DEAD_LETTERED"), handled
+        assert handled.outcome.startswith(reason), handled
+        row = wired.store.inbox_row(f"message-id:{message_id}")
+        assert row is not None and row["status"] == "DEAD_LETTERED" and row["outcome"].startswith(reason)
+    anonymous = wired.handler.handle(b"{oops")
+    assert anonymous.verdict is Verdict.DEAD_LETTER
+    assert journal_rows_of(wired, "SELECT count(*) AS n FROM batch.bus_inbox WHERE event_id LIKE 'sha256:%'") == [
+        {"n": 1}
+    ]
+
+
+def test_a_burst_is_planned_as_one_batch_and_each_paid_once(
+    wired: Wired, app: App, sandbox_store: SandboxState, dsns: Dsns, sandbox: RunningSandbox
+) -> None:
+    """Twelve withdrawal events arriving together: one batch, one listing with owners embedded (no GET of a
+    portfolio or user for planning), one ledger read; each event gets its own outcome, each paid once."""
+    docs = [add_customer(sandbox_store, dsns, divest=Decimal("15.00"), cash=Decimal("100.00")) for _ in range(12)]
+    trigger = wired.handler.withdrawals
+    assert isinstance(trigger, PlanAndExecute)
+    trigger.window, trigger.max_batch = 30.0, 12  # the first event waits until all twelve have joined
+    sandbox.admin.reset_stats()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        futures = [pool.submit(wired.handler.handle, withdrawal(d, "15.00")) for d in docs]
+        results = [f.result(timeout=120) for f in futures]
+    assert trigger.batch_sizes == [12]
+    for doc, handled in zip(docs, results, strict=True):
+        assert handled.status == "HANDLED" and "COMPLETED" in handled.outcome, handled
+        [payout] = payouts_of(app, doc["id"])
+        assert (payout.state, payout.amount) == ("COMPLETED", Decimal("15.00"))
+        assert handled.outcome.count(str(payout.id)) == 1
+    routes = sandbox.admin.stats()["by_route"]
+    assert routes.get("GET /portfolios/", 0) >= 1 and routes.get("GET /users/{id}", 0) == 0
+    # per payout the engine's own fresh reads remain (before the ledger post, and the read-back)
+    assert routes.get("GET /portfolios/{id}", 0) <= 2 * len(docs)

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from batch.adapters.bus_models import Creation, Envelope, Poison, Withdrawal, body_key, parse_data, parse_envelope
+from batch.adapters.bus_models import Creation, Envelope, Poison, Withdrawal, body_key, parse_data, parse_message
 from batch.domain.events import CancelAction, EventKind, OpenPayout, classify, is_stale, on_portfolio_gone
 from batch.domain.events import version_understood as understood
 from batch.domain.payout import PayoutState
@@ -78,7 +78,7 @@ def test_full_withdrawal_amount_stays_exact() -> None:
         b'{"id": "e1", "created": "2026-11-30T09:00:00Z", "version": "1.0.0", "subject": "portfolios",'
         b' "action": "divest-amount-update", "data": {"id": "P1", "divest_amount": 1e100, "currency": "EUR"}}'
     )
-    envelope = parse_envelope(body)
+    envelope = parse_message(body)
     assert isinstance(envelope, Envelope)
     data = parse_data(EventKind.WITHDRAWAL, envelope)
     assert isinstance(data, Withdrawal)
@@ -88,30 +88,32 @@ def test_full_withdrawal_amount_stays_exact() -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b"\xff\xfe", "invalid JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b'{"id": "e1", "created": "2026-11-30T09:00:00Z"', "invalid JSON"),
         (b"[1, 2]", "the body is not a JSON object"),
         (
             b'{"id": "", "created": "2026-11-30T09:00:00Z", "version": "1", "subject": "s", "action": "a", "data": {}}',
             "bad envelope: id",
         ),
         (
-            b'{"id": "e", "created": "-1000000000-01-01T00:00:00Z", "version": "1", "subject": "s", "action": "a",'
-            b' "data": {}}',
+            b'{"id": "e", "created": "2026-11-30T09:00:00", "version": "1", "subject": "s", "action": "a", "data": {}}',
             "bad envelope: created",
         ),
+        (b'{"id": "P1", "value": 5}', "neither an event envelope nor a documented bare"),
+        (b'{"value": 5, "currency": "EUR", "id": 7}', "neither an event envelope nor a documented bare"),
     ],
 )
 def test_poison_names_its_reason(body: bytes, reason: str) -> None:
-    """Not JSON, not an object, an empty id, the docs' placeholder timestamp: poison with the reason."""
-    result = parse_envelope(body)
+    """Not UTF-8, truncated JSON, not an object, an empty id, a time without zone, an unknown shape: poison."""
+    result = parse_message(body)
     assert isinstance(result, Poison) and result.reason.startswith(reason)
 
 
 def test_poison_without_an_id_is_keyed_by_its_content() -> None:
     """The same poison body always gets the same inbox key; one with an id keeps the id."""
-    oops = parse_envelope(b"{oops")
+    oops = parse_message(b"{oops")
     assert isinstance(oops, Poison) and oops == Poison(oops.reason, body_key(b"{oops"))
-    with_id = parse_envelope(b'{"id": "e9", "created": "nope"}')
+    with_id = parse_message(b'{"id": "e9", "created": "nope"}')
     assert isinstance(with_id, Poison) and with_id.key == "e9"
 
 

@@ -59,7 +59,7 @@ class BusStore(JournalBase):
         action: str,
         kind: str | None,
         portfolio_id: str | None,
-        created: datetime,
+        created: datetime | None,
         payload: Mapping[str, Any],
     ) -> Receipt:
         """Record a delivery: new, a redelivery of one still being handled (attempts + 1), or a duplicate."""
