@@ -37,6 +37,7 @@ class Reason(StrEnum):
     PARTIAL = "PARTIAL"
     FULL_WITHDRAWAL = "FULL_WITHDRAWAL"
     DEPOSIT = "DEPOSIT"  # an incoming credit to move and announce
+    BANK_PAYOUT = "BANK_PAYOUT"  # a payout the bank made (broker integration by InvestSuite): announce it
     # DEFER
     INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
     POSITIONS_OPEN = "POSITIONS_OPEN"
@@ -70,6 +71,8 @@ class Reason(StrEnum):
     NO_BENEFICIARY = "NO_BENEFICIARY"  # the credit names no customer account
     UNMAPPED_ACCOUNT = "UNMAPPED_ACCOUNT"  # no portfolio maps to the customer account
     BELOW_MINOR_UNIT = "BELOW_MINOR_UNIT"  # an amount with more decimals than the currency has
+    # HOLD, withdrawal announcements: InvestSuite refused the announcement of a payout for good (4xx)
+    ANNOUNCEMENT_REFUSED = "ANNOUNCEMENT_REFUSED"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ loudly instead of silently.
                       -UPDATE_PORTFOLIO-> (DIVEST_CLEARED) HOLDINGS_UPDATED -SEND_EVENT-> (EVENT_SENT) COMPLETED
     DEPOSIT           PLANNED -LEDGER_MOVE-> LEDGER_MOVED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
     DEPOSIT_ANNOUNCE  PLANNED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
+    WITHDRAWAL_ANNOUNCE  PLANNED -SEND_EVENT-> (EVENT_SENT) COMPLETED
 
     HELD --approve--> PLANNED; PLANNED/HELD --cancel--> CANCELLED (never once money moved)
     any open state --> NEEDS_ATTENTION --retry--> the state it stopped in
@@ -53,6 +54,8 @@ class FlowKind(StrEnum):
     WITHDRAWAL = "WITHDRAWAL"  # a customer's withdrawal paid out of the ledger (batch or bus triggered)
     DEPOSIT = "DEPOSIT"  # broker integration by the client: move the money in the ledger, then announce it
     DEPOSIT_ANNOUNCE = "DEPOSIT_ANNOUNCE"  # broker integration by InvestSuite: only announce it
+    # broker integration by InvestSuite: the core banking system paid the customer; only announce the payout
+    WITHDRAWAL_ANNOUNCE = "WITHDRAWAL_ANNOUNCE"
 
 
 S = PayoutState
@@ -70,6 +73,7 @@ FLOW_STATES: dict[FlowKind, tuple[PayoutState, ...]] = {
     ),
     FlowKind.DEPOSIT: (S.PLANNED, S.LEDGER_MOVED, S.EVENT_SENT, S.COMPLETED),
     FlowKind.DEPOSIT_ANNOUNCE: (S.PLANNED, S.EVENT_SENT, S.COMPLETED),
+    FlowKind.WITHDRAWAL_ANNOUNCE: (S.PLANNED, S.EVENT_SENT, S.COMPLETED),
 }
 FLOW_STEPS: dict[FlowKind, tuple[tuple[Step, PayoutState], ...]] = {
     FlowKind.WITHDRAWAL: (
@@ -80,6 +84,7 @@ FLOW_STEPS: dict[FlowKind, tuple[tuple[Step, PayoutState], ...]] = {
     ),
     FlowKind.DEPOSIT: ((Step.LEDGER_MOVE, S.LEDGER_MOVED), (Step.SEND_DEPOSIT_EVENT, S.COMPLETED)),
     FlowKind.DEPOSIT_ANNOUNCE: ((Step.SEND_DEPOSIT_EVENT, S.COMPLETED),),
+    FlowKind.WITHDRAWAL_ANNOUNCE: ((Step.SEND_EVENT, S.COMPLETED),),
 }
 
 

@@ -30,6 +30,7 @@ from batch import __version__
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.errors import AuditChainBrokenError, BatchError, ConfigError, RunLockedError
+from batch.service.announcements import AnnouncementStats, plan_announcements
 from batch.service.context import Services
 from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
@@ -38,6 +39,7 @@ from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
 from batch.service.report_model import checks
+from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.run")
 
@@ -85,6 +87,8 @@ class RunResult:
     #: payouts this run stalled after transient failures only; the next run resumes them
     stalled: int = 0
     deposits: DepositStats | None = None
+    #: withdrawals with broker integration by InvestSuite: the bank's payouts decided for announcement
+    announcements: AnnouncementStats | None = None
     reconciliation: Reconciliation | None = None
     reconcile_error: str | None = None
 
@@ -140,7 +144,10 @@ def run_flows(app: Services, request: RunRequest) -> frozenset[FlowKind]:
     asked = set(request.flows) or {"withdrawals"} | (
         {"deposits"} if app.settings.deposits.enabled and not request.portfolio_ids else set()
     )
-    flows = {FlowKind.WITHDRAWAL} if "withdrawals" in asked else set()
+    flows: set[FlowKind] = set()
+    if "withdrawals" in asked:  # pay them (broker integration by the client) or announce the bank's payouts
+        by_investsuite = app.settings.withdrawals.broker_integration is BrokerIntegration.INVESTSUITE
+        flows.add(FlowKind.WITHDRAWAL_ANNOUNCE if by_investsuite else FlowKind.WITHDRAWAL)
     if "deposits" in asked:
         flows |= {FlowKind.DEPOSIT, FlowKind.DEPOSIT_ANNOUNCE}
     return frozenset(flows)
@@ -199,6 +206,8 @@ def _locked_run(
                 result.execution.append(executor.execute(portfolio_ids=only))
             if FlowKind.DEPOSIT in flows:
                 result.deposits = plan_deposits(app, run_id, business_date, request.dry_run, actor)
+            if FlowKind.WITHDRAWAL_ANNOUNCE in flows:
+                result.announcements = plan_announcements(app, run_id, business_date, request.dry_run, actor)
             planner = planner_for(
                 app,
                 run_id,
@@ -218,11 +227,14 @@ def _locked_run(
                     "by_decision": dict(result.plan.by_decision),
                     "ledger_queries": result.plan.ledger_queries,
                 }
-                | ({"deposits": result.deposits.summary()} if result.deposits else {}),
+                | ({"deposits": result.deposits.summary()} if result.deposits else {})
+                | ({"announcements": result.announcements.summary()} if result.announcements else {}),
             )
             if not request.dry_run and not (stop and stop.is_set()):
-                to_execute = result.plan.by_decision.get("PAY", 0) + (
-                    result.deposits.by_decision.get("PAY", 0) if result.deposits else 0
+                to_execute = (
+                    result.plan.by_decision.get("PAY", 0)
+                    + (result.deposits.by_decision.get("PAY", 0) if result.deposits else 0)
+                    + (result.announcements.by_decision.get("PAY", 0) if result.announcements else 0)
                 )
                 remaining = (lambda: journal.count_open_of_run(run_id)) if processes > 1 else None
                 progress.phase("execute", to_execute, remaining)
