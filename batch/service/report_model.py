@@ -26,7 +26,7 @@ from batch import __version__
 from batch.domain.money import MINOR_UNITS
 from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 ZERO = Decimal(0)
 BUCKETS = ("paid", "in_progress", "would_pay", "deferred", "skipped", "held")
 GROUPS = ("planned", "carried_over", "approved", "retried")
@@ -44,11 +44,13 @@ EXCEPTION_STATES = {PayoutState.NEEDS_ATTENTION.value, PayoutState.HELD.value}
 
 
 def quantized(amount: Decimal | None, currency: str | None) -> Decimal | None:
-    """An amount at the currency's minor unit (the journal's NUMERIC carries 8 decimals)."""
+    """An amount at the currency's minor unit (the journal's NUMERIC carries 8 decimals), never rounded:
+    an amount with more decimals than the currency has (a held sub-minor credit) keeps them all."""
     if amount is None:
         return None
     places = MINOR_UNITS.get(currency or "", 8)
-    return amount.quantize(Decimal(1).scaleb(-places))
+    at_minor = amount.quantize(Decimal(1).scaleb(-places))
+    return at_minor if at_minor == amount else amount.normalize()
 
 
 def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
@@ -269,6 +271,8 @@ class Report:
     reconcile: dict[str, Any] | None = None
     #: the incoming credits the runs decided or drove (None when there were none)
     deposits: DepositSection | None = None
+    #: the bank's payouts the runs decided or announced (withdrawals, broker integration by InvestSuite)
+    announcements: DepositSection | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lines, list):
@@ -349,6 +353,7 @@ class Report:
                 else None
             ),
             "deposits": self.deposits.summary() if self.deposits else None,
+            "announcements": self.announcements.summary() if self.announcements else None,
         }
 
     def log_totals(self) -> dict[str, Any]:

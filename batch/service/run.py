@@ -268,8 +268,10 @@ def _locked_run(
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.reconcile_error:
             report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
-            report.checks = checks(report.totals, report.reconcile, report.dry_run) + (
-                report.deposits.checks() if report.deposits else []
+            report.checks = (
+                checks(report.totals, report.reconcile, report.dry_run)
+                + (report.deposits.checks() if report.deposits else [])
+                + (report.announcements.checks() if report.announcements else [])
             )
         if result.status == "RUNNING":
             result.stalled = journal.count_stalled_in_run(run_id)
@@ -335,9 +337,9 @@ def _needs_attention(report: Report, waiting: Mapping[str, int], alert_on_unchan
     earlier runs) only when ``alert_on_unchanged_holds``.
     """
     exceptions = report.exceptions_count - (0 if alert_on_unchanged_holds else report.still_held_count)
-    if report.deposits is not None:  # new deposit holds and deposits needing attention, like withdrawals
-        deposits = report.deposits
-        exceptions += len(deposits.exceptions) if alert_on_unchanged_holds else deposits.new_exceptions
+    for section in (report.deposits, report.announcements):  # new holds and attention, like withdrawals
+        if section is not None:
+            exceptions += len(section.exceptions) if alert_on_unchanged_holds else section.new_exceptions
     waiting_states = (
         (PayoutState.HELD, PayoutState.NEEDS_ATTENTION) if alert_on_unchanged_holds else (PayoutState.NEEDS_ATTENTION,)
     )

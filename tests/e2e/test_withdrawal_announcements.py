@@ -8,13 +8,15 @@ anything twice.
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from batch.adapters.postgres import Dsns
+from batch.adapters.ledger_bank_payouts import BankPayoutAdmin
+from batch.adapters.postgres import Dsns, make_engine
 from batch.sandbox.seed_bank_payouts import ANNOUNCED, HELD, seed_bank_payouts
-from tests.e2e.helpers import Cli, explain, external_fingerprint, fetch, read_state
+from tests.e2e.helpers import Cli, explain, external_fingerprint, fetch, read_state, report_paths
 from tests.fixtures.sandbox import RunningSandbox
 
 DATE = "2026-11-24"
@@ -79,6 +81,29 @@ def test_each_bank_payout_is_announced_once_or_held_with_its_reason(
     }
     assert len(after.events) == sum(len(a) for a in AMOUNTS.values())
 
+    # the report's section and the date reconciliation: ledger payouts of the date = announced + held
+    report = json.loads(report_paths(first.stdout)["json"].read_text(encoding="utf-8"))
+    eur = report["announcements"]["totals"]["EUR"]
+    assert (eur["announced"]["amount"], eur["held"]["amount"], eur["received"]) == ("1750.50", "230.005", "1980.505")
+    assert all(c["ok"] for c in report["checks"] if c["name"].startswith("withdrawal announcements"))
+    assert len(report["announcement_lines"]) == sum(len(refs) for refs in cases.values())
+    reconciled = cli("reconcile", "--date", DATE, "--format", "json")
+    assert reconciled.returncode == 0, explain(reconciled)
+    figures = json.loads(reconciled.stdout)
+    assert figures["breaks"] == []
+    assert figures["announcements"]["EUR"] | {} == {
+        "ledger_count": 8,
+        "ledger": "1980.505",
+        "announced_count": 4,
+        "announced": "1750.50",
+        "in_progress_count": 0,
+        "in_progress": "0.00",
+        "held_count": 4,
+        "held": "230.005",
+        "not_decided_count": 0,
+        "not_decided": "0.00",
+    }
+
     again = cli("run", "--date", DATE, "--flow", "withdrawals")
     assert again.returncode == 0, explain(again)  # the same holds are "still held": no new alarm
     assert external_fingerprint(read_state(dsns)) == external_fingerprint(after)
@@ -140,3 +165,23 @@ def test_sigkills_during_the_announcement_run_announce_every_payout_exactly_once
     again = cli("run", "--date", DATE, "--flow", "withdrawals")
     assert again.returncode == 0, explain(again)
     assert external_fingerprint(read_state(dsns)) == external_fingerprint(state)
+
+
+def test_reconcile_date_names_a_bank_payout_no_run_announced_or_held(
+    cli: Cli, sandbox: RunningSandbox, dsns: Dsns
+) -> None:
+    """A payout the bank booked for the date after the night's run is a BANK_PAYOUT_NOT_DECIDED break (exit 3)."""
+    _investsuite_set_up(cli)
+    cases = _seed(dsns)
+    assert cli("run", "--date", DATE, "--flow", "withdrawals").returncode == 3
+    engine = make_engine(dsns.ledger, pool_size=1)
+    try:
+        late = BankPayoutAdmin(engine).pay_counter_account(
+            "WDA-800000", "BE71096123456769", Decimal("55.00"), "EUR", date.fromisoformat(DATE), "late-payout"
+        )
+    finally:
+        engine.dispose()
+    reconciled = cli("reconcile", "--date", DATE)
+    assert reconciled.returncode == 3, explain(reconciled)
+    assert "[BANK_PAYOUT_NOT_DECIDED]" in reconciled.stdout and f"ref {late}" in reconciled.stdout
+    assert cases["announce_active"]

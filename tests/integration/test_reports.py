@@ -166,7 +166,7 @@ def test_json_report_totals_match_the_journal(world: World) -> None:
     """The JSON report of a run carries its header and per-currency totals equal to the journal's sums."""
     assert world.first.run_id is not None
     doc = json.loads(render.render_json(_report(world)))
-    assert doc["schema_version"] == "2.1"
+    assert doc["schema_version"] == "2.2"
     assert doc["kind"] == "run"
     assert doc["business_date"] == D1.isoformat()
     (run,) = doc["runs"]
