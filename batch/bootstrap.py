@@ -12,10 +12,12 @@ from batch.adapters.banking import CoreBanking
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_bank_payouts import BankPayoutLedger
 from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.ledger_reads import LedgerReader
 from batch.adapters.migrations import migrate, pending
 from batch.adapters.postgres import Dsns, make_engine, resolve_dsns, unavailable_as
+from batch.domain.announce import announce_flows
 from batch.domain.deposit import deposit_flows
 from batch.domain.flow import Flow
 from batch.domain.payout import FlowKind
@@ -63,6 +65,11 @@ class App:
         return DepositLedger(self.ledger_engine, self.settings.ledger)
 
     @property
+    def bank_payouts(self) -> BankPayoutLedger:
+        """The bank's payouts to counter accounts (withdrawals with broker integration by InvestSuite)."""
+        return BankPayoutLedger(self.ledger_engine)
+
+    @property
     def ports(self) -> Ports:
         """What the flows' steps call: this process's InvestSuite client and the core banking ledger."""
         banking = CoreBanking(self.ledger, self.deposit_ledger)
@@ -75,6 +82,7 @@ class App:
         return {
             FlowKind.WITHDRAWAL: withdrawal_flow(self.settings.policy.to_policy()),
             **deposit_flows(reverse_refused=reverse),
+            **announce_flows(),
         }
 
     def close(self) -> None:

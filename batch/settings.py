@@ -179,6 +179,13 @@ class DepositSettings(_Section):
     refused_after_move: RefusedAfterMove = RefusedAfterMove.REVERSE
 
 
+class WithdrawalSettings(_Section):
+    #: who moves a withdrawal's cash: ``client`` (the job pays out of the ledger and brings InvestSuite up to
+    #: date) or ``investsuite`` (InvestSuite moves the cash at the broker and updates itself; the bank's core
+    #: banking pays the counter account; the job only announces each payout: ``POST /events/withdraw/``)
+    broker_integration: BrokerIntegration = BrokerIntegration.CLIENT
+
+
 class RunSettings(_Section):
     timezone: str = "Europe/Brussels"
     concurrency: int = Field(default=48, ge=1, le=512)
@@ -319,6 +326,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     ledger: LedgerSettings = LedgerSettings()
     deposits: DepositSettings = DepositSettings()
+    withdrawals: WithdrawalSettings = WithdrawalSettings()
     run: RunSettings = RunSettings()
     report: ReportSettings = ReportSettings()
     schedule: ScheduleSettings = ScheduleSettings()

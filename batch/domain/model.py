@@ -37,6 +37,7 @@ class Reason(StrEnum):
     PARTIAL = "PARTIAL"
     FULL_WITHDRAWAL = "FULL_WITHDRAWAL"
     DEPOSIT = "DEPOSIT"  # an incoming credit to move and announce
+    BANK_PAYOUT = "BANK_PAYOUT"  # a payout the bank made (broker integration by InvestSuite): announce it
     # DEFER
     INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
     POSITIONS_OPEN = "POSITIONS_OPEN"
@@ -71,6 +72,8 @@ class Reason(StrEnum):
     UNMAPPED_ACCOUNT = "UNMAPPED_ACCOUNT"  # no portfolio maps to the customer account
     BELOW_MINOR_UNIT = "BELOW_MINOR_UNIT"  # an amount with more decimals than the currency has
     MOVE_REVERSED = "MOVE_REVERSED"  # moved, refused by InvestSuite, moved back: placing it again needs a person
+    # HOLD, withdrawal announcements: InvestSuite refused the announcement of a payout for good (4xx)
+    ANNOUNCEMENT_REFUSED = "ANNOUNCEMENT_REFUSED"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ loudly instead of silently.
                       -UPDATE_PORTFOLIO-> (DIVEST_CLEARED) HOLDINGS_UPDATED -SEND_EVENT-> (EVENT_SENT) COMPLETED
     DEPOSIT           PLANNED -LEDGER_MOVE-> LEDGER_MOVED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
     DEPOSIT_ANNOUNCE  PLANNED -SEND_DEPOSIT_EVENT-> (EVENT_SENT) COMPLETED
+    WITHDRAWAL_ANNOUNCE  PLANNED -SEND_EVENT-> (EVENT_SENT) COMPLETED
 
     DEPOSIT, compensation (``FLOW_BRANCHES``): the announcement refused for good after the move (portfolio
                       archived, deleted, ...) LEDGER_MOVED -SEND_DEPOSIT_EVENT refused-> ANNOUNCE_REFUSED
@@ -61,6 +62,8 @@ class FlowKind(StrEnum):
     WITHDRAWAL = "WITHDRAWAL"  # a customer's withdrawal paid out of the ledger (batch or bus triggered)
     DEPOSIT = "DEPOSIT"  # broker integration by the client: move the money in the ledger, then announce it
     DEPOSIT_ANNOUNCE = "DEPOSIT_ANNOUNCE"  # broker integration by InvestSuite: only announce it
+    # broker integration by InvestSuite: the core banking system paid the customer; only announce the payout
+    WITHDRAWAL_ANNOUNCE = "WITHDRAWAL_ANNOUNCE"
 
 
 S = PayoutState
@@ -78,6 +81,7 @@ FLOW_STATES: dict[FlowKind, tuple[PayoutState, ...]] = {
     ),
     FlowKind.DEPOSIT: (S.PLANNED, S.LEDGER_MOVED, S.EVENT_SENT, S.COMPLETED),
     FlowKind.DEPOSIT_ANNOUNCE: (S.PLANNED, S.EVENT_SENT, S.COMPLETED),
+    FlowKind.WITHDRAWAL_ANNOUNCE: (S.PLANNED, S.EVENT_SENT, S.COMPLETED),
 }
 FLOW_STEPS: dict[FlowKind, tuple[tuple[Step, PayoutState], ...]] = {
     FlowKind.WITHDRAWAL: (
@@ -88,6 +92,7 @@ FLOW_STEPS: dict[FlowKind, tuple[tuple[Step, PayoutState], ...]] = {
     ),
     FlowKind.DEPOSIT: ((Step.LEDGER_MOVE, S.LEDGER_MOVED), (Step.SEND_DEPOSIT_EVENT, S.COMPLETED)),
     FlowKind.DEPOSIT_ANNOUNCE: ((Step.SEND_DEPOSIT_EVENT, S.COMPLETED),),
+    FlowKind.WITHDRAWAL_ANNOUNCE: ((Step.SEND_EVENT, S.COMPLETED),),
 }
 
 

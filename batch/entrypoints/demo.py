@@ -6,23 +6,27 @@
    shows that nothing is paid twice);
 3. run the nightly job for today (both flows), print the summary and where the reports are;
 4. run the same business date again and show that it paid nothing new;
-5. stop the sandbox and the database server.
+5. the other withdrawal set-up, broker integration by InvestSuite: the bank's core banking has paid some
+   customers' counter accounts (seeded), the job announces each payout once and holds what it cannot;
+6. stop the sandbox and the database server.
 """
 
 from __future__ import annotations
 
 import shutil
+from datetime import date
 
 import sqlalchemy as sa
 
 from batch.adapters.migrations import migrate
-from batch.adapters.postgres import EmbeddedServer, make_engine, resolve_dsns
+from batch.adapters.postgres import Dsns, EmbeddedServer, make_engine, resolve_dsns
 from batch.bootstrap import build_app
 from batch.sandbox.seed import seed_scenario
+from batch.sandbox.seed_bank_payouts import seed_bank_payouts
 from batch.sandbox.seed_deposits import seed_deposits
 from batch.sandbox.server import SandboxProcess
 from batch.service.run import ExitCode, RunRequest, run_job
-from batch.settings import Settings
+from batch.settings import BrokerIntegration, Settings
 
 DEMO_ACCESS_KEY = "demo-access-key"
 DEMO_SECRET = "demo-secret-key"  # noqa: S105 - the sandbox's published demo credential, not a secret
@@ -106,6 +110,7 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
                     f"  second run exit code {int(second.exit_code)} ({second.status}); reports in "
                     f"{demo_settings.run.report_dir}/"
                 )
+                _investsuite_set_up(demo_settings, dsns, first.business_date)
                 print(
                     "\nNext: `batch payouts --state held`, `batch runs`, `batch audit verify` (see README, Operations)."
                 )
@@ -115,6 +120,28 @@ def run_demo(settings: Settings, *, size: int, reset: bool, keep_running: bool) 
     finally:
         if not keep_running:
             server.stop()
+
+
+def _investsuite_set_up(settings: Settings, dsns: Dsns, business_date: date) -> None:
+    """Step 5: ``[withdrawals] broker_integration = "investsuite"``: announce the bank's payouts, twice."""
+    print("\n== withdrawals with broker integration by InvestSuite: the bank paid, the job announces")
+    payouts = seed_bank_payouts(dsns.sandbox, dsns.ledger, business_date)
+    print(f"  the bank's core banking paid {sum(map(len, payouts.values()))} counter accounts on {business_date}")
+    withdrawals = settings.withdrawals.model_copy(update={"broker_integration": BrokerIntegration.INVESTSUITE})
+    app = build_app(settings.model_copy(update={"withdrawals": withdrawals}), dsns=dsns)
+    try:
+        for label in ("announcement run", "the same date again"):
+            request = RunRequest(business_date=business_date, trigger="manual", operator="demo", flows=("withdrawals",))
+            result = run_job(app, request)
+            section = result.report.announcements if result.report else None
+            for ccy, t in section.totals.items() if section else ():
+                print(
+                    f"  {label}: {ccy} bank payouts {t.credits} ({t.received}) = announced {t.count['announced']}"
+                    f" ({t.amount['announced']}) + held {t.count['held']} ({t.amount['held']})"
+                )
+            print(f"  {label}: exit code {int(result.exit_code)} ({result.status})")
+    finally:
+        app.close()
 
 
 def _secret(value: str) -> object:

@@ -28,7 +28,8 @@ from types import FrameType
 import structlog
 
 from batch.bootstrap import App
-from batch.service.run import ExitCode, run_worker
+from batch.service.engines import run_worker
+from batch.service.run import ExitCode
 
 log = structlog.get_logger("batch.workers")
 _PR_SET_PDEATHSIG = 1

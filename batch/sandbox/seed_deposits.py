@@ -130,9 +130,10 @@ def plan_deposits(rng_seed: int = 42) -> DepositPlan:
     return DepositPlan(portfolios, accounts, credits)
 
 
-def _seed_sandbox(sandbox_dsn: str, plan: DepositPlan) -> None:
+def insert_portfolios(sandbox_dsn: str, portfolios: list[SeededPortfolio]) -> None:
+    """Add seeded portfolios and their owners to the sandbox, under their case names (idempotent)."""
     with psycopg.connect(libpq_dsn(sandbox_dsn)) as conn, conn.cursor() as cur:
-        for seeded in plan.portfolios:
+        for seeded in portfolios:
             user, portfolio = seeded.user, seeded.portfolio
             cur.execute(
                 "INSERT INTO sandbox.users (id, doc) VALUES (%s, %s::json) ON CONFLICT (id) DO NOTHING",
@@ -157,7 +158,7 @@ def seed_deposits(sandbox_dsn: str, ledger_dsn: str, *, rng_seed: int = 42) -> d
     _migrate(sandbox_dsn, "sandbox")
     _migrate(ledger_dsn, "ledger")
     plan = plan_deposits(rng_seed)
-    _seed_sandbox(sandbox_dsn, plan)
+    insert_portfolios(sandbox_dsn, plan.portfolios)
     engine = make_engine(ledger_dsn, pool_size=1, application_name="investsuite-sandbox-seed")
     try:
         admin = IncomingFundsAdmin(engine, LedgerSettings())

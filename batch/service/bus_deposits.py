@@ -18,7 +18,8 @@ from batch.domain.payout import FlowKind
 from batch.service.bus_withdrawal import ListenerRuns
 from batch.service.context import Services
 from batch.service.deposits import plan_deposits
-from batch.service.run import business_today, engine_for
+from batch.service.engines import engine_for
+from batch.service.run import business_today
 
 log = structlog.get_logger("batch.listener")
 DEPOSIT_FLOWS = (FlowKind.DEPOSIT, FlowKind.DEPOSIT_ANNOUNCE)

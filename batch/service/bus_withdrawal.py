@@ -41,7 +41,8 @@ from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.service.audit_checks import refuse_while_stopped
 from batch.service.context import Services
-from batch.service.run import business_today, engine_for, planner_for
+from batch.service.engines import engine_for, planner_for
+from batch.service.run import business_today
 
 log = structlog.get_logger("batch.bus")
 ROUNDS = 3

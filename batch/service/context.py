@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.adapters.journal import Journal
 from batch.adapters.ledger import Ledger
+from batch.adapters.ledger_bank_payouts import BankPayoutLedger
 from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.ledger_reads import LedgerReader
 from batch.domain.flow import Flow
@@ -40,6 +41,9 @@ class Services(Protocol):
 
     @property
     def deposit_ledger(self) -> DepositLedger: ...
+
+    @property
+    def bank_payouts(self) -> BankPayoutLedger: ...
 
     @property
     def ports(self) -> Ports: ...

@@ -142,25 +142,6 @@ class DepositPlanner:
             # a dry run decides but never moves the position: the real run must see the same credits
             self._plan_page(page, advance_to=None if self.dry_run else cursor)
 
-    def _portfolios(self, page: Sequence[IncomingCreditRead]) -> dict[str, RemotePortfolio]:
-        """Beneficiary account -> the portfolio that maps to it (absent when none does)."""
-        keys = {c.beneficiary: self.accounts.portfolio_key(c.beneficiary) for c in page if c.beneficiary}
-        by_external = [value for key in keys.values() if key and key[0] == "external_id" for value in [key[1]]]
-        found = self.investsuite.find_portfolios_by_external_ids(sorted(set(by_external))) if by_external else {}
-        portfolios: dict[str, RemotePortfolio] = {}
-        for account, key in keys.items():
-            if key is None or account is None:
-                continue
-            kind, value = key
-            if kind == "external_id" and value in found:
-                portfolios[account] = found[value]
-            elif kind == "portfolio_id":
-                try:
-                    portfolios[account] = self.investsuite.get_portfolio(value)
-                except NotFoundError:
-                    continue
-        return portfolios
-
     def _plan_page(
         self,
         page: list[IncomingCreditRead],
@@ -168,7 +149,7 @@ class DepositPlanner:
         stopped: Mapping[str, tuple[str, str | None]] | None = None,
     ) -> None:
         self.stats.pages += 1
-        portfolios = self._portfolios(page)
+        portfolios = find_portfolios(self.investsuite, self.accounts, [c.beneficiary for c in page])
         self.stats.ledger_queries += 1
         ledger = self.accounts_of_ledger.available_balances(sorted({c.beneficiary for c in page if c.beneficiary}))
         rows: list[tuple[DecisionRow, NewPayout | None]] = []
@@ -245,6 +226,31 @@ class DepositPlanner:
             credit_reference=credit.reference,
         )
         return row, operation
+
+
+def find_portfolios(
+    investsuite: PortfolioFinder, accounts: AccountMap, customer_accounts: Sequence[str | None]
+) -> dict[str, RemotePortfolio]:
+    """Customer account -> the portfolio that maps to it (absent when none does); one query per page.
+
+    Under the ``external_id`` mapping one ``external_id in [...]`` listing, under ``portfolio_id`` a GET each.
+    """
+    keys = {account: accounts.portfolio_key(account) for account in customer_accounts if account}
+    by_external = [value for key in keys.values() if key and key[0] == "external_id" for value in [key[1]]]
+    found = investsuite.find_portfolios_by_external_ids(sorted(set(by_external))) if by_external else {}
+    portfolios: dict[str, RemotePortfolio] = {}
+    for account, key in keys.items():
+        if key is None:
+            continue
+        kind, value = key
+        if kind == "external_id" and value in found:
+            portfolios[account] = found[value]
+        elif kind == "portfolio_id":
+            try:
+                portfolios[account] = investsuite.get_portfolio(value)
+            except NotFoundError:
+                continue
+    return portfolios
 
 
 def plan_deposits(app: Services, run_id: uuid.UUID, business_date: date, dry_run: bool, actor: str) -> DepositStats:

@@ -56,6 +56,9 @@ class BreakType(StrEnum):
     CASH_MISMATCH = "CASH_MISMATCH"  # book: InvestSuite cash and the ledger balance differ beyond the tolerance
     NO_LEDGER_ACCOUNT = "NO_LEDGER_ACCOUNT"  # book: the portfolio maps to an account the ledger does not have
     CURRENCY_MISMATCH = "CURRENCY_MISMATCH"  # book: the mapped account is in another currency
+    # withdrawals with broker integration by InvestSuite (the job announces the bank's payouts)
+    BANK_PAYOUT_NOT_DECIDED = "BANK_PAYOUT_NOT_DECIDED"  # a payout of the date no run decided (not announced, not held)
+    ANNOUNCED_PAYOUT_NOT_IN_LEDGER = "ANNOUNCED_PAYOUT_NOT_IN_LEDGER"  # an announcement whose ledger payout is gone
     UNMAPPED_PORTFOLIO = "UNMAPPED_PORTFOLIO"  # book: the portfolio maps to no account (no external_id)
     ORPHAN_LEDGER_ACCOUNT = "ORPHAN_LEDGER_ACCOUNT"  # book: a customer account no portfolio maps to
 

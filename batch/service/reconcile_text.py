@@ -41,6 +41,14 @@ def reconciliation_lines(result: Reconciliation) -> Iterator[str]:
                 )
             if Decimal(f["unknown_ledger"]):
                 yield f"  {ccy:<4} unknown ledger payouts: {f['unknown_ledger']}"
+        for ccy, f in result.announcements.items():
+            yield (
+                f"  {ccy:<4} bank payouts to counter accounts (ledger) {f['ledger_count']} / {f['ledger']}"
+                f" = announced {f['announced_count']} / {f['announced']}"
+                f" + in progress {f['in_progress_count']} / {f['in_progress']}"
+                f" + held {f['held_count']} / {f['held']}"
+                f" + not decided {f['not_decided_count']} / {f['not_decided']}"
+            )
     else:
         stats = result.stats
         yield (

@@ -51,9 +51,11 @@ from batch.service.reconcile import (
     needs_investsuite,
     unknown_ledger_payouts,
 )
+from batch.service.reconcile_announcements import reconcile_announcements
 from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
 from batch.service.reconcile_deposits import reconcile_deposits_into
 from batch.service.reconcile_figures import PaidFigures, add_paid, add_unknown
+from batch.settings import BrokerIntegration
 
 #: portfolios read per listing request (the API's page maximum)
 _PORTFOLIOS_PER_READ = 100
@@ -81,6 +83,8 @@ class Reconciliation:
     book: dict[str, BookFigures] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     finished_at: datetime | None = None
+    #: withdrawals announced for the bank (broker integration by InvestSuite), per currency (empty otherwise)
+    announcements: dict[str, Any] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -93,7 +97,8 @@ class Reconciliation:
             if self.kind == "payouts"
             else {ccy: f.to_dict(ccy) for ccy, f in sorted(self.book.items())}
         )
-        return {"currencies": per_currency, "break_types": count_by_type(self.breaks), "stats": self.stats}
+        found = {"currencies": per_currency, "break_types": count_by_type(self.breaks), "stats": self.stats}
+        return found | ({"announcements": self.announcements} if self.announcements else {})
 
     def summary(self) -> dict[str, Any]:
         """Compact: stored in a run's summary and shown by ``batch runs``."""
@@ -238,6 +243,12 @@ def reconcile_payouts(
             facts = [ledger_fact(t) for t in transfers]
             known = {str(i) for i in journal.known_payout_ids(_uuids(f.idempotency_key for f in facts))}
             result.breaks += unknown_ledger_payouts(facts, known)
+    if app.settings.withdrawals.broker_integration is BrokerIntegration.INVESTSUITE:
+        for value_date in sorted(d for d in value_dates if d is not None):  # the bank's payouts, announced
+            announced = reconcile_announcements(journal, app.bank_payouts, value_date)
+            result.checked += announced.checked
+            result.breaks += announced.breaks
+            result.announcements |= announced.to_dict()
     add_unknown(result.paid, result.breaks)
     result.stats = {
         "scope": "date",  # the whole business date (a run's: plus the payouts it drove of other dates)

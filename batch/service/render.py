@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from batch.service.report_deposits import DEPOSIT_BUCKETS
+from batch.service.report_deposits import DEPOSIT_BUCKETS, DepositSection
 from batch.service.report_model import BUCKETS, GROUPS, SCHEMA_VERSION, STAMPS, Line, Report
 from batch.service.report_view import write_template
 
@@ -74,16 +74,21 @@ def _head(report: Report) -> dict[str, Any]:
         },
         "checks": [{"name": c.name, "currency": c.currency, "ok": c.ok, "detail": c.detail} for c in report.checks],
         "reconcile": report.reconcile,
-        "deposits": None
-        if report.deposits is None
-        else {
-            "totals": {
-                ccy: {b: {"count": t.count[b], "amount": t.amount[b]} for b in DEPOSIT_BUCKETS}
-                | {"credits": t.credits, "received": t.received}
-                for ccy, t in report.deposits.totals.items()
-            },
-        },
+        "deposits": _section_totals(report.deposits),
+        "announcements": _section_totals(report.announcements),
         "audit": report.audit,
+    }
+
+
+def _section_totals(section: DepositSection | None) -> dict[str, Any] | None:
+    if section is None:
+        return None
+    return {
+        "totals": {
+            ccy: {b: {"count": t.count[b], "amount": t.amount[b]} for b in DEPOSIT_BUCKETS}
+            | {"credits": t.credits, "received": t.received}
+            for ccy, t in section.totals.items()
+        },
     }
 
 
@@ -107,9 +112,10 @@ def write_json(report: Report, out: TextIO) -> None:
     out.write(head[: head.rindex("}")].rstrip() + ',\n  "lines": [')
     for index, line in enumerate(_ordered_lines(report)):
         out.write(("\n    " if index == 0 else ",\n    ") + json.dumps(vars(line), default=_default))
-    out.write('\n  ],\n  "deposit_lines": [')
-    for index, deposit in enumerate(report.deposits.lines if report.deposits else ()):
-        out.write(("\n    " if index == 0 else ",\n    ") + json.dumps(vars(deposit), default=_default))
+    for name, section in (("deposit_lines", report.deposits), ("announcement_lines", report.announcements)):
+        out.write(f'\n  ],\n  "{name}": [')
+        for index, flow_line in enumerate(section.lines if section else ()):
+            out.write(("\n    " if index == 0 else ",\n    ") + json.dumps(vars(flow_line), default=_default))
     out.write("\n  ]\n}\n")
 
 

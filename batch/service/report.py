@@ -143,6 +143,7 @@ def build_report(
     reconcile = _reconcile(journal, runs, kind, as_of)
     dry_run = all(r["dry_run"] for r in runs)
     deposits = build_deposit_section(engine, run_ids)
+    announcements = build_deposit_section(engine, run_ids, "announcements")
     report = Report(
         kind=kind,
         business_date=runs[0]["business_date"],
@@ -150,7 +151,9 @@ def build_report(
         as_of=as_of,
         lines=Lines(stream),
         totals=totals,
-        checks=checks(totals, reconcile, dry_run, kind) + (deposits.checks() if deposits else []),
+        checks=checks(totals, reconcile, dry_run, kind)
+        + (deposits.checks() if deposits else [])
+        + (announcements.checks() if announcements else []),
         audit={},
         generated_at=now,
         candidates=count,
@@ -158,6 +161,7 @@ def build_report(
         break_lines=break_lines,
         reconcile=reconcile,
         deposits=deposits,
+        announcements=announcements,
     )
     if verify_audit:
         report.audit = audit_summary(engine, runs[-1])

@@ -5,6 +5,10 @@ deposit operation COMPLETED (moved in the ledger, client set-up, and announced t
 the money that cannot be announced yet (decided again by every run), *deferred* a credit another
 operation is already placing. New holds and operations needing attention are exceptions; a hold
 unchanged since the previous run is "still held".
+
+The same section, built over the flow ``WITHDRAWAL_ANNOUNCE`` (``SECTIONS["announcements"]``), is the report's
+account of the bank's payouts to counter accounts that the job announces when the withdrawals' broker
+integration is by InvestSuite: payouts = announced + in progress + held + deferred.
 """
 
 from __future__ import annotations
@@ -23,6 +27,24 @@ from batch.service.report_model import Check, quantized
 Q = load_queries("report")
 ZERO = Decimal(0)
 DEPOSIT_BUCKETS = ("announced", "in_progress", "held", "deferred")
+
+
+@dataclass(frozen=True)
+class SectionKind:
+    """Which ledger transfers a section covers: the decisions' flow, the operations' flows, and its words."""
+
+    decision_flows: tuple[str, ...]
+    operation_flows: tuple[str, ...]
+    name: str  # as the checks name it
+    unit: str  # what one line is
+
+
+SECTIONS = {
+    "deposits": SectionKind(("DEPOSIT",), ("DEPOSIT", "DEPOSIT_ANNOUNCE"), "deposits", "credits"),
+    "announcements": SectionKind(
+        ("WITHDRAWAL_ANNOUNCE",), ("WITHDRAWAL_ANNOUNCE",), "withdrawal announcements", "bank payouts"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,7 @@ class DepositSection:
     stream: Callable[[], Iterator[DepositLine]]
     totals: dict[str, DepositTotals]
     exceptions: list[DepositLine]
+    kind: SectionKind = SECTIONS["deposits"]
 
     @property
     def count(self) -> int:
@@ -98,8 +121,8 @@ class DepositSection:
         for ccy, t in self.totals.items():
             parts = " + ".join(f"{b} {t.amount[b]}" for b in DEPOSIT_BUCKETS if t.count[b])
             ok = t.received == sum(t.amount.values(), ZERO) and t.credits == sum(t.count.values())
-            name = "deposits: credits = announced + in_progress + held + deferred"
-            found.append(Check(name, ccy, ok, f"{t.received} = {parts or '0'} ({t.credits} credits)"))
+            name = f"{self.kind.name}: {self.kind.unit} = announced + in_progress + held + deferred"
+            found.append(Check(name, ccy, ok, f"{t.received} = {parts or '0'} ({t.credits} {self.kind.unit})"))
         return found
 
     def summary(self) -> dict[str, Any]:
@@ -149,15 +172,19 @@ def totals_of(lines: Iterable[DepositLine]) -> dict[str, DepositTotals]:
     return dict(sorted(totals.items()))
 
 
-def build_deposit_section(engine: Engine, run_ids: Sequence[Any]) -> DepositSection | None:
-    """The deposits of these runs (None when they decided and drove none): one streaming pass for the totals."""
+def build_deposit_section(engine: Engine, run_ids: Sequence[Any], kind: str = "deposits") -> DepositSection | None:
+    """The deposits (or ``kind``) of these runs (None when they decided and drove none): one streaming pass."""
     runs = list(run_ids)
+    section = SECTIONS[kind]
+    params = {
+        "runs": runs,
+        "decision_flows": list(section.decision_flows),
+        "operation_flows": list(section.operation_flows),
+    }
 
     def stream() -> Iterator[DepositLine]:
         with engine.connect() as conn:
-            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(
-                Q.deposit_lines.text, {"runs": runs}
-            )
+            rows = conn.execution_options(stream_results=True, yield_per=1000).execute(Q.deposit_lines.text, params)
             for row in rows:
                 yield _line(row)
 
@@ -172,4 +199,4 @@ def build_deposit_section(engine: Engine, run_ids: Sequence[Any]) -> DepositSect
     totals = totals_of(keeping_exceptions())
     if not totals:
         return None
-    return DepositSection(stream, totals, exceptions)
+    return DepositSection(stream, totals, exceptions, section)

@@ -302,6 +302,8 @@ class Report:
     reconcile: dict[str, Any] | None = None
     #: the incoming credits the runs decided or drove (None when there were none)
     deposits: DepositSection | None = None
+    #: the bank's payouts the runs decided or announced (withdrawals, broker integration by InvestSuite)
+    announcements: DepositSection | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lines, list):
@@ -382,6 +384,7 @@ class Report:
                 else None
             ),
             "deposits": self.deposits.summary() if self.deposits else None,
+            "announcements": self.announcements.summary() if self.announcements else None,
         }
 
     def log_totals(self) -> dict[str, Any]:

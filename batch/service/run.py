@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import IntEnum
@@ -31,19 +31,21 @@ from batch import __version__
 from batch.adapters.journal.bus import BusStore
 from batch.adapters.journal.leases import RUN_LEASE, LeaseSession
 from batch.domain.payout import FlowKind, PayoutState
-from batch.domain.records import PayoutRecord
 from batch.errors import BatchError, ConfigError, FenceLostError, RunLockedError
+from batch.service.announcements import AnnouncementStats, plan_announcements
 from batch.service.audit_checks import check_before_money
 from batch.service.context import Services
 from batch.service.deposits import DepositStats, plan_deposits
 from batch.service.engine import Engine, ExecutionStats
+from batch.service.engines import engine_for, planner_for
 from batch.service.heartbeat import Heartbeat
 from batch.service.interruption import INTERRUPTED, interruption_record, interruption_text
-from batch.service.plan import Planner, PlanStats
+from batch.service.plan import PlanStats
 from batch.service.progress import Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
 from batch.service.report_checks import checks
+from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.run")
 
@@ -95,6 +97,8 @@ class RunResult:
     #: payouts this run stalled after transient failures only; the next run resumes them
     stalled: int = 0
     deposits: DepositStats | None = None
+    #: withdrawals with broker integration by InvestSuite: the bank's payouts decided for announcement
+    announcements: AnnouncementStats | None = None
     reconciliation: Reconciliation | None = None
     reconcile_error: str | None = None
     #: open operations leased by another live process (a listener, a worker of a run not finished):
@@ -176,7 +180,10 @@ def run_flows(app: Services, request: RunRequest) -> frozenset[FlowKind]:
     asked = set(request.flows) or {"withdrawals"} | (
         {"deposits"} if app.settings.deposits.enabled and not request.portfolio_ids else set()
     )
-    flows = {FlowKind.WITHDRAWAL} if "withdrawals" in asked else set()
+    flows: set[FlowKind] = set()
+    if "withdrawals" in asked:  # pay them (broker integration by the client) or announce the bank's payouts
+        by_investsuite = app.settings.withdrawals.broker_integration is BrokerIntegration.INVESTSUITE
+        flows.add(FlowKind.WITHDRAWAL_ANNOUNCE if by_investsuite else FlowKind.WITHDRAWAL)
     if "deposits" in asked:
         flows |= {FlowKind.DEPOSIT, FlowKind.DEPOSIT_ANNOUNCE}
     return frozenset(flows)
@@ -240,6 +247,8 @@ def _locked_run(
                 result.execution.append(executor.execute(portfolio_ids=only))
             if FlowKind.DEPOSIT in flows:
                 result.deposits = plan_deposits(app, run_id, business_date, request.dry_run, actor)
+            if FlowKind.WITHDRAWAL_ANNOUNCE in flows:
+                result.announcements = plan_announcements(app, run_id, business_date, request.dry_run, actor)
             planner = planner_for(
                 app,
                 run_id,
@@ -259,11 +268,14 @@ def _locked_run(
                     "by_decision": dict(result.plan.by_decision),
                     "ledger_queries": result.plan.ledger_queries,
                 }
-                | ({"deposits": result.deposits.summary()} if result.deposits else {}),
+                | ({"deposits": result.deposits.summary()} if result.deposits else {})
+                | ({"announcements": result.announcements.summary()} if result.announcements else {}),
             )
             if not request.dry_run and not stop.is_set():
-                to_execute = result.plan.by_decision.get("PAY", 0) + (
-                    result.deposits.by_decision.get("PAY", 0) if result.deposits else 0
+                to_execute = (
+                    result.plan.by_decision.get("PAY", 0)
+                    + (result.deposits.by_decision.get("PAY", 0) if result.deposits else 0)
+                    + (result.announcements.by_decision.get("PAY", 0) if result.announcements else 0)
                 )
                 remaining = (lambda: journal.count_open_of_run(run_id)) if processes > 1 else None
                 progress.phase("execute", to_execute, remaining)
@@ -318,8 +330,10 @@ def _locked_run(
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.reconcile_error:
             report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
-            report.checks = checks(report.totals, report.reconcile, report.dry_run, report.kind) + (
-                report.deposits.checks() if report.deposits else []
+            report.checks = (
+                checks(report.totals, report.reconcile, report.dry_run, report.kind)
+                + (report.deposits.checks() if report.deposits else [])
+                + (report.announcements.checks() if report.announcements else [])
             )
         if result.status == "RUNNING":
             result.stalled = journal.count_stalled_in_run(run_id)
@@ -385,9 +399,9 @@ def _needs_attention(report: Report, waiting: Mapping[str, int], alert_on_unchan
     earlier runs) only when ``alert_on_unchanged_holds``.
     """
     exceptions = report.exceptions_count - (0 if alert_on_unchanged_holds else report.still_held_count)
-    if report.deposits is not None:  # new deposit holds and deposits needing attention, like withdrawals
-        deposits = report.deposits
-        exceptions += len(deposits.exceptions) if alert_on_unchanged_holds else deposits.new_exceptions
+    for section in (report.deposits, report.announcements):  # new holds and attention, like withdrawals
+        if section is not None:
+            exceptions += len(section.exceptions) if alert_on_unchanged_holds else section.new_exceptions
     waiting_states = (
         (PayoutState.HELD, PayoutState.NEEDS_ATTENTION) if alert_on_unchanged_holds else (PayoutState.NEEDS_ATTENTION,)
     )
@@ -402,60 +416,6 @@ def _share_rate_limit(app: Services, processes: int) -> dict[str, str]:
     share = rate / processes
     app.client.limit_rate(share)
     return {"BATCH_INVESTSUITE__RATE_LIMIT_PER_SECOND": repr(share)}
-
-
-def planner_for(
-    app: Services,
-    run_id: uuid.UUID,
-    business_date: date,
-    *,
-    dry_run: bool,
-    actor: str,
-    on_page: Callable[[PlanStats], None] | None = None,
-) -> Planner:
-    """The withdrawal planner for one run, with the configured policy and account mapping."""
-    return Planner(
-        journal=app.journal,
-        ledger=app.ledger,
-        client=app.client,
-        policy=app.settings.policy.to_policy(),
-        accounts=app.settings.policy.account_map(),
-        run_id=run_id,
-        business_date=business_date,
-        dry_run=dry_run,
-        actor=actor,
-        on_page=on_page,
-    )
-
-
-def engine_for(
-    app: Services,
-    run_id: uuid.UUID,
-    *,
-    actor: str,
-    worker: str,
-    flows: Sequence[FlowKind] | None = None,
-    stop: threading.Event | None = None,
-    on_done: Callable[[PayoutRecord], None] | None = None,
-) -> Engine:
-    """The step engine for one run (or one worker of it), over the flows asked for (default: all)."""
-    settings = app.settings.run
-    wanted = {kind: flow for kind, flow in app.flows.items() if flows is None or kind in flows}
-    engine = Engine(
-        journal=app.journal,
-        ports=app.ports,
-        flows=wanted,
-        run_id=run_id,
-        actor=actor,
-        worker=worker,
-        concurrency=settings.concurrency,
-        max_step_attempts=settings.max_step_attempts,
-        lease_seconds=settings.lease_seconds,
-        on_done=on_done,
-    )
-    if stop is not None:
-        engine.stop_requested = stop
-    return engine
 
 
 def _planner_name(run_id: uuid.UUID) -> str:
@@ -479,11 +439,4 @@ def _planner_engine(
     return engine_for(app, run_id, actor=actor, worker=worker, flows=sorted(flows), stop=stop, on_done=progress.done)
 
 
-def run_worker(
-    app: Services, run_id: uuid.UUID, *, actor: str, worker_name: str, stop: threading.Event | None = None
-) -> ExecutionStats:
-    """One scale-out worker: claim and drive operations of ``run_id`` until none is left."""
-    return engine_for(app, run_id, actor=actor, worker=worker_name, stop=stop).execute()
-
-
-__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "held_line", "run_job", "run_worker"]
+__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "held_line", "run_job"]

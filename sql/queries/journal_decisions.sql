@@ -63,16 +63,17 @@ SELECT last_credit_id FROM batch.deposit_cursor
 UPDATE batch.deposit_cursor SET last_credit_id = greatest(last_credit_id, :last_credit_id), updated_at = now()
 
 -- name: held_credits
--- incoming credits whose latest (non dry) decision is HOLD, or whose operation stopped (moved and moved back,
--- or needing attention), and that no live operation is placing: every run decides them again, so held money
--- is never forgotten and a stopped deposit is listed by every run until a person resolves it
+-- ledger transfers of a flow (incoming credits: DEPOSIT; the bank's payouts: WITHDRAWAL_ANNOUNCE) whose latest
+-- (non dry) decision is HOLD, or (deposits) whose operation stopped (moved and moved back, or needing
+-- attention), and that no live operation is placing: every run decides them again, so held money is never
+-- forgotten and a stopped deposit is listed by every run until a person resolves it
 SELECT d.credit_reference
   FROM (SELECT DISTINCT ON (credit_reference) credit_reference, coalesce(final_decision, decision) AS decided
           FROM batch.decisions
-         WHERE flow <> 'WITHDRAWAL' AND NOT dry_run
+         WHERE flow = :flow AND NOT dry_run
          ORDER BY credit_reference, id DESC) d
  WHERE (d.decided = 'HOLD'
-        OR EXISTS (SELECT 1 FROM batch.payouts s
+        OR :flow = 'DEPOSIT' AND EXISTS (SELECT 1 FROM batch.payouts s
                     WHERE s.credit_reference = d.credit_reference AND s.state IN ('MOVE_REVERSED', 'NEEDS_ATTENTION')))
    AND NOT EXISTS (SELECT 1 FROM batch.payouts p
                     WHERE p.credit_reference = d.credit_reference
@@ -85,3 +86,13 @@ SELECT DISTINCT ON (credit_reference) credit_reference, state, last_error
   FROM batch.payouts
  WHERE credit_reference = ANY(:references) AND state IN ('MOVE_REVERSED', 'NEEDS_ATTENTION')
  ORDER BY credit_reference, created_at DESC
+
+-- name: decided_credits
+-- those of :references that a non dry run of :flow decided already, or that a live operation carries
+SELECT DISTINCT d.credit_reference
+  FROM batch.decisions d
+ WHERE d.credit_reference = ANY(:references) AND d.flow = :flow AND NOT d.dry_run
+UNION
+SELECT p.credit_reference
+  FROM batch.payouts p
+ WHERE p.credit_reference = ANY(:references) AND p.state <> 'CANCELLED'

@@ -82,3 +82,29 @@ SELECT max(v.stamp)
  CROSS JOIN LATERAL (VALUES (p.ledger_posted_at), (p.transaction_recorded_at), (p.divest_cleared_at),
                             (p.holdings_updated_at), (p.event_sent_at), (p.completed_at)) AS v(stamp)
  WHERE p.business_date = :business_date AND p.flow = 'WITHDRAWAL' AND v.stamp <= :as_of
+
+-- name: announcement_status
+-- withdrawals announced for the bank (flow WITHDRAWAL_ANNOUNCE): for each of these ledger payout references, its
+-- latest non dry decision and its live operation (none when never decided, or held)
+SELECT r.ref AS credit_reference, d.decision, d.reason, p.id AS operation_id, p.state, p.amount, p.currency,
+       p.event_status,
+       (SELECT a.detail ->> 'event_id' FROM batch.step_attempts a
+         WHERE a.payout_id = p.id AND a.step = 'SEND_EVENT' AND a.outcome IN ('OK', 'ADOPTED')
+         ORDER BY a.id DESC LIMIT 1) AS event_id
+  FROM unnest(CAST(:references AS text[])) AS r(ref)
+  LEFT JOIN LATERAL (
+        SELECT coalesce(x.final_decision, x.decision) AS decision, coalesce(x.final_reason, x.reason) AS reason
+          FROM batch.decisions x
+         WHERE x.credit_reference = r.ref AND x.flow = 'WITHDRAWAL_ANNOUNCE' AND NOT x.dry_run
+         ORDER BY x.id DESC LIMIT 1) d ON true
+  LEFT JOIN LATERAL (
+        SELECT * FROM batch.payouts y
+         WHERE y.credit_reference = r.ref AND y.flow = 'WITHDRAWAL_ANNOUNCE' AND y.state <> 'CANCELLED'
+         LIMIT 1) p ON true
+
+-- name: announcements_of_date
+-- the live announcement operations a run of this business date created (their ledger payouts must exist)
+SELECT p.id, p.credit_reference, p.portfolio_id, p.amount, p.currency, p.state
+  FROM batch.payouts p
+ WHERE p.flow = 'WITHDRAWAL_ANNOUNCE' AND p.business_date = :business_date AND p.state <> 'CANCELLED'
+ ORDER BY p.id

@@ -135,12 +135,14 @@ SELECT p.currency AS ccy, coalesce(sum(p.amount), 0) AS requested, count(*) AS n
 SELECT hash FROM batch.audit_log WHERE seq = :seq
 
 -- name: deposit_lines
--- every deposit decision of the runs (a credit counted once: its latest decision among them), with its
--- operation, plus the deposit operations the runs drove that another run decided (carried over)
+-- every decision of the runs about a ledger transfer of these flows (deposits: the incoming credits, decisions
+-- of flow DEPOSIT; withdrawal announcements: the bank's payouts), a transfer counted once: its latest decision
+-- among them, with its operation; plus the operations of :operation_flows the runs drove that another run
+-- decided (carried over)
 WITH latest AS (
     SELECT DISTINCT ON (d.credit_reference) d.*
       FROM batch.decisions d
-     WHERE d.run_id = ANY(CAST(:runs AS uuid[])) AND d.flow <> 'WITHDRAWAL'
+     WHERE d.run_id = ANY(CAST(:runs AS uuid[])) AND d.flow = ANY(CAST(:decision_flows AS text[]))
      ORDER BY d.credit_reference, d.id DESC)
 SELECT d.credit_reference, d.portfolio_id, coalesce(d.final_decision, d.decision) AS decision,
        coalesce(d.final_reason, d.reason) AS reason, d.currency, d.requested_amount AS amount, d.details,
@@ -148,11 +150,11 @@ SELECT d.credit_reference, d.portfolio_id, coalesce(d.final_decision, d.decision
        batch.still_held(d) AS still_held, false AS carried_over
   FROM latest d LEFT JOIN batch.payouts p ON p.id = d.payout_id
 UNION ALL
-SELECT p.credit_reference, p.portfolio_id, coalesce(d.final_decision, 'PAY'), coalesce(d.final_reason, 'DEPOSIT'),
+SELECT p.credit_reference, p.portfolio_id, coalesce(d.final_decision, 'PAY'), coalesce(d.final_reason, d.reason),
        p.currency, p.amount, d.details,
        p.id, p.flow, p.state, p.ledger_reference, p.failing_step, p.last_error, false, true
   FROM batch.payouts p JOIN batch.decisions d ON d.id = p.decision_id
- WHERE p.flow <> 'WITHDRAWAL'
+ WHERE p.flow = ANY(CAST(:operation_flows AS text[]))
    AND p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = ANY(CAST(:runs AS uuid[])))
    AND NOT (p.run_id = ANY(CAST(:runs AS uuid[])))
    -- a credit counted once: a stopped operation whose credit the runs decided again is that decision's line

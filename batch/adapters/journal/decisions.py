@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from batch.adapters.journal.base import AUDIT, JournalBase, audit_row
 from batch.adapters.sqlfiles import load_queries
 from batch.codec import canonical, canonical_rows
-from batch.domain.payout import PayoutState
+from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import DecisionRow, NewPayout
 
 Q = load_queries("journal_decisions")
@@ -151,10 +151,22 @@ class DecisionStore(JournalBase):
         with self._read() as conn:
             return int(conn.execute(Q.deposit_cursor.text).scalar_one())
 
-    def held_credit_references(self) -> list[str]:
-        """Incoming credits still held (latest decision HOLD, no live operation): decided again every run."""
+    def held_credit_references(self, flow: FlowKind = FlowKind.DEPOSIT) -> list[str]:
+        """Ledger transfers of ``flow`` still held (latest decision HOLD, no live operation): decided again every run.
+
+        Deposits: incoming credits (their decisions are ``DEPOSIT`` in both set-ups); withdrawal announcements:
+        the bank's payouts to counter accounts.
+        """
         with self._read() as conn:
-            return [str(ref) for ref in conn.execute(Q.held_credits.text).scalars()]
+            return [str(ref) for ref in conn.execute(Q.held_credits.text, {"flow": flow.value}).scalars()]
+
+    def decided_credit_references(self, references: Sequence[str], flow: FlowKind) -> set[str]:
+        """Those of ``references`` a (non dry) run of ``flow`` has decided already, or that a live operation carries."""
+        if not references:
+            return set()
+        with self._read() as conn:
+            params = {"references": list(references), "flow": flow.value}
+            return {str(ref) for ref in conn.execute(Q.decided_credits.text, params).scalars()}
 
     def stopped_credits(self, references: Sequence[str]) -> dict[str, tuple[str, str | None]]:
         """Credit -> (state, last error) of its stopped operation: MOVE_REVERSED or NEEDS_ATTENTION."""

@@ -33,6 +33,20 @@ class ReconciliationStore(JournalBase):
             for row in rows:
                 yield dict(row._mapping)
 
+    def announcement_status(self, references: Sequence[str]) -> list[dict[str, Any]]:
+        """Each of these bank payout references with its latest decision and live announcement (None when none)."""
+        if not references:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(Q.announcement_status.text, {"references": list(references)}).mappings()
+            return [dict(row) for row in rows]
+
+    def announcements_of_date(self, business_date: date) -> list[dict[str, Any]]:
+        """The live announcement operations runs of this business date created."""
+        with self._read() as conn:
+            rows = conn.execute(Q.announcements_of_date.text, {"business_date": business_date}).mappings()
+            return [dict(row) for row in rows]
+
     def known_payout_ids(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these ids are payouts of the journal."""
         if not ids:
