@@ -13,7 +13,7 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
        -- announced after its holdings update raise the cash above its target; a later payout of the same
        -- portfolio takes over its divest amount
        coalesce((SELECT sum(o.amount) FROM batch.payouts o
-                  WHERE o.flow <> 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.currency = p.currency
+                  WHERE o.flow IN ('DEPOSIT', 'DEPOSIT_ANNOUNCE') AND o.portfolio_id = p.portfolio_id AND o.currency = p.currency
                     AND o.event_sent_at > p.holdings_updated_at), 0) AS later_credits,
        EXISTS (SELECT 1 FROM batch.payouts o
                 WHERE o.flow = 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.id <> p.id
@@ -38,7 +38,7 @@ SELECT p.id, p.portfolio_id, p.business_date, p.state, p.currency, p.amount, p.l
        -- announced after its holdings update raise the cash above its target; a later payout of the same
        -- portfolio takes over its divest amount
        coalesce((SELECT sum(o.amount) FROM batch.payouts o
-                  WHERE o.flow <> 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.currency = p.currency
+                  WHERE o.flow IN ('DEPOSIT', 'DEPOSIT_ANNOUNCE') AND o.portfolio_id = p.portfolio_id AND o.currency = p.currency
                     AND o.event_sent_at > p.holdings_updated_at), 0) AS later_credits,
        EXISTS (SELECT 1 FROM batch.payouts o
                 WHERE o.flow = 'WITHDRAWAL' AND o.portfolio_id = p.portfolio_id AND o.id <> p.id

@@ -6,7 +6,7 @@
 SELECT p.id, p.flow, p.state, p.portfolio_id, p.credit_reference, p.currency, p.amount, p.ledger_account,
        p.ledger_reference, p.business_date, p.ledger_moved_at, p.event_sent_at, p.completed_at, p.last_error
   FROM batch.payouts p
- WHERE p.flow <> 'WITHDRAWAL' AND p.business_date = :business_date
+ WHERE p.flow IN ('DEPOSIT', 'DEPOSIT_ANNOUNCE') AND p.business_date = :business_date
  ORDER BY p.created_at, p.id
 
 -- name: deposits_of_run
@@ -14,7 +14,7 @@ SELECT p.id, p.flow, p.state, p.portfolio_id, p.credit_reference, p.currency, p.
 SELECT p.id, p.flow, p.state, p.portfolio_id, p.credit_reference, p.currency, p.amount, p.ledger_account,
        p.ledger_reference, p.business_date, p.ledger_moved_at, p.event_sent_at, p.completed_at, p.last_error
   FROM batch.payouts p
- WHERE p.flow <> 'WITHDRAWAL'
+ WHERE p.flow IN ('DEPOSIT', 'DEPOSIT_ANNOUNCE')
    AND (p.run_id = :run_id OR p.id IN (SELECT a.payout_id FROM batch.step_attempts a WHERE a.run_id = :run_id))
  ORDER BY p.created_at, p.id
 

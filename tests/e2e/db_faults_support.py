@@ -92,11 +92,13 @@ class FaultyServer:
 
     def pause(self) -> None:
         for process in self.processes():
-            process.send_signal(signal.SIGSTOP)
+            with contextlib.suppress(psutil.NoSuchProcess):  # a backend that exited since the listing
+                process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
         for process in self.processes():
-            process.send_signal(signal.SIGCONT)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         with contextlib.suppress(psutil.Error, OSError, ValueError):
