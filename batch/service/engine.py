@@ -229,6 +229,11 @@ class Engine:
         if isinstance(called, Attention):
             raise _Stop(self._attention(operation, step, called, attempt))
         if isinstance(called, Divert):
+            if prior > 0:
+                # an earlier try of this step may have been applied (a lost answer, a crash after the call): a
+                # refusal now does not prove it never landed, so money is never moved back on it; a person looks
+                why = f"{called.what}; an earlier attempt of {step.value} may have been applied, so it is not undone"
+                raise _Stop(self._attention(operation, step, Attention(why, called.evidence), attempt))
             return self._divert(operation, step, called, attempt)
         return self._finish(operation, attempt, step, "OK", called, through)
 
