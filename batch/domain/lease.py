@@ -7,10 +7,11 @@ locks the row and tries the session lock, then asks ``judge``:
 1. someone else holds the session lock: a live process (the holder, or an older version of the job) -> HELD;
 2. no holder (never taken, or released) or the holder's run is finished -> FREE;
 3. the heartbeat expired: the holder stopped renewing (dead, or stuck and self-fenced) -> EXPIRED;
-4. the holder held the session lock in this server's life and no longer does: its connection is gone
-   although the server never restarted, i.e. its process died (or was cut off, and is fenced) -> DEAD;
-5. the holder ran on this host and its process is gone -> DEAD;
-6. otherwise (typically: the server restarted and the holder has not come back yet) -> HELD.
+4. the holder ran on this host and its process is gone -> DEAD;
+5. otherwise -> HELD until the heartbeat expires: the server restarted and the holder has not come back
+   yet, or the holder's session is gone although the server never restarted — which is no proof of death
+   (a dropped or reset connection of a live holder looks the same, and its calls may be in flight), so it
+   is not taken over before its own watchdog has stopped it (at 3/4 of the TTL without a renewal).
 
 EXPIRED and DEAD are take-overs: the old holder's run is fenced (it can change nothing more) before
 the new one starts.
@@ -80,8 +81,6 @@ def judge(row: LeaseRow | None, facts: Facts) -> tuple[Verdict, str]:
         return Verdict.FREE, f"the holder's run is {row.run_status}"
     if row.expires_at < facts.now:
         return Verdict.EXPIRED, f"the holder's heartbeat expired at {row.expires_at.isoformat()}"
-    if row.lock_epoch is not None and row.lock_epoch == facts.server_epoch:
-        return Verdict.DEAD, "the holder's database session is gone (the server did not restart)"
     if row.host == facts.host and facts.holder_pid_alive is False:
         return Verdict.DEAD, f"the holder's process {row.pid} on this host is gone"
     return Verdict.HELD, f"held by run {row.run_id} on {row.host} (pid {row.pid}) until {row.expires_at.isoformat()}"

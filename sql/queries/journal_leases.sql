@@ -63,8 +63,16 @@ UPDATE batch.leases SET run_id = :run_id WHERE name = :name AND token = :token
 UPDATE batch.leases SET released_at = now(), expires_at = now() WHERE name = :name AND token = :token
 
 -- name: release_payout_leases
--- a taken-over nightly run's payouts, whoever held them for it (planner, scale-out workers, any flow):
--- every lease but a live listener's is released at once
-UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL
- WHERE lease_owner IS NOT NULL AND lease_owner NOT LIKE 'listener:%'
-RETURNING id
+-- a taken-over nightly run's payouts (planner, scale-out workers, any flow), never a listener's: those of
+-- :dead_owners (processes of this host known to be gone) at once; any other holder's only when no step of the
+-- payout is in flight (an intent without an outcome: its call may still be under way in a live process; that
+-- lease runs out by itself and the payout is listed as in progress meanwhile)
+UPDATE batch.payouts p SET lease_owner = NULL, lease_expires_at = NULL
+ WHERE p.lease_owner IS NOT NULL AND p.lease_owner NOT LIKE 'listener:%'
+   AND (p.lease_owner = ANY(:dead_owners)
+        OR NOT EXISTS (SELECT 1 FROM batch.step_attempts a WHERE a.payout_id = p.id AND a.outcome IS NULL))
+RETURNING p.id
+
+-- name: payout_lease_owners
+-- the processes holding payout leases (not listeners): the contender judges which of them are gone
+SELECT DISTINCT lease_owner FROM batch.payouts WHERE lease_owner IS NOT NULL AND lease_owner NOT LIKE 'listener:%'

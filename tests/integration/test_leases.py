@@ -42,15 +42,24 @@ def _start_run(journal: Journal, run_id: uuid.UUID, *, trigger: str = "test", **
     )
 
 
+def _expire(engine: Engine, name: str) -> None:
+    """The lease's heartbeat ran out (its holder stopped renewing)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE batch.leases SET expires_at = now() - interval '1 second' WHERE name = :n"), {"n": name}
+        )
+
+
 def _session(engine: Engine, name: str = RUN_LEASE, host: str = "node-a", pid: int = 111) -> LeaseSession:
     return LeaseSession(engine, name, ttl_seconds=60, host=host, pid=pid, alive=lambda _pid: True)
 
 
-def test_contender_refused_while_the_holder_lives_then_takes_over_when_its_session_dies(
+def test_contender_refused_while_the_holder_lives_then_takes_over_when_its_heartbeat_expired(
     journal_engine: Engine,
 ) -> None:
-    """A second run is refused while the holder's session lives; once it is gone (no restart) the lease is
-    taken over at once, the old run fenced (ABANDONED) and its heartbeat finds the lease lost."""
+    """A second run is refused while the holder's session lives, and still once that session is gone (a live
+    holder's dropped connection looks the same); once the heartbeat expired the lease is taken over, the old run
+    fenced (ABANDONED) and its heartbeat finds the lease lost."""
     journal = Journal(journal_engine)
     old_run, new_run = uuid.uuid4(), uuid.uuid4()
     holder = _session(journal_engine)
@@ -61,9 +70,12 @@ def test_contender_refused_while_the_holder_lives_then_takes_over_when_its_sessi
     with pytest.raises(RunLockedError):
         contender.acquire(new_run, actor="itest")
     assert holder.renew()
-    holder._drop()  # its connection (and session lock) is gone: the process died
+    holder._drop()  # its connection (and session lock) is gone: no proof that the process died
+    with pytest.raises(RunLockedError):
+        contender.acquire(new_run, actor="itest")
+    _expire(journal_engine, RUN_LEASE)  # the holder stopped renewing
     taken = contender.acquire(new_run, actor="itest")
-    assert taken.verdict is Verdict.DEAD and taken.fenced_run == old_run and taken.token != first.token
+    assert taken.verdict is Verdict.EXPIRED and taken.fenced_run == old_run and taken.token != first.token
     assert not holder.renew()  # the old holder's heartbeat: lost
     run = journal.get_run(old_run)
     assert run is not None and run["status"] == "ABANDONED" and run["fenced_at"] is not None
@@ -100,7 +112,7 @@ def test_step_functions_refuse_a_fenced_run(journal_engine: Engine, dsns: Dsns) 
 
 def test_listener_sweep_spares_its_own_run_and_a_holder_back_from_a_restart(journal_engine: Engine) -> None:
     """The sweep never abandons the sweeper's own run; a lease whose lock predates the server's start (a
-    restart) stays live; one whose session died in this server's life is abandoned, fenced and released."""
+    restart) stays live; one whose heartbeat expired is abandoned, fenced and released."""
     journal = Journal(journal_engine)
     store = BusStore(journal_engine)
     instances = {"own": uuid.uuid4().hex, "restarted": uuid.uuid4().hex, "dead": uuid.uuid4().hex}
@@ -116,6 +128,8 @@ def test_listener_sweep_spares_its_own_run_and_a_holder_back_from_a_restart(jour
             sa.text("UPDATE batch.leases SET lock_epoch = '2000-01-01' WHERE name = :n"),
             {"n": listener_lease(instances["restarted"])},
         )
+    assert store.abandon_dead_listeners("itest", instances["own"])[0] == []  # a gone session is no proof
+    _expire(journal_engine, listener_lease(instances["dead"]))
     abandoned, _ = store.abandon_dead_listeners("itest", instances["own"])
     assert abandoned == [runs["dead"]]
     statuses = {key: (journal.get_run(run) or {}).get("status") for key, run in runs.items()}
@@ -157,8 +171,8 @@ def test_open_payout_leased_by_a_live_process_is_in_progress_and_exit_3(
 def test_nightly_run_takes_over_a_dead_listeners_payouts_at_once(
     dsns: Dsns, sandbox: RunningSandbox, sandbox_store: SandboxState, tmp_path: Path
 ) -> None:
-    """A payout leased by a listener that died (its session gone, the server never restarted) is released
-    by the next nightly run and paid by it, the listener's run marked ABANDONED: no wait of lease_seconds."""
+    """A payout leased by a listener that died (its heartbeat expired) is released by the next nightly run and
+    paid by it, the listener's run marked ABANDONED: no wait of the payout's lease_seconds."""
     add_customer(sandbox_store, dsns)
     with app_for(make_settings(sandbox.base_url, tmp_path / "reports"), dsns) as app:
         planned_only = threading.Event()
@@ -170,6 +184,7 @@ def test_nightly_run_takes_over_a_dead_listeners_payouts_at_once(
         dead.acquire(None, actor="itest")
         _start_run(app.journal, listener_run, trigger="listener", instance=instance, worker=worker)
         dead._drop()  # the listener process died: its session (and lock) went with it
+        _expire(app.journal_engine, listener_lease(instance))  # and its heartbeat ran out
         with app.journal_engine.begin() as conn:
             held = conn.execute(
                 sa.text(

@@ -124,6 +124,12 @@ class LeaseSession:
             self._locked = False
 
     # -- the lease ----------------------------------------------------------------------------------------
+    def _owner_gone(self, owner: str) -> bool:
+        """Whether a payout lease's owner (``host:pid:…``) is a process of this host that is gone."""
+        host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        return host == self.host and pid.isdigit() and not self._alive(int(pid))
+
     def acquire(self, run_id: uuid.UUID | None, *, actor: str, release_payouts: bool = False) -> Taken:
         """Take the lease for ``run_id`` (fencing a dead or expired holder), or RunLockedError."""
         conn = self._connection()
@@ -153,8 +159,10 @@ class LeaseSession:
                 if conn.execute(Q.fence_run.text, {"id": row.run_id, "reason": reason}).first() is not None:
                     fenced = row.run_id
             released = 0
-            if release_payouts:
-                released = len(conn.execute(Q.release_payout_leases.text).all())
+            if release_payouts and verdict.takes_over:  # a finished run's leases are its live workers' own
+                owners = [str(o) for o in conn.execute(Q.payout_lease_owners.text).scalars()]
+                dead = [owner for owner in owners if self._owner_gone(owner)]
+                released = len(conn.execute(Q.release_payout_leases.text, {"dead_owners": dead}).all())
             token = int(
                 conn.execute(
                     Q.take.text,
