@@ -83,6 +83,8 @@ def print_run_result(result: RunResult, template_dir: Path | None = None) -> Non
             print(f"  {held_line(row)}")
     if result.error:
         print(f"error: {result.error}")
+    if result.phases.seconds:
+        print("phases: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.phases.seconds.items()))
     for fmt, path in sorted(result.report_paths.items()):
         print(f"  report ({fmt}): {path}")
     print(f"exit code {int(result.exit_code)} ({result.status})")

@@ -46,6 +46,9 @@ def build_registry(
     exit_code = Gauge("batch_run_exit_code", "Exit code of the last run", registry=registry)
     duration = Gauge("batch_run_duration_seconds", "Duration of the last run", registry=registry)
     exceptions = Gauge("batch_run_exceptions", "Held or needs-attention lines in the last run", registry=registry)
+    phases = Gauge("batch_run_phase_seconds", "Wall seconds per phase of the last run", ["phase"], registry=registry)
+    for phase, seconds in result.phases.seconds.items():
+        phases.labels(phase).set(seconds)
     exit_code.set(int(result.exit_code))
     report = result.report
     if report is not None:

@@ -154,3 +154,27 @@ class Progress:
             self._bar.update(self._task, completed=self._done, total=total)
             self._bar.stop_task(self._task)
         self._task = None
+
+
+class PhaseTimer:
+    """Wall time per phase of a run (``resume``, ``plan``, ``execute``, ``reconcile``, ``report``), in seconds.
+
+    ``start(name)`` ends the phase under way and starts ``name``; a phase entered twice adds up. The run
+    records the figures in its summary, the metrics and the text output: where the night's time went.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = clock
+        self._phase: str | None = None
+        self._since = 0.0
+
+    def start(self, phase: str) -> None:
+        self.stop()
+        self._phase, self._since = phase, self._clock()
+
+    def stop(self) -> None:
+        if self._phase is not None:
+            spent = self._clock() - self._since
+            self.seconds[self._phase] = round(self.seconds.get(self._phase, 0.0) + spent, 3)
+            self._phase = None

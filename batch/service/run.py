@@ -41,7 +41,7 @@ from batch.service.engines import engine_for, planner_for
 from batch.service.heartbeat import Heartbeat
 from batch.service.interruption import INTERRUPTED, interruption_record, interruption_text
 from batch.service.plan import PlanStats
-from batch.service.progress import Progress
+from batch.service.progress import PhaseTimer, Progress
 from batch.service.reconciling import Reconciliation, reconcile_payouts
 from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
 from batch.service.report_checks import checks
@@ -104,6 +104,8 @@ class RunResult:
     #: open operations leased by another live process (a listener, a worker of a run not finished):
     #: listed and counted as in progress, exit code 3
     in_progress_elsewhere: list[dict[str, object]] = field(default_factory=list)
+    #: wall seconds per phase (resume, plan, execute, reconcile, report): in the summary and the metrics
+    phases: PhaseTimer = field(default_factory=PhaseTimer)
 
 
 def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
@@ -244,7 +246,9 @@ def _locked_run(
             if not request.dry_run:
                 executor = _planner_engine(app, run_id, actor, stop, progress, flows)
                 progress.phase("resume", journal.count_open().get(PayoutState.PLANNED, 0))
+                result.phases.start("resume")
                 result.execution.append(executor.execute(portfolio_ids=only))
+            result.phases.start("plan")
             if FlowKind.DEPOSIT in flows:
                 result.deposits = plan_deposits(app, run_id, business_date, request.dry_run, actor)
             if FlowKind.WITHDRAWAL_ANNOUNCE in flows:
@@ -279,6 +283,7 @@ def _locked_run(
                 )
                 remaining = (lambda: journal.count_open_of_run(run_id)) if processes > 1 else None
                 progress.phase("execute", to_execute, remaining)
+                result.phases.start("execute")
                 workers = None
                 if spawn_workers is not None and processes > 1:
                     workers = spawn_workers(run_id, processes - 1, _share_rate_limit(app, processes))
@@ -296,6 +301,7 @@ def _locked_run(
                     # the planner always finishes what is left (e.g. the claims of a worker that died)
                     app.client.limit_rate(settings.investsuite.rate_limit_per_second)
                     result.execution.append(executor.execute(portfolio_ids=only))
+            result.phases.stop()
             if heartbeat.lost.is_set():
                 raise FenceLostError(heartbeat.lost_reason)
             if not request.dry_run:
@@ -325,8 +331,10 @@ def _locked_run(
                 operations=[held_line(row) for row in result.in_progress_elsewhere[:50]],
             )
         if result.status == "RUNNING" and not request.dry_run and not stop.is_set():
+            result.phases.start("reconcile")
             _reconcile(app, result, actor)
         # one report (one streaming pass over the journal): exit code, run summary and the files
+        result.phases.start("report")
         report = build_report(app.journal_engine, run_id=run_id, as_of_now=True, verify_audit=False)
         if result.reconcile_error:
             report.reconcile = {"id": None, "checked": 0, "breaks": 0, "error": result.reconcile_error}
@@ -352,7 +360,9 @@ def _locked_run(
             result.status, result.exit_code = INTERRUPTED, ExitCode.ATTENTION
             result.error = interruption_text(interrupted)
             log.warning("run.interrupted", **interrupted)
+        result.phases.stop()
         summary = report.summary() | ({"reconcile_error": result.reconcile_error} if result.reconcile_error else {})
+        summary["phases"] = dict(result.phases.seconds)
         if result.in_progress_elsewhere:
             summary["in_progress_elsewhere"] = [held_line(row) for row in result.in_progress_elsewhere]
         summary |= {"interrupted": interrupted} if interrupted else {}

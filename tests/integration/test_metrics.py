@@ -259,7 +259,7 @@ timeout_seconds = 2.0
 def test_batch_run_pushes_its_metrics(
     tmp_path: Path, dsns: Dsns, sandbox: RunningSandbox, gateway: FakePushgateway
 ) -> None:
-    """`batch run` pushes the metrics of the run it just recorded, with the same exit code."""
+    """`batch run` pushes the metrics of the run it just recorded (same exit code, seconds per phase)."""
     seed_scenario(dsns.sandbox, dsns.ledger, size=30, rng_seed=11)
     done = _batch_run(tmp_path, dsns, sandbox, gateway.url)
     ((status, exit_code),) = _journal_runs(dsns)
@@ -275,6 +275,11 @@ def test_batch_run_pushes_its_metrics(
     )
     assert paid > 0
     assert status in ("SUCCEEDED", "SUCCEEDED_WITH_EXCEPTIONS")
+    phases = {dict(labels)["phase"] for (name, labels), _ in samples.items() if name == "batch_run_phase_seconds"}
+    assert phases == {"resume", "plan", "execute", "reconcile", "report"}  # where the night's time went
+    with psycopg.connect(libpq_dsn(dsns.journal)) as conn:
+        (recorded,) = conn.execute("SELECT summary -> 'phases' FROM batch.runs").fetchone() or (None,)
+    assert set(recorded) == phases and "phases: resume" in done.stdout
 
 
 def test_failing_push_does_not_change_the_exit_code(

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from batch.adapters.journal import PayoutRecord
 from batch.logs import configure_logging, reset_logging
-from batch.service.progress import Progress
+from batch.service.progress import PhaseTimer, Progress
 
 PAYOUT = cast(PayoutRecord, object())  # Progress only counts payouts; it never reads them
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -141,3 +141,15 @@ def test_json_logs_on_a_terminal_get_progress_events_and_no_bars() -> None:
         reset_logging()
     assert terminal.getvalue() == ""
     assert [(e["event"], e["done"], e["total"]) for e in logs] == [("run.progress", 1, 10)]
+
+
+def test_phase_timer_adds_up_each_phase_and_ends_the_one_under_way() -> None:
+    """start() ends the phase under way; a phase entered twice adds up; stop() ends the last one."""
+    ticks = iter([0.0, 1.5, 1.5, 4.0, 4.0, 4.25])
+    timer = PhaseTimer(clock=lambda: next(ticks))
+    timer.start("plan")
+    timer.start("execute")
+    timer.start("plan")
+    timer.stop()
+    timer.stop()  # nothing under way: no change
+    assert timer.seconds == {"plan": 1.75, "execute": 2.5}
