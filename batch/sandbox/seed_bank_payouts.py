@@ -18,9 +18,8 @@ from decimal import Decimal
 
 from batch.adapters.ledger_bank_payouts import BankPayoutAdmin
 from batch.adapters.postgres import make_engine
-from batch.sandbox.seed import SEED_EPOCH, SeededPortfolio, _migrate, iban, portfolio_document, user_document
-from batch.sandbox.seed_deposits import insert_portfolios
-from batch.sandbox.store import new_id
+from batch.sandbox.seed import SeededPortfolio, _migrate, iban
+from batch.sandbox.seed_deposits import insert_portfolios, seeded_portfolio
 from batch.settings import LedgerSettings
 
 #: portfolio index of the first announcement case (beside the deposit cases' 700,000)
@@ -81,22 +80,19 @@ def plan_bank_payouts(rng_seed: int = 43) -> tuple[list[SeededPortfolio], list[P
         external_id: str | None = f"WDA-{index:06d}"
         if case in _PORTFOLIOS:
             status, money_type, deleted, currency, cash = _PORTFOLIOS[case]
-            stamp_ms = int(SEED_EPOCH.timestamp() * 1000) + index
-            portfolio_id = new_id("P", timestamp_ms=stamp_ms, randomness=rng.randbytes(10))
-            user_id = new_id("U", timestamp_ms=stamp_ms, randomness=rng.randbytes(10))
-            document = portfolio_document(
-                portfolio_id,
-                user_id,
-                index,
-                currency=currency,
-                cash=cash,
-                positions={},
-                money_type=money_type,
-                status=status,
-                deleted=deleted,
-                external_id=external_id,
+            portfolios.append(
+                seeded_portfolio(
+                    rng,
+                    index,
+                    case,
+                    currency=currency,
+                    cash=cash,
+                    money_type=money_type,
+                    status=status,
+                    deleted=deleted,
+                    external_id=external_id,
+                )
             )
-            portfolios.append(SeededPortfolio(index, case, document, user_document(user_id, index, rng), None))
         else:  # announce_unmapped: the bank names a customer account no portfolio maps to
             external_id = f"WDA-UNMAPPED-{index:06d}"
         for n, (amount, currency) in enumerate(_PAYOUTS[case]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 
@@ -86,6 +87,15 @@ _CREDITS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+def seeded_portfolio(rng: random.Random, index: int, case: str, **document: Any) -> SeededPortfolio:
+    """A portfolio of a seeded case (no positions) and its owner; ids deterministic for ``rng`` and ``index``."""
+    stamp_ms = int(SEED_EPOCH.timestamp() * 1000) + index
+    portfolio_id = new_id("P", timestamp_ms=stamp_ms, randomness=rng.randbytes(10))
+    user_id = new_id("U", timestamp_ms=stamp_ms, randomness=rng.randbytes(10))
+    doc = portfolio_document(portfolio_id, user_id, index, positions={}, **document)
+    return SeededPortfolio(index, case, doc, user_document(user_id, index, rng), None)
+
+
 def plan_deposits(rng_seed: int = 42) -> DepositPlan:
     """The portfolios, accounts and credits of every deposit case, in ``DEPOSIT_CASES`` order."""
     rng = random.Random(rng_seed)
@@ -98,26 +108,22 @@ def plan_deposits(rng_seed: int = 42) -> DepositPlan:
         beneficiary: str | None = external_id
         if case in _PORTFOLIOS:
             status, money_type, archived, currency, cash, funded = _PORTFOLIOS[case]
-            stamp_ms = int(SEED_EPOCH.timestamp() * 1000) + index
-            portfolio_id = new_id("P", timestamp_ms=stamp_ms, randomness=rng.randbytes(10))
-            user_id = new_id("U", timestamp_ms=stamp_ms, randomness=rng.randbytes(10))
-            document = portfolio_document(
-                portfolio_id,
-                user_id,
+            seeded = seeded_portfolio(
+                rng,
                 index,
+                case,
                 currency=currency,
                 cash=cash,
-                positions={},
                 money_type=money_type,
                 status=status,
                 archived=archived,
                 external_id=external_id,
             )
             if not funded:
-                document["funded_since"] = None
-            portfolios.append(SeededPortfolio(index, case, document, user_document(user_id, index, rng), None))
+                seeded.portfolio["funded_since"] = None
+            portfolios.append(seeded)
             if money_type == "REAL_MONEY":
-                accounts[external_id] = (currency, cash, user_id)
+                accounts[external_id] = (currency, cash, seeded.user["id"])
         elif case == "deposit_unmapped":
             beneficiary = f"DEP-UNMAPPED-{index:06d}"
         else:

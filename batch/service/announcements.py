@@ -12,7 +12,6 @@ engine. The job moves no money, records no transaction and patches nothing in th
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -27,7 +26,7 @@ from batch.domain.model import AccountMap, Decision, PortfolioView, mask_account
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import DecisionRow, NewPayout
 from batch.service.context import Services
-from batch.service.deposits import PortfolioFinder, find_portfolios
+from batch.service.deposits import DecisionRecorder, DepositStats, PortfolioFinder, find_portfolios
 
 log = structlog.get_logger("batch.announcements")
 PAGE = 100
@@ -42,39 +41,18 @@ class BankPayouts(Protocol):
     def bank_payouts_by_reference(self, references: Sequence[str]) -> Mapping[str, LedgerBankPayout]: ...
 
 
-class AnnouncementJournal(Protocol):
+class AnnouncementJournal(DecisionRecorder, Protocol):
     def held_credit_references(self, flow: FlowKind = ...) -> list[str]: ...
 
     def decided_credit_references(self, references: Sequence[str], flow: FlowKind) -> set[str]: ...
 
-    def record_decisions(
-        self,
-        *,
-        run_id: uuid.UUID,
-        business_date: date,
-        dry_run: bool,
-        actor: str,
-        decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
-        deposit_cursor: int | None = None,
-    ) -> int: ...
 
-
-@dataclass
-class AnnouncementStats:
-    pages: int = 0
-    payouts: int = 0
-    held_again: int = 0
-    ledger_queries: int = 0
-    by_decision: Counter[str] = field(default_factory=Counter)
+class AnnouncementStats(DepositStats):
+    """``DepositStats`` over the bank's payouts: ``credits`` counts payouts, summarised as ``payouts``."""
 
     def summary(self) -> dict[str, object]:
-        return {
-            "payouts": self.payouts,
-            "held_again": self.held_again,
-            "pages": self.pages,
-            "ledger_queries": self.ledger_queries,
-            "by_decision": {str(k): v for k, v in self.by_decision.items()},
-        }
+        found = super().summary()
+        return {"payouts": found.pop("credits"), **found}
 
 
 @dataclass
@@ -113,7 +91,7 @@ class AnnouncementPlanner:
         portfolios = find_portfolios(self.investsuite, self.accounts, [p.customer_account for p in page])
         rows: list[tuple[DecisionRow, NewPayout | None]] = []
         for payout in page:
-            self.stats.payouts += 1
+            self.stats.credits += 1
             remote = portfolios.get(payout.customer_account) if payout.customer_account else None
             rows.append(self._row(payout, None if remote is None else remote.to_view(None)))
         self.journal.record_decisions(
@@ -195,5 +173,5 @@ def plan_announcements(
         actor=actor,
     )
     stats = planner.plan()
-    log.info("run.announcements_planned", payouts=stats.payouts, by_decision=stats.summary()["by_decision"])
+    log.info("run.announcements_planned", payouts=stats.credits, by_decision=stats.summary()["by_decision"])
     return stats

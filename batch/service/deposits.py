@@ -67,12 +67,8 @@ class PortfolioFinder(Protocol):
     def find_portfolios_by_external_ids(self, external_ids: Sequence[str]) -> dict[str, RemotePortfolio]: ...
 
 
-class DepositJournal(Protocol):
-    def deposit_cursor(self) -> int: ...
-
-    def held_credit_references(self) -> list[str]: ...
-
-    def stopped_credits(self, references: Sequence[str]) -> Mapping[str, tuple[str, str | None]]: ...
+class DecisionRecorder(Protocol):
+    """What a ledger-transfer planner records per page: its decisions and operations (and the deposits' cursor)."""
 
     def record_decisions(
         self,
@@ -84,6 +80,14 @@ class DepositJournal(Protocol):
         decisions: Sequence[tuple[DecisionRow, NewPayout | None]],
         deposit_cursor: int | None = None,
     ) -> int: ...
+
+
+class DepositJournal(DecisionRecorder, Protocol):
+    def deposit_cursor(self) -> int: ...
+
+    def held_credit_references(self) -> list[str]: ...
+
+    def stopped_credits(self, references: Sequence[str]) -> Mapping[str, tuple[str, str | None]]: ...
 
 
 @dataclass
