@@ -73,6 +73,13 @@ UPDATE batch.payouts p SET lease_owner = NULL, lease_expires_at = NULL
         OR NOT EXISTS (SELECT 1 FROM batch.step_attempts a WHERE a.payout_id = p.id AND a.outcome IS NULL))
 RETURNING p.id
 
+-- name: release_dead_payout_leases
+-- the payout leases of processes of this host known to be gone, whoever holds the run lease now (a run
+-- that failed while its journal was away could not release them itself); never a listener's
+UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL
+ WHERE lease_owner = ANY(:dead_owners) AND lease_owner NOT LIKE 'listener:%'
+RETURNING id
+
 -- name: payout_lease_owners
 -- the processes holding payout leases (not listeners): the contender judges which of them are gone
 SELECT DISTINCT lease_owner FROM batch.payouts WHERE lease_owner IS NOT NULL AND lease_owner NOT LIKE 'listener:%'

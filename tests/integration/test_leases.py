@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -199,3 +201,38 @@ def test_nightly_run_takes_over_a_dead_listeners_payouts_at_once(
         assert payout is not None and payout.state is PayoutState.COMPLETED
         run = app.journal.get_run(listener_run)
         assert run is not None and run["status"] == "ABANDONED" and run["fenced_at"] is not None
+
+
+def test_next_run_releases_payout_leases_of_a_failed_runs_gone_process_and_pays_them(
+    dsns: Dsns, sandbox: RunningSandbox, sandbox_store: SandboxState, tmp_path: Path
+) -> None:
+    """A run that failed while its journal was away (its row FAILED, the run lease free) could not release its
+    payout's lease: the next run releases the leases of gone processes of this host at once and pays the payout,
+    instead of exiting 3 until the payout lease runs out."""
+    add_customer(sandbox_store, dsns)
+    with app_for(make_settings(sandbox.base_url, tmp_path / "reports"), dsns) as app:
+        planned_only = threading.Event()
+        planned_only.set()
+        first = run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"), stop=planned_only)
+        gone = _gone_pid()
+        with app.journal_engine.begin() as conn:
+            conn.execute(sa.text("UPDATE batch.runs SET status = 'FAILED' WHERE id = :id"), {"id": first.run_id})
+            held = conn.execute(
+                sa.text(
+                    "UPDATE batch.payouts SET lease_owner = :w, lease_expires_at = now() + interval '5 minutes'"
+                    " WHERE state = 'PLANNED' RETURNING id"
+                ),
+                {"w": f"{socket.gethostname()}:{gone}:deadbeef"},
+            ).scalar_one()
+        result = run_job(app, RunRequest(business_date=BUSINESS_DATE, trigger="test"))
+        assert result.exit_code is ExitCode.OK, (result.error, result.in_progress_elsewhere)
+        payout = app.journal.get_payout(held)
+        assert payout is not None and payout.state is PayoutState.COMPLETED
+
+
+def _gone_pid() -> int:
+    """A pid no process of this host has now."""
+    pid = max(psutil.pids()) + 1000
+    while psutil.pid_exists(pid):
+        pid += 1
+    return pid

@@ -42,7 +42,7 @@ class Taken:
     why: str
     #: the run that held it before and was fenced (a take-over), if any
     fenced_run: uuid.UUID | None
-    #: payout leases released with the take-over (nightly run only)
+    #: payout leases released: with a take-over, or those of gone processes of this host (nightly run only)
     released_payouts: int
 
 
@@ -159,10 +159,14 @@ class LeaseSession:
                 if conn.execute(Q.fence_run.text, {"id": row.run_id, "reason": reason}).first() is not None:
                     fenced = row.run_id
             released = 0
-            if release_payouts and verdict.takes_over:  # a finished run's leases are its live workers' own
+            if release_payouts:
                 owners = [str(o) for o in conn.execute(Q.payout_lease_owners.text).scalars()]
                 dead = [owner for owner in owners if self._owner_gone(owner)]
-                released = len(conn.execute(Q.release_payout_leases.text, {"dead_owners": dead}).all())
+                if verdict.takes_over:
+                    released = len(conn.execute(Q.release_payout_leases.text, {"dead_owners": dead}).all())
+                elif dead:  # a finished run's live workers keep theirs; gone processes' (a run that failed
+                    # when its journal went away could not release them) would strand payouts till they expire
+                    released = len(conn.execute(Q.release_dead_payout_leases.text, {"dead_owners": dead}).all())
             token = int(
                 conn.execute(
                     Q.take.text,
@@ -179,6 +183,8 @@ class LeaseSession:
         self.token = token
         if verdict.takes_over:
             log.warning("lease.taken_over", lease=self.name, why=why, fenced_run=str(fenced), released=released)
+        elif released:
+            log.warning("lease.dead_payout_leases_released", lease=self.name, released=released)
         return Taken(token, verdict, why, fenced, released)
 
     def renew(self) -> bool:
