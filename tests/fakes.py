@@ -78,7 +78,7 @@ def _known(updates: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 class FakeJournal:
-    """``batch.service.ports.JournalPort`` in memory: guarded transitions, leases, attempts, crashes."""
+    """``batch.service.engine.ports.JournalPort`` in memory: guarded transitions, leases, attempts, crashes."""
 
     def __init__(self, boundaries: Boundaries | None = None) -> None:
         self.boundaries = boundaries or Boundaries()

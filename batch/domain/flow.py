@@ -12,7 +12,7 @@ A ``StepSpec`` is one external effect of a flow, declared with three functions:
   is unknown: was it applied (adopt it), is it safe to apply again (with what was read), or neither?
 
 plus ``observe(ports, operation)``, the fresh read ``prepare`` needs (None when it needs none). No step
-knows the journal; the engine (``batch.service.engine``) knows no payload: it records intents and
+knows the journal; the engine (``batch.service.engine.steps``) knows no payload: it records intents and
 outcomes, moves states, retries, reads back and stops — the same loop for every flow.
 """
 

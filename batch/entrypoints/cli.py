@@ -33,7 +33,7 @@ from batch.errors import (
     UsageError,
 )
 from batch.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
-from batch.service.run import ExitCode
+from batch.service.nightly.run import ExitCode
 from batch.settings import Settings, load_settings
 
 
@@ -186,8 +186,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from batch.service.reconcile_text import reconciliation_lines  # noqa: PLC0415
-    from batch.service.reconciling import reconcile_book, reconcile_date  # noqa: PLC0415
+    from batch.service.reconcile.readback import reconcile_book, reconcile_date  # noqa: PLC0415
+    from batch.service.reconcile.text import reconciliation_lines  # noqa: PLC0415
 
     if args.book == bool(args.date or args.run):
         raise UsageError("batch reconcile: give --book, or --date and/or --run")

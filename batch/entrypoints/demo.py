@@ -25,7 +25,7 @@ from batch.sandbox.seed import seed_scenario
 from batch.sandbox.seed_bank_payouts import seed_bank_payouts
 from batch.sandbox.seed_deposits import seed_deposits
 from batch.sandbox.server import SandboxProcess
-from batch.service.run import ExitCode, RunRequest, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, run_job
 from batch.settings import BrokerIntegration, Settings
 
 DEMO_ACCESS_KEY = "demo-access-key"

@@ -26,12 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from batch.adapters.bus import Bus
 from batch.adapters.journal.bus import BusStore
 from batch.bootstrap import App, build_app
-from batch.service.bus_deposits import DepositCheck
-from batch.service.bus_events import BusEventHandler
-from batch.service.bus_withdrawal import AbandonedRuns, ListenerRuns, PlanAndExecute
+from batch.service.bus.deposits import DepositCheck
+from batch.service.bus.events import BusEventHandler
+from batch.service.bus.listener import Health, Listener, ListenerMetrics
+from batch.service.bus.withdrawal import AbandonedRuns, ListenerRuns, PlanAndExecute
 from batch.service.heartbeat import Heartbeat
-from batch.service.listener import Health, Listener, ListenerMetrics
-from batch.service.run import ExitCode
+from batch.service.nightly.run import ExitCode
 from batch.settings import BusKind, Settings
 
 log = structlog.get_logger("batch.listen")

@@ -29,8 +29,8 @@ from batch.entrypoints.console import (
 )
 from batch.entrypoints.oversight import WithApp
 from batch.errors import UsageError
-from batch.service.history import RUN_COLUMNS, history_row
-from batch.service.run import ExitCode
+from batch.service.nightly.history import RUN_COLUMNS, history_row
+from batch.service.nightly.run import ExitCode
 from batch.settings import Settings
 
 #: the most rows one page may ask for
@@ -166,8 +166,8 @@ def cmd_payouts(settings: Settings, args: argparse.Namespace, with_app: WithApp)
 
 
 def cmd_report(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> int:
-    from batch.service import render  # noqa: PLC0415
-    from batch.service.report import build_report  # noqa: PLC0415
+    from batch.service.reports import render  # noqa: PLC0415
+    from batch.service.reports.build import build_report  # noqa: PLC0415
 
     def go(app: App) -> int:
         try:

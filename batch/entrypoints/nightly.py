@@ -1,6 +1,6 @@
 """``batch run``: the nightly payout run from the command line, and ``batch worker`` beside it.
 
-Before anything is recorded the request is checked (``batch.service.run_checks``): the business date
+Before anything is recorded the request is checked (``batch.service.nightly.checks``): the business date
 within the run window (or a backfill with its reason), every ``--portfolio`` known to InvestSuite. The
 run's summary goes to stdout; a failed run also writes its one error line to stderr.
 """
@@ -18,12 +18,13 @@ from typing import Any
 import structlog
 
 from batch.bootstrap import App
+from batch.domain.business_date import business_today
 from batch.entrypoints.console import iso_date, report_error, seconds, whole_number
 from batch.entrypoints.oversight import WithApp
 from batch.errors import UsageError
 from batch.logs import json_logging
-from batch.service.interruption import Interruption
-from batch.service.run import ExitCode, RunRequest, RunResult, business_today, held_line, run_job
+from batch.service.nightly.interruption import Interruption
+from batch.service.nightly.run import ExitCode, RunRequest, RunResult, held_line, run_job
 from batch.settings import Settings
 
 log = structlog.get_logger("batch.cli")
@@ -74,7 +75,7 @@ def add_parsers(sub: Any, run_id: Callable[[str], Any]) -> None:
 def print_run_result(result: RunResult, template_dir: Path | None = None) -> None:
     """The run's text summary, its error, the report files and the exit code, on stdout."""
     if result.report is not None:
-        from batch.service.render import render_text  # noqa: PLC0415
+        from batch.service.reports.render import render_text  # noqa: PLC0415
 
         print(render_text(result.report, template_dir), end="")
     if result.in_progress_elsewhere:  # open operations another live process holds: in progress, not done
@@ -122,8 +123,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace, with_app: WithApp) -> 
 
     def go(app: App) -> int:
         from batch.entrypoints.workers import spawn_local_workers  # noqa: PLC0415
-        from batch.service.metrics import publish_run_metrics  # noqa: PLC0415
-        from batch.service.run_checks import check_run_request  # noqa: PLC0415
+        from batch.service.nightly.checks import check_run_request  # noqa: PLC0415
+        from batch.service.nightly.metrics import publish_run_metrics  # noqa: PLC0415
 
         def check() -> None:
             check_run_request(app, request, today=business_today(settings.run.timezone))

@@ -21,7 +21,7 @@ from batch.bootstrap import App
 from batch.domain.audit import Anchor, AnchorError, AuditVerification, parse_expect
 from batch.errors import ConfigError, UsageError
 from batch.service.audit_checks import configured_anchors, full_verification
-from batch.service.run import ExitCode
+from batch.service.nightly.run import ExitCode
 from batch.settings import Settings
 
 #: builds the app, runs the function on it, closes it (the CLI's own, ``batch.entrypoints.cli._with_app``)

@@ -20,9 +20,9 @@ from apscheduler.triggers.cron import CronTrigger
 
 from batch.bootstrap import build_app
 from batch.errors import ConfigError
-from batch.service.interruption import Interruption
-from batch.service.metrics import publish_run_metrics
-from batch.service.run import ExitCode, RunRequest, RunResult, run_job
+from batch.service.nightly.interruption import Interruption
+from batch.service.nightly.metrics import publish_run_metrics
+from batch.service.nightly.run import ExitCode, RunRequest, RunResult, run_job
 from batch.settings import Settings
 
 log = structlog.get_logger("batch.scheduler")

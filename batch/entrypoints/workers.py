@@ -28,8 +28,8 @@ from types import FrameType
 import structlog
 
 from batch.bootstrap import App
-from batch.service.engines import run_worker
-from batch.service.run import ExitCode
+from batch.service.nightly.run import ExitCode
+from batch.service.wiring import run_worker
 
 log = structlog.get_logger("batch.workers")
 _PR_SET_PDEATHSIG = 1

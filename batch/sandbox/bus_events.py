@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,11 +39,8 @@ from starlette.routing import Route
 from batch.adapters.bus import Bus
 from batch.sandbox.rules import apply_portfolio_patch, not_found
 from batch.sandbox.seed import portfolio_document, user_document
-from batch.sandbox.store import Document, dumps, loads, new_id, now_iso
+from batch.sandbox.store import Document, SandboxStore, dumps, loads, new_id, now_iso
 from batch.settings import BusKind, BusSettings
-
-if TYPE_CHECKING:
-    from batch.sandbox.app import Sandbox
 
 logger = logging.getLogger(__name__)
 BUS_ENV, BUS_URL_ENV = "INVESTSUITE_SANDBOX_BUS", "INVESTSUITE_SANDBOX_BUS_URL"
@@ -209,6 +206,13 @@ class Watch:
 
 
 # -- admin endpoints ------------------------------------------------------------------------------------
+
+
+class Sandbox(Protocol):
+    """What the admin routes use of the sandbox app (``batch.sandbox.app.Sandbox``), without importing it back."""
+
+    store: SandboxStore
+    events: EventPublisher
 
 
 def admin_routes(sandbox: Sandbox) -> list[Route]:

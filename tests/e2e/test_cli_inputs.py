@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from batch.service.run import ExitCode, business_today
+from batch.domain.business_date import business_today
+from batch.service.nightly.run import ExitCode
 from tests.e2e.conftest import World
 from tests.e2e.helpers import CLI_TIMEOUT_SECONDS, cli_error, explain, fetch
 

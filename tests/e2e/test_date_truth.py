@@ -28,10 +28,10 @@ import pytest
 
 from batch.adapters.ledger_deposits import IncomingFundsAdmin
 from batch.adapters.postgres import Dsns, make_engine
+from batch.domain.business_date import business_today
 from batch.domain.money import quantum
 from batch.sandbox.seed import seed_scenario
 from batch.sandbox.seed_deposits import seed_deposits
-from batch.service.run import business_today
 from batch.settings import LedgerSettings
 from tests.e2e.chaos_support import ChaosHarness, ChaosOptions, ChaosResult
 from tests.e2e.helpers import Cli, explain, fetch

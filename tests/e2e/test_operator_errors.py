@@ -12,7 +12,7 @@ import pytest
 
 from batch.adapters.postgres import Dsns
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
-from batch.service.run import ExitCode
+from batch.service.nightly.run import ExitCode
 from tests.e2e.helpers import CLI_TIMEOUT_SECONDS, Cli, cli_error, explain, toml_config
 from tests.fixtures.sandbox import RunningSandbox
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from batch.adapters.journal.bus import BusStore
 from batch.bootstrap import App
-from batch.service.bus_deposits import DepositCheck
-from batch.service.bus_events import BusEventHandler
-from batch.service.bus_withdrawal import ListenerRuns, PlanAndExecute
+from batch.service.bus.deposits import DepositCheck
+from batch.service.bus.events import BusEventHandler
+from batch.service.bus.withdrawal import ListenerRuns, PlanAndExecute
 
 
 def event(

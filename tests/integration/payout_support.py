@@ -29,9 +29,9 @@ from batch.bootstrap import App, build_app
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn
 from batch.sandbox.store import dumps
-from batch.service.engine import Engine, ExecutionStats
-from batch.service.plan import Planner, PlanStats
-from batch.service.report import Report, build_report
+from batch.service.engine.steps import Engine, ExecutionStats
+from batch.service.planning.withdrawals import Planner, PlanStats
+from batch.service.reports.build import Report, build_report
 from batch.settings import InvestSuiteSettings, RunSettings, Settings
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 

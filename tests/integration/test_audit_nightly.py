@@ -23,7 +23,7 @@ from batch.adapters.journal import Anchor, Journal
 from batch.adapters.postgres import Dsns
 from batch.domain.payout import PayoutState
 from batch.service.audit_checks import full_verification
-from batch.service.run import ExitCode, RunRequest, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, run_job
 from batch.settings import AuditSettings
 from tests.fixtures.roles import journal_as
 from tests.fixtures.sandbox import RunningSandbox, SandboxState

@@ -29,7 +29,7 @@ from batch.adapters.ledger_deposits import DepositLedger
 from batch.adapters.postgres import Dsns, make_engine
 from batch.bootstrap import App
 from batch.domain.payout import PayoutState
-from batch.service.run import ExitCode, RunRequest, RunResult, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, RunResult, run_job
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     ACTOR,

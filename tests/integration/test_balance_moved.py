@@ -15,7 +15,7 @@ import pytest
 from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
 from batch.domain.payout import PayoutState
-from batch.service.render import RENDERERS
+from batch.service.reports.render import RENDERERS
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     PATCH_ROUTE,

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from batch.adapters.postgres import Dsns
 from batch.domain.payout import PayoutState
 from batch.errors import OperatorRefusedError
-from batch.service.run import ExitCode, RunRequest, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, run_job
 from tests.fixtures.roles import journal_as
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
 from batch.sandbox.seed_deposits import seed_deposits
-from batch.service.bus_events import Verdict
-from batch.service.bus_withdrawal import PlanAndExecute
+from batch.service.bus.events import Verdict
+from batch.service.bus.withdrawal import PlanAndExecute
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.bus_support import Wired, event, listener_handler, minutes_ago, withdrawal
 from tests.integration.payout_support import (

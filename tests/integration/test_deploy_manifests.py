@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from batch.service.run import ExitCode
+from batch.service.nightly.run import ExitCode
 from batch.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

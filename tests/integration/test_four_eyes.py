@@ -30,7 +30,7 @@ from batch.bootstrap import App, build_app
 from batch.errors import OperatorRefusedError
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.server import SandboxProcess
-from batch.service.run import RunRequest, run_job
+from batch.service.nightly.run import RunRequest, run_job
 from batch.settings import InvestSuiteSettings, PolicySettings, RunSettings, Settings
 from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.roles import JOB_LOGIN, dsn_as, job_dsn, login_role, operator_dsn

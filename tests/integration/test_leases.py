@@ -24,7 +24,7 @@ from batch.domain.lease import Verdict
 from batch.domain.payout import PayoutState
 from batch.errors import FenceLostError, RunLockedError
 from batch.sandbox.seed import libpq_dsn
-from batch.service.run import ExitCode, RunRequest, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, run_job
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import BUSINESS_DATE, add_customer, app_for, make_settings
 

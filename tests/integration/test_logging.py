@@ -23,7 +23,7 @@ from batch.bootstrap import build_app
 from batch.logs import configure_logging, reset_logging
 from batch.sandbox.seed import libpq_dsn, seed_scenario
 from batch.sandbox.server import SandboxProcess
-from batch.service.run import ExitCode, RunRequest, RunResult, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, RunResult, run_job
 from batch.settings import DatabaseSettings, InvestSuiteSettings, RunSettings, Settings
 
 ACCESS_KEY_ID = "log-test-access-key-id"

@@ -23,9 +23,9 @@ from structlog.testing import capture_logs
 from batch.adapters.postgres import Dsns
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn, seed_scenario
-from batch.service.metrics import publish_run_metrics
-from batch.service.report import Report, Totals
-from batch.service.run import ExitCode, RunResult
+from batch.service.nightly.metrics import publish_run_metrics
+from batch.service.nightly.run import ExitCode, RunResult
+from batch.service.reports.build import Report, Totals
 from batch.settings import MetricsSettings
 from tests.fixtures.sandbox import RunningSandbox
 
@@ -193,7 +193,7 @@ def test_textfile_is_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
         assert path.read_text(encoding="utf-8") == "old content\n"  # readers still see the whole old file
         real_replace(src, dst)
 
-    monkeypatch.setattr("batch.service.metrics.os.replace", spy_replace)  # the os module the writer calls
+    monkeypatch.setattr("batch.service.nightly.metrics.os.replace", spy_replace)  # the os module the writer calls
     assert publish_run_metrics(MetricsSettings(textfile_path=path), _result(ExitCode.OK)) is True
     ((src, dst),) = renames
     assert Path(src).parent == path.parent and dst == str(path)

@@ -31,9 +31,9 @@ from batch.domain.payout import PayoutState
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import portfolios_by_case, seed_scenario
 from batch.sandbox.server import SandboxProcess
-from batch.service import render
-from batch.service.report import build_report
-from batch.service.run import RunRequest, run_job
+from batch.service.nightly.run import RunRequest, run_job
+from batch.service.reports import render
+from batch.service.reports.build import build_report
 from batch.settings import InvestSuiteSettings, PolicySettings, RunSettings, Settings
 from tests.fixtures.pg import fresh_dsns
 from tests.fixtures.roles import operator_dsn

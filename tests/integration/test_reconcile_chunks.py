@@ -20,8 +20,8 @@ from batch.adapters.postgres import Dsns
 from batch.bootstrap import App
 from batch.sandbox.seed import libpq_dsn
 from batch.sandbox.server import SandboxProcess
-from batch.service import reconciling
-from batch.service.reconciling import reconcile_payouts
+from batch.service.reconcile import readback as reconciling
+from batch.service.reconcile.readback import reconcile_payouts
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import (
     ACTOR,

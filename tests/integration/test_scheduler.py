@@ -33,7 +33,7 @@ from batch.entrypoints.scheduler import build_scheduler, make_trigger
 from batch.errors import ConfigError
 from batch.sandbox.app import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from batch.sandbox.seed import libpq_dsn, seed_scenario
-from batch.service.run import RunResult
+from batch.service.nightly.run import RunResult
 from batch.settings import Settings, load_settings
 from tests.fixtures.sandbox import RunningSandbox
 

@@ -30,7 +30,7 @@ from batch.errors import BatchError, CredentialsError
 from batch.logs import configure_logging, reset_logging
 from batch.sandbox.seed import libpq_dsn, seed_scenario
 from batch.sandbox.server import SandboxProcess
-from batch.service.run import ExitCode, RunRequest, run_job
+from batch.service.nightly.run import ExitCode, RunRequest, run_job
 from batch.settings import InvestSuiteSettings, LedgerSettings
 from tests.fixtures.sandbox import RunningSandbox, SandboxState
 from tests.integration.payout_support import ACTOR, BUSINESS_DATE, add_customer, app_for, make_settings

@@ -11,8 +11,8 @@ import pytest
 from batch.adapters.ledger_bank_payouts import LedgerBankPayout
 from batch.domain.announce import BankPayout, decide_announcement
 from batch.domain.model import Decision, PortfolioView, Reason
-from batch.service.reconcile import BreakType
-from batch.service.reconcile_announcements import match_announcement
+from batch.service.reconcile.announcements import match_announcement
+from batch.service.reconcile.rules import BreakType
 
 PAYOUT = BankPayout("LT-1", "WDA-1", "BE71096123456769", D("300.00"), "EUR", date(2026, 11, 24))
 PORTFOLIO = PortfolioView(

@@ -11,7 +11,7 @@ import pytest
 
 from batch.adapters.journal.bus import DecisionSummary
 from batch.domain.records import PayoutRecord
-from batch.service.bus_withdrawal import PlanAndExecute
+from batch.service.bus.withdrawal import PlanAndExecute
 
 Round = dict[str, tuple[DecisionSummary | None, PayoutRecord | None, uuid.UUID]]
 

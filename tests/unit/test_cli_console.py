@@ -171,7 +171,7 @@ def test_listing_amounts_are_exact_and_runs_say_when_interrupted() -> None:
     from datetime import UTC, date, datetime  # noqa: PLC0415
     from decimal import Decimal  # noqa: PLC0415
 
-    from batch.service.history import history_row  # noqa: PLC0415
+    from batch.service.nightly.history import history_row  # noqa: PLC0415
 
     assert amount_text(Decimal("10.005"), "EUR") == "10.005"
     assert amount_text(Decimal("10.00000000"), "EUR") == "10.00"

@@ -19,7 +19,7 @@ from batch.domain.withdrawal import withdrawal_flow
 from batch.errors import RemotePermanentError, RemoteTransientError
 from batch.sandbox.seed import portfolio_document
 from batch.sandbox.store import new_id
-from batch.service.engine import Engine
+from batch.service.engine.steps import Engine
 from tests.factories import planned_payout
 from tests.fakes import Boundaries, Crash, FakeInvestSuite, FakeJournal, FakeLedger
 

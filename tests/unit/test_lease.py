@@ -12,7 +12,7 @@ from batch.domain.lease import Facts, LeaseRow, Verdict, judge
 from batch.entrypoints.nightly import print_run_result
 from batch.errors import TransientError
 from batch.service.heartbeat import Heartbeat
-from batch.service.run import ExitCode, RunResult
+from batch.service.nightly.run import ExitCode, RunResult
 from batch.settings import DatabaseSettings, RunSettings, Settings
 
 NOW = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from batch.service.bus_events import Handled, Verdict
-from batch.service.listener import Health, Listener, ListenerMetrics
+from batch.service.bus.events import Handled, Verdict
+from batch.service.bus.listener import Health, Listener, ListenerMetrics
 from tests.fakes import FakeBus
 
 

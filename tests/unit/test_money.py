@@ -175,8 +175,8 @@ def test_quantize_and_format_properties(amount: Decimal, currency: str) -> None:
 def test_exact_keeps_sub_minor_digits_and_pads_to_the_minor_unit() -> None:
     """Report amounts are exact: 10.005 EUR stays 10.005 (never rounded into a PASS), 10 EUR shows 10.00."""
     from batch.domain.money import exact  # noqa: PLC0415
-    from batch.service.reconcile import text  # noqa: PLC0415
-    from batch.service.report_model import quantized  # noqa: PLC0415
+    from batch.service.reconcile.rules import text  # noqa: PLC0415
+    from batch.service.reports.figures import quantized  # noqa: PLC0415
 
     assert format(exact(Decimal("10.005"), "EUR"), "f") == "10.005"
     assert format(exact(Decimal("5260.00500000"), "EUR"), "f") == "5260.005"

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from batch.domain.model import LedgerView
 from batch.errors import LedgerUnavailableError, PayloadError
-from batch.service.plan import Planner
+from batch.service.planning.withdrawals import Planner
 
 
 class FlakyLedger:

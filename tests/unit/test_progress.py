@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from batch.adapters.journal import PayoutRecord
 from batch.logs import configure_logging, reset_logging
-from batch.service.progress import PhaseTimer, Progress
+from batch.service.nightly.progress import PhaseTimer, Progress
 
 PAYOUT = cast(PayoutRecord, object())  # Progress only counts payouts; it never reads them
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from batch.bootstrap import App
-from batch.service.run import _share_rate_limit
+from batch.service.nightly.run import _share_rate_limit
 
 
 class _Client:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from batch.service.reconcile import (
+from batch.service.reconcile.book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
+from batch.service.reconcile.figures import PaidFigures, add_paid
+from batch.service.reconcile.rules import (
     BreakType,
     LedgerFact,
     PayoutFacts,
@@ -15,8 +17,6 @@ from batch.service.reconcile import (
     match_payout,
     unknown_ledger_payouts,
 )
-from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
-from batch.service.reconcile_figures import PaidFigures, add_paid
 
 ALL_STEPS = frozenset(
     {"ledger_posted", "transaction_recorded", "divest_cleared", "holdings_updated", "event_sent", "completed"}

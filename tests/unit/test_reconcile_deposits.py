@@ -9,8 +9,7 @@ from decimal import Decimal as D
 import pytest
 
 from batch.adapters.ledger import Transfer
-from batch.service.reconcile import TransactionFact
-from batch.service.reconcile_deposits import (
+from batch.service.reconcile.deposits import (
     DepositFacts,
     DepositFigures,
     DepositRemote,
@@ -18,6 +17,7 @@ from batch.service.reconcile_deposits import (
     deposit_breaks,
     unknown_deposit_transfers,
 )
+from batch.service.reconcile.rules import TransactionFact
 
 DAY = date(2026, 11, 20)
 DONE = DepositFacts(

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from batch.service.report_deposits import DepositLine
+from batch.service.reports.deposits import DepositLine
 
 LINE = DepositLine(
     credit_reference="LT-1",

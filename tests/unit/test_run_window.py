@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from batch.service.run_checks import window_problem
+from batch.service.nightly.checks import window_problem
 
 TODAY = date(2026, 11, 30)
 FIRST = date(2026, 6, 1)

@@ -27,7 +27,7 @@ from batch.errors import InvalidRemoteDataError
 from batch.sandbox import rules
 from batch.sandbox.seed import portfolio_document
 from batch.sandbox.store import dumps, new_id
-from batch.service.plan import hold_unwritable
+from batch.service.planning.withdrawals import hold_unwritable
 from tests.fixtures.books import BookPortfolio, books
 
 TODAY = date(2026, 11, 30)

@@ -1,6 +1,6 @@
 """What the listener does with one message: record it in the inbox, decide, act, say what happened.
 
-Called in a worker thread for each message the bus hands over (``batch.service.listener``); returns
+Called in a worker thread for each message the bus hands over (``batch.service.bus.listener``); returns
 the verdict the consumer applies *after* everything here has been committed:
 
     ACK           handled, ignored (unknown subject/action, stale), or a duplicate: acknowledge

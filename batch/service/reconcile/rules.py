@@ -2,7 +2,7 @@
 
 Three-way, per payout (``match_payout``): what the journal says happened against what the core
 banking ledger and InvestSuite hold now, read back. The full book's rules are in ``reconcile_book``.
-No I/O here: ``batch.service.reconciling`` reads the three systems and calls these functions, so
+No I/O here: ``batch.service.reconcile.readback`` reads the three systems and calls these functions, so
 each rule is unit-tested with hand-made records (and the deposits flow can reuse them).
 
 Which checks apply follows the steps the payout reached (the journal's per-step timestamps):

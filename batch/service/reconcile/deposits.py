@@ -40,10 +40,10 @@ from batch.domain.deposit import move_key, undo_key
 from batch.domain.money import parse_amount
 from batch.errors import InvalidAmountError, NotFoundError
 from batch.service.context import Services
-from batch.service.reconcile import Break, TransactionFact, mask, text
+from batch.service.reconcile.rules import Break, TransactionFact, mask, text
 
 if TYPE_CHECKING:
-    from batch.service.reconciling import Reconciliation
+    from batch.service.reconcile.result import Reconciliation
 
 Q = load_queries("journal_reconcile_deposits")
 ZERO = Decimal(0)

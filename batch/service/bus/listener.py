@@ -39,7 +39,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from batch.adapters.bus import Delivery, OnMessage
-from batch.service.bus_events import Handled, Verdict
+from batch.service.bus.events import Handled, Verdict
 
 log = structlog.get_logger("batch.listener")
 

@@ -17,7 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch.service.run import RunResult
+from batch.service.nightly.run import RunResult
 from batch.settings import MetricsSettings
 
 log = structlog.get_logger("batch.metrics")

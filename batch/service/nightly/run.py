@@ -19,32 +19,33 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from enum import IntEnum
 from pathlib import Path
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 import structlog
 
 from batch import __version__
 from batch.adapters.journal.bus import BusStore
 from batch.adapters.journal.leases import RUN_LEASE, LeaseSession
+from batch.domain.business_date import business_today
 from batch.domain.payout import FlowKind, PayoutState
 from batch.errors import BatchError, ConfigError, FenceLostError, RunLockedError
-from batch.service.announcements import AnnouncementStats, plan_announcements
 from batch.service.audit_checks import check_before_money
 from batch.service.context import Services
-from batch.service.deposits import DepositStats, plan_deposits
-from batch.service.engine import Engine, ExecutionStats
-from batch.service.engines import engine_for, planner_for
+from batch.service.engine.steps import Engine, ExecutionStats
 from batch.service.heartbeat import Heartbeat
-from batch.service.interruption import INTERRUPTED, interruption_record, interruption_text
-from batch.service.plan import PlanStats
-from batch.service.progress import PhaseTimer, Progress
-from batch.service.reconciling import Reconciliation, reconcile_payouts
-from batch.service.report import Report, audit_summary, build_report, run_header, write_reports
-from batch.service.report_checks import checks
+from batch.service.nightly.interruption import INTERRUPTED, interruption_record, interruption_text
+from batch.service.nightly.progress import PhaseTimer, Progress
+from batch.service.planning.announcements import AnnouncementStats, plan_announcements
+from batch.service.planning.deposits import DepositStats, plan_deposits
+from batch.service.planning.withdrawals import PlanStats
+from batch.service.reconcile.readback import reconcile_payouts
+from batch.service.reconcile.result import Reconciliation
+from batch.service.reports.build import Report, audit_summary, build_report, run_header, write_reports
+from batch.service.reports.checks import checks
+from batch.service.wiring import engine_for, planner_for
 from batch.settings import BrokerIntegration
 
 log = structlog.get_logger("batch.run")
@@ -106,12 +107,6 @@ class RunResult:
     in_progress_elsewhere: list[dict[str, object]] = field(default_factory=list)
     #: wall seconds per phase (resume, plan, execute, reconcile, report): in the summary and the metrics
     phases: PhaseTimer = field(default_factory=PhaseTimer)
-
-
-def business_today(timezone: str, now: Callable[[], datetime] | None = None) -> date:
-    """Today in the configured time zone (the default business date)."""
-    moment = now() if now is not None else datetime.now(ZoneInfo(timezone))
-    return moment.astimezone(ZoneInfo(timezone)).date()
 
 
 def run_job(
@@ -449,4 +444,4 @@ def _planner_engine(
     return engine_for(app, run_id, actor=actor, worker=worker, flows=sorted(flows), stop=stop, on_done=progress.done)
 
 
-__all__ = ["ExitCode", "RunRequest", "RunResult", "business_today", "held_line", "run_job"]
+__all__ = ["ExitCode", "RunRequest", "RunResult", "held_line", "run_job"]

@@ -37,12 +37,12 @@ import structlog
 
 from batch import __version__
 from batch.adapters.journal.bus import BusStore, DecisionSummary
+from batch.domain.business_date import business_today
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import PayoutRecord
 from batch.service.audit_checks import refuse_while_stopped
 from batch.service.context import Services
-from batch.service.engines import engine_for, planner_for
-from batch.service.run import business_today
+from batch.service.wiring import engine_for, planner_for
 
 log = structlog.get_logger("batch.bus")
 ROUNDS = 3

@@ -1,6 +1,6 @@
 """``DepositTrigger`` on the deposit flow: a funding event places the ledger's new incoming credits now.
 
-Deposits are found in the ledger, set-wise (``batch.service.deposits``), not per portfolio: a
+Deposits are found in the ledger, set-wise (``batch.service.planning.deposits``), not per portfolio: a
 ``portfolio.funding`` event is the signal that money may have arrived, so the listener runs the same
 deposit pass the nightly run makes — new credits since the last position, and every credit still held —
 under its own run, then drives the deposit operations with the step engine. The nightly run stays the
@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from batch.domain.business_date import business_today
 from batch.domain.payout import FlowKind
-from batch.service.bus_withdrawal import ListenerRuns
+from batch.service.bus.withdrawal import ListenerRuns
 from batch.service.context import Services
-from batch.service.deposits import plan_deposits
-from batch.service.engines import engine_for
-from batch.service.run import business_today
+from batch.service.planning.deposits import plan_deposits
+from batch.service.wiring import engine_for
 
 log = structlog.get_logger("batch.listener")
 DEPOSIT_FLOWS = (FlowKind.DEPOSIT, FlowKind.DEPOSIT_ANNOUNCE)

@@ -3,7 +3,7 @@
 A report covers one run or every run of one business date. Payout states are taken *as of* the
 report's cut-off (the run's end, or the last run's end for a date) from the per-state timestamps,
 so a report rendered a month later shows the same figures. What each line and group means is in
-``batch.service.report_model``; the SQL is ``sql/queries/report.sql``.
+``batch.service.reports.model``; the SQL is ``sql/queries/report.sql``.
 
 - A run's report counts every payout whose money moved in that run (its step attempts tell which):
   tonight's candidates, and the payouts carried over, approved or retried that it drove.
@@ -26,21 +26,21 @@ from sqlalchemy.engine import Engine
 
 from batch.adapters.journal import Journal
 from batch.adapters.sqlfiles import load_queries
-from batch.service.report_checks import checks
-from batch.service.report_deposits import build_deposit_section
-from batch.service.report_model import (
+from batch.service.reports import render
+from batch.service.reports.checks import checks
+from batch.service.reports.deposits import build_deposit_section
+from batch.service.reports.figures import Check, quantized
+from batch.service.reports.model import (
     BUCKETS,
     GROUPS,
     SCHEMA_VERSION,
     STAMPS,
     ZERO,
-    Check,
     Line,
     Lines,
     Report,
     Totals,
     bucket,
-    quantized,
     state_as_of,
 )
 
@@ -326,7 +326,6 @@ def _note(details: Mapping[str, Any], row: Mapping[str, Any], as_of: datetime) -
 
 def write_reports(report: Report, folder: Path, template_dir: Path | None = None) -> dict[str, Path]:
     """Write the report in every format under ``folder``; return the paths by format."""
-    from batch.service import render  # noqa: PLC0415 - render imports this module
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = (

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from batch.adapters.sqlfiles import load_queries
-from batch.service.report_model import Check, quantized
+from batch.service.reports.figures import Check, quantized
 
 Q = load_queries("report")
 ZERO = Decimal(0)

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 
 from batch.errors import NotFoundError, PayloadError, UsageError
 from batch.service.context import Services
-from batch.service.run import RunRequest
+from batch.service.nightly.run import RunRequest
 
 
 def window_problem(

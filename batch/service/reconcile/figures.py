@@ -1,6 +1,6 @@
 """Reconciliation figures: one currency's "paid, everywhere once" sums, each from its own source.
 
-Pure, like ``batch.service.reconcile`` (whose per-payout records and rules they count).
+Pure, like ``batch.service.reconcile.rules`` (whose per-payout records and rules they count).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from batch.service.reconcile import (
+from batch.service.reconcile.rules import (
     ZERO,
     Break,
     BreakType,

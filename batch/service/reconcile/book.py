@@ -1,5 +1,5 @@
 """Full-book cash reconciliation rules: every REAL_MONEY portfolio's InvestSuite ``$CCY`` cash against the
-ledger balance of the account it maps to. Pure functions of plain records (``batch.service.reconciling``
+ledger balance of the account it maps to. Pure functions of plain records (``batch.service.reconcile.readback``
 does the reading)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from batch.service.reconcile import ZERO, Break, BreakType, mask, text
+from batch.service.reconcile.rules import ZERO, Break, BreakType, mask, text
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import jinja2
 from markupsafe import Markup, escape
 
-from batch.service.report_deposits import DEPOSIT_BUCKETS
-from batch.service.report_model import BUCKETS, GROUP_TITLES, GROUPS, SCHEMA_VERSION, Line, Report
+from batch.service.reports.deposits import DEPOSIT_BUCKETS
+from batch.service.reports.model import BUCKETS, GROUP_TITLES, GROUPS, SCHEMA_VERSION, Line, Report
 
 EXCEPTION_GROUPS = (
     ("held", "Held: new (waiting for an operator's approval or a fix of the data)"),

@@ -1,6 +1,6 @@
 """The report's control checks, per currency: nothing lost, paid once everywhere, in flight apart.
 
-Pure: figures in, ``Check`` lines out (``batch.service.report_model`` holds the totals they read).
+Pure: figures in, ``Check`` lines out (``batch.service.reports.model`` holds the totals they read).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from batch.service.report_model import BUCKETS, GROUPS, ZERO, Check, Totals
+from batch.service.reports.figures import Check
+from batch.service.reports.model import BUCKETS, GROUPS, ZERO, Totals
 
 IN_FLIGHT_CHECK = "in flight: moved on the ledger, not completed yet (the next run resumes them)"
 

@@ -41,8 +41,8 @@ from batch.domain.payout import EXECUTABLE, FlowKind, PayoutState, Step, divert_
 from batch.domain.ports import Ports
 from batch.domain.records import PayoutRecord
 from batch.errors import BatchError, ConfigError, InvalidTransitionError, TransientError
-from batch.service.crashpoints import crash_point
-from batch.service.ports import JournalPort
+from batch.service.engine.ports import JournalPort
+from batch.service.engine.seams import crash_point
 
 log = structlog.get_logger("batch.engine")
 

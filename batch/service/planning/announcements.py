@@ -26,7 +26,7 @@ from batch.domain.model import AccountMap, Decision, PortfolioView, mask_account
 from batch.domain.payout import FlowKind, PayoutState
 from batch.domain.records import DecisionRow, NewPayout
 from batch.service.context import Services
-from batch.service.deposits import DecisionRecorder, DepositStats, PortfolioFinder, find_portfolios
+from batch.service.planning.deposits import DecisionRecorder, DepositStats, PortfolioFinder, find_portfolios
 
 log = structlog.get_logger("batch.announcements")
 PAGE = 100

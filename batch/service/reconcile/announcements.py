@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from batch.adapters.ledger_bank_payouts import LedgerBankPayout
-from batch.service.reconcile import Break, BreakType, text
+from batch.service.reconcile.rules import Break, BreakType, text
 
 ZERO = Decimal(0)
 BUCKETS = ("announced", "in_progress", "held", "not_decided")

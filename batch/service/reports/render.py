@@ -7,7 +7,7 @@
 - html: one self-contained page for people (template ``report.html.j2``), full width, printable on A4.
 
 The templates ship in the package and a bank may override them (``[report] template_dir``; see
-``batch.service.report_view``). ``write`` renders any format; ``WRITERS`` and ``RENDERERS`` keep the
+``batch.service.reports.view``). ``write`` renders any format; ``WRITERS`` and ``RENDERERS`` keep the
 shipped templates.
 """
 
@@ -22,9 +22,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from batch.service.report_deposits import DEPOSIT_BUCKETS, DepositSection
-from batch.service.report_model import BUCKETS, GROUPS, SCHEMA_VERSION, STAMPS, Line, Report
-from batch.service.report_view import write_template
+from batch.service.reports.deposits import DEPOSIT_BUCKETS, DepositSection
+from batch.service.reports.model import BUCKETS, GROUPS, SCHEMA_VERSION, STAMPS, Line, Report
+from batch.service.reports.view import write_template
 
 # -- JSON ----------------------------------------------------------------------------------------------
 

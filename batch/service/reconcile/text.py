@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from batch.service.reconcile import count_by_type
-from batch.service.reconcile_deposits import deposit_text
-from batch.service.reconciling import Reconciliation
+from batch.service.reconcile.deposits import deposit_text
+from batch.service.reconcile.result import Reconciliation
+from batch.service.reconcile.rules import count_by_type
 
 _PAID_COLUMNS = (
     ("journal", "journal paid"),

@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batch import __version__
-from batch.domain.money import exact
 from batch.domain.payout import FLOW_STATES, STAMP_COLUMN, FlowKind, PayoutState
+from batch.service.reports.deposits import DepositSection
+from batch.service.reports.figures import Check, quantized
 
 SCHEMA_VERSION = "3.0"
 ZERO = Decimal(0)
@@ -46,13 +47,6 @@ STATE_OF_STAMP = {column: state.value for state, column in STAMP_COLUMN.items()}
 EXCEPTION_STATES = {PayoutState.NEEDS_ATTENTION.value, PayoutState.HELD.value}
 
 
-def quantized(amount: Decimal | None, currency: str | None) -> Decimal | None:
-    """An amount at the currency's minor unit, never rounded: a sub-minor 10.005 EUR stays 10.005."""
-    if amount is None:
-        return None
-    return exact(amount, currency)
-
-
 def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
     """The payout's state at ``as_of`` from its timestamps (its current state if nothing is later)."""
     if payout["updated_at"] <= as_of:
@@ -69,8 +63,6 @@ def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
     return "PLANNED"
 
 
-if TYPE_CHECKING:
-    from batch.service.report_deposits import DepositSection
 
 
 @dataclass
@@ -234,14 +226,6 @@ class Totals:
             "in_flight_events",
         ):
             setattr(self, name, quantized(getattr(self, name), currency) or ZERO)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    currency: str
-    ok: bool
-    detail: str
 
 
 class Lines:

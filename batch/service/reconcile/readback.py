@@ -1,7 +1,7 @@
 """Reconcile against the systems of record: read the journal, the ledger and InvestSuite back, match, record.
 
 Read-only towards the ledger and InvestSuite (only GETs and SELECTs), with the run's own client, rate
-limiter and bounded concurrency (threads). The rules are pure functions in ``batch.service.reconcile``;
+limiter and bounded concurrency (threads). The rules are pure functions in ``batch.service.reconcile.rules``;
 this module only gathers their inputs and records the result in the journal (``batch.reconciliations``
 and one audit row), so a report rendered later shows the same figures.
 
@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
@@ -39,8 +38,12 @@ from batch.domain.payout import STAMP_COLUMN
 from batch.errors import InvalidAmountError, NotFoundError
 from batch.service.context import Services
 from batch.service.read_ahead import read_ahead
-from batch.service.reconcile import (
-    Break,
+from batch.service.reconcile.announcements import reconcile_announcements
+from batch.service.reconcile.book import BookAccount, BookPortfolio, match_book_account, orphan_account
+from batch.service.reconcile.deposits import reconcile_deposits_into
+from batch.service.reconcile.figures import add_paid, add_unknown
+from batch.service.reconcile.result import Reconciliation
+from batch.service.reconcile.rules import (
     LedgerFact,
     PayoutFacts,
     PortfolioFact,
@@ -51,10 +54,6 @@ from batch.service.reconcile import (
     needs_investsuite,
     unknown_ledger_payouts,
 )
-from batch.service.reconcile_announcements import reconcile_announcements
-from batch.service.reconcile_book import BookAccount, BookFigures, BookPortfolio, match_book_account, orphan_account
-from batch.service.reconcile_deposits import reconcile_deposits_into
-from batch.service.reconcile_figures import PaidFigures, add_paid, add_unknown
 from batch.settings import BrokerIntegration
 
 #: portfolios read per listing request (the API's page maximum)
@@ -66,48 +65,6 @@ T = TypeVar("T")
 BOOK_QUERY = "money_type eq 'REAL_MONEY'"
 #: payouts matched at a time (one ledger query, ten portfolio listings, a transaction lookup each)
 _PAYOUT_CHUNK = 1000
-
-
-@dataclass
-class Reconciliation:
-    """The result of one reconciliation, as recorded."""
-
-    kind: str  # "payouts" or "book"
-    id: uuid.UUID
-    business_date: date | None
-    run_id: uuid.UUID | None
-    started_at: datetime
-    checked: int = 0
-    breaks: list[Break] = field(default_factory=list)
-    paid: dict[str, PaidFigures] = field(default_factory=dict)
-    book: dict[str, BookFigures] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    finished_at: datetime | None = None
-    #: withdrawals announced for the bank (broker integration by InvestSuite), per currency (empty otherwise)
-    announcements: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def clean(self) -> bool:
-        return not self.breaks
-
-    def figures(self) -> dict[str, Any]:
-        """What is stored (``reconciliations.figures``): per currency and source, and how it was read."""
-        per_currency = (
-            {ccy: f.to_dict(ccy) for ccy, f in sorted(self.paid.items())}
-            if self.kind == "payouts"
-            else {ccy: f.to_dict(ccy) for ccy, f in sorted(self.book.items())}
-        )
-        found = {"currencies": per_currency, "break_types": count_by_type(self.breaks), "stats": self.stats}
-        return found | ({"announcements": self.announcements} if self.announcements else {})
-
-    def summary(self) -> dict[str, Any]:
-        """Compact: stored in a run's summary and shown by ``batch runs``."""
-        return {
-            "id": str(self.id),
-            "checked": self.checked,
-            "breaks": len(self.breaks),
-            "break_types": count_by_type(self.breaks),
-        }
 
 
 # -- payouts ------------------------------------------------------------------------------------------------

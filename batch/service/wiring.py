@@ -13,8 +13,8 @@ from datetime import date
 from batch.domain.payout import FlowKind
 from batch.domain.records import PayoutRecord
 from batch.service.context import Services
-from batch.service.engine import Engine, ExecutionStats
-from batch.service.plan import Planner, PlanStats
+from batch.service.engine.steps import Engine, ExecutionStats
+from batch.service.planning.withdrawals import Planner, PlanStats
 
 
 def planner_for(
