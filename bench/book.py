@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from bench.bench import PYTHON, Env, libpq, load, log, seeded, with_sandbox, write_config  # noqa: E402
+from bench.harness import PYTHON, Env, libpq, load, log, seeded, with_sandbox, write_config  # noqa: E402
 
 
 def scenario_book(env: Env, size: int, latency_ms: float, pool_size: int = 20) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from batch.adapters.postgres import make_engine
 from batch.domain.money import MINOR_UNITS
 from batch.sandbox.store import loads
 from batch.settings import LedgerSettings
-from bench.bench import Dataset, Env, Measurement, libpq, log, run_job, seeded, with_sandbox
+from bench.harness import Dataset, Env, Measurement, libpq, log, run_job, seeded, with_sandbox
 
 VALUE_DATE = date(2026, 11, 20)
 

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from batch.adapters.migrations import migrate  # noqa: E402
 from batch.adapters.postgres import Dsns, make_engine  # noqa: E402
 from batch.sandbox.server import free_port  # noqa: E402
-from bench.bench import Env, log  # noqa: E402
+from bench.harness import Env, log  # noqa: E402
 from tests.e2e.helpers import fetch  # noqa: E402
 from tests.e2e.listener_support import (  # noqa: E402
     ListenerProcess,
