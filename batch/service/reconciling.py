@@ -186,10 +186,10 @@ def read_back(
     remote = portfolios.get(payout.portfolio_id)
     if remote is None:
         return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
+    portfolio = portfolio_fact(remote, payout.currency)
     found = transactions.get((payout.portfolio_id, payout.ledger_reference))
     if found is None:
         return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
-    portfolio = portfolio_fact(remote, payout.currency)
     return RemoteFacts(transactions=tuple(transaction_fact(t) for t in found), portfolio=portfolio)
 
 
