@@ -327,6 +327,7 @@ class FakeInvestSuite:
         self.transactions: list[dict[str, Any]] = []
         self.events: dict[str, tuple[str, Any]] = {}
         self.applied: dict[str, int] = defaultdict(int)  # writes applied, by kind
+        self.listings = 0  # listing requests of ``transactions_by_external_id`` (100 ids each, as the client)
         #: (method, portfolio id or None) -> exception to raise before doing anything, once
         self.fail_next: dict[str, BaseException] = {}
         self._lock = threading.Lock()
@@ -359,6 +360,23 @@ class FakeInvestSuite:
             for t in self.transactions
             if t["portfolio_id"] == portfolio_id and t["external_id"] == external_id
         ]
+
+    def transactions_by_external_id(self, portfolio_id: str, ids: Sequence[str]) -> dict[str, list[RemoteTransaction]]:
+        """As the client's bulk read: one listing request per 100 distinct ids (``listings``), exact matches, every
+        id asked a key, a quote refused before any request, 404 for a portfolio InvestSuite does not know."""
+        self._fault("transactions_by_external_id")
+        wanted = sorted(set(ids))
+        if any("'" in external_id or not external_id for external_id in wanted):
+            raise ValueError("an external_id must be non-empty and must not contain a single quote (query language)")
+        if portfolio_id not in self.portfolios:
+            raise NotFoundError(f"portfolio {portfolio_id} not found", status=404)
+        with self._lock:
+            self.listings += -(-len(wanted) // 100)
+            rows = [t for t in self.transactions if t["portfolio_id"] == portfolio_id]
+        return {
+            external_id: [RemoteTransaction.model_validate(t) for t in rows if t["external_id"] == external_id]
+            for external_id in wanted
+        }
 
     def create_transaction(self, portfolio_id: str, body: dict[str, Any]) -> RemoteTransaction:
         self._fault("create_transaction")

@@ -57,6 +57,7 @@ from batch.adapters.investsuite_models import (
 )
 from batch.adapters.investsuite_pages import (
     decode,
+    in_queries,
     portfolio_page,
     resolve_next,
     segment,
@@ -241,13 +242,7 @@ class InvestSuiteClient:
 
     def _listed(self, field: str, values: Sequence[str]) -> Iterator[RemotePortfolio]:
         """The well-formed portfolios whose ``field`` is one of ``values`` (exact), ``field in [...]`` 100 at a time."""
-        wanted = sorted(set(values))
-        if any("'" in value or not value for value in wanted):
-            raise ValueError(f"a {field} must be non-empty and must not contain a single quote (query language)")
-        for start in range(0, len(wanted), _MAX_PAGE):
-            chunk = wanted[start : start + _MAX_PAGE]
-            asked = set(chunk)
-            query = f"{field} in [" + ", ".join(f"'{value}'" for value in chunk) + "]"
+        for asked, query in list(in_queries(field, values, _MAX_PAGE)):  # every value checked before a request
             for page in self.iter_portfolio_pages(query, page_size=_MAX_PAGE):
                 for item in page.items:
                     if isinstance(item, RemotePortfolio) and getattr(item, field) in asked:
@@ -275,23 +270,37 @@ class InvestSuiteClient:
         return validate(RemoteTransaction, document, f"transaction for portfolio {portfolio_id}")
 
     def find_transactions(self, portfolio_id: str, external_id: str) -> list[RemoteTransaction]:
-        """Transactions of the portfolio whose ``external_id`` equals ``external_id`` exactly."""
+        """Transactions of the portfolio whose ``external_id`` equals ``external_id`` exactly (``eq``, one payout)."""
         if "'" in external_id:
             raise ValueError("external_id must not contain a single quote (query language)")
-        params: dict[str, str] | None = {"query": f"external_id eq '{external_id}'"}
+        query = f"external_id eq '{external_id}'"
+        return [t for t in self._transactions(portfolio_id, {"query": query}) if t.external_id == external_id]
+
+    def transactions_by_external_id(self, portfolio_id: str, ids: Sequence[str]) -> dict[str, list[RemoteTransaction]]:
+        """The portfolio's transactions by ``external_id``, every id asked a key: the reconciliations' bulk read.
+
+        ``external_id in [...]`` 100 per request, following ``next``; per portfolio (the docs list no transactions
+        across portfolios). Exact matches of the request's own ids (``*`` is a wildcard); a transaction once even
+        if two pages repeat it; several transactions under one id are all kept (a duplicate).
+        """
+        found: dict[str, dict[str, RemoteTransaction]] = {external_id: {} for external_id in set(ids)}
+        for asked, query in list(in_queries("external_id", ids, _MAX_PAGE)):  # checked before a request
+            for transaction in self._transactions(portfolio_id, {"query": query, "limit": str(_MAX_PAGE)}):
+                if transaction.external_id in asked:
+                    found[transaction.external_id].setdefault(transaction.id, transaction)
+        return {external_id: list(by_id.values()) for external_id, by_id in found.items()}
+
+    def _transactions(self, portfolio_id: str, params: dict[str, str] | None) -> Iterator[RemoteTransaction]:
+        """Every transaction of a listing of ``GET /portfolios/{id}/transactions/``, following ``next``."""
         url: str | httpx.URL = self._url(f"portfolios/{segment(portfolio_id)}/transactions/")
-        found: list[RemoteTransaction] = []
         seen: set[str] = set()
         while True:
             document = self._call("GET", ROUTE_FIND_TRANSACTIONS, url, params=params, write=False)
             rows, next_url = transaction_rows(document)
             for row in rows:
-                transaction = validate(RemoteTransaction, row, f"transaction of {portfolio_id}")
-                # ``*`` is a wildcard in the query language: keep exact matches only.
-                if transaction.external_id == external_id:
-                    found.append(transaction)
+                yield validate(RemoteTransaction, row, f"transaction of {portfolio_id}")
             if next_url is None:
-                return found
+                return
             if next_url in seen:
                 raise PayloadError("transaction listing: next URL repeated")
             seen.add(next_url)

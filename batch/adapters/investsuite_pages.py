@@ -7,6 +7,7 @@ is kept as a ``MalformedPortfolio`` (and logged), never dropped, so the planner 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -63,6 +64,19 @@ def segment(identifier: str) -> str:
     if not identifier:
         raise ValueError("empty identifier")
     return quote(identifier, safe="")
+
+
+def in_queries(field: str, values: Sequence[str], per_query: int) -> Iterator[tuple[frozenset[str], str]]:
+    """``field in ['a', 'b', ...]`` for the distinct ``values``, ``per_query`` at a time, with the values each asks.
+
+    The query language has no escape: a value with a single quote (or an empty one) is refused (ValueError).
+    """
+    wanted = sorted(set(values))
+    if any("'" in value or not value for value in wanted):
+        raise ValueError(f"a {field} must be non-empty and must not contain a single quote (query language)")
+    for start in range(0, len(wanted), per_query):
+        chunk = wanted[start : start + per_query]
+        yield frozenset(chunk), f"{field} in [" + ", ".join(f"'{value}'" for value in chunk) + "]"
 
 
 def resolve_next(base_url: httpx.URL, next_url: str) -> httpx.URL:

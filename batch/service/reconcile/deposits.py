@@ -38,9 +38,10 @@ from batch.adapters.ledger import Transfer
 from batch.adapters.sqlfiles import load_queries
 from batch.domain.deposit import move_key, undo_key
 from batch.domain.money import parse_amount
-from batch.errors import InvalidAmountError, NotFoundError
+from batch.errors import InvalidAmountError
 from batch.service.context import Services
 from batch.service.reconcile.rules import Break, TransactionFact, mask, text
+from batch.service.reconcile.transactions import transactions_of
 
 if TYPE_CHECKING:
     from batch.service.reconcile.result import Reconciliation
@@ -316,25 +317,28 @@ def _rows(app: Services, name: str, params: Mapping[str, Any]) -> Iterator[dict[
 
 
 def _remote(app: Services, pool: ThreadPoolExecutor, deposits: Sequence[DepositFacts]) -> list[DepositRemote]:
-    """InvestSuite for each deposit that was announced or moved: its portfolio (100 per GET), its transactions."""
+    """InvestSuite for each deposit that was announced or moved: its portfolio (100 per GET), its transactions
+    (listed per portfolio, 100 credit references per GET: ``reconcile.transactions``)."""
     wanted = sorted({d.portfolio_id for d in deposits if d.announced})
     portfolios: dict[str, Any] = {}
     chunks = [wanted[i : i + _PORTFOLIOS_PER_READ] for i in range(0, len(wanted), _PORTFOLIOS_PER_READ)]
     for part in pool.map(app.client.get_portfolios, chunks):
         portfolios |= part
 
+    read = [d for d in deposits if d.announced or d.moved]
+    transactions = transactions_of(pool, app.client, ((d.portfolio_id, d.credit_reference) for d in read))
+
     def one(deposit: DepositFacts) -> DepositRemote:
         if not (deposit.announced or deposit.moved):
             return DepositRemote()
-        try:
-            found = app.client.find_transactions(deposit.portfolio_id, deposit.credit_reference)
-        except NotFoundError:
+        found = transactions[(deposit.portfolio_id, deposit.credit_reference)]
+        if found is None:
             return DepositRemote(transactions=None, portfolio_found=False)
         remote = portfolios.get(deposit.portfolio_id)
         funded = None if remote is None else bool((remote.model_extra or {}).get("funded_since"))
         return DepositRemote(tuple(_transaction_fact(t) for t in found), True, funded)
 
-    return list(pool.map(one, deposits))
+    return [one(deposit) for deposit in deposits]
 
 
 @dataclass

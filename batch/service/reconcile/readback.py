@@ -10,8 +10,9 @@ and one audit row), so a report rendered later shows the same figures.
   the journal and matched 1,000 at a time (memory flat). Ledger: one query per chunk for their keys and
   one streamed query for every payout transfer of each value date, whose keys are looked up in the
   journal 1,000 at a time (to find those the journal does not know).
-  InvestSuite: per payout that reached the ledger, the transactions with its external_id (one GET), and
-  its portfolio, read 100 per listing request (``id in [...]``).
+  InvestSuite: the portfolios of the payouts that reached the ledger, read 100 per listing request
+  (``id in [...]``), and the transactions with their external ids, listed per portfolio (``external_id in
+  [...]``, 100 per request; the docs list transactions only under their portfolio, ``reconcile.transactions``).
 - ``reconcile_book``: every REAL_MONEY portfolio (listed page by page, following ``next``), its ``$CCY``
   cash against the balance of the ledger account it maps to: one ledger query per page, then one
   streamed query for the customer accounts no portfolio maps to.
@@ -35,7 +36,7 @@ from batch.adapters.investsuite_models import MalformedPortfolio, RemotePortfoli
 from batch.adapters.ledger_reads import LedgerTransfer
 from batch.domain.money import parse_amount
 from batch.domain.payout import STAMP_COLUMN
-from batch.errors import InvalidAmountError, NotFoundError
+from batch.errors import InvalidAmountError
 from batch.service.context import Services
 from batch.service.read_ahead import read_ahead
 from batch.service.reconcile.announcements import reconcile_announcements
@@ -54,6 +55,7 @@ from batch.service.reconcile.rules import (
     needs_investsuite,
     unknown_ledger_payouts,
 )
+from batch.service.reconcile.transactions import FoundTransactions, transactions_of
 from batch.settings import BrokerIntegration
 
 #: portfolios read per listing request (the API's page maximum)
@@ -63,7 +65,7 @@ T = TypeVar("T")
 
 #: The documented query for the full book (every real-money portfolio, pending or not).
 BOOK_QUERY = "money_type eq 'REAL_MONEY'"
-#: payouts matched at a time (one ledger query, ten portfolio listings, a transaction lookup each)
+#: payouts matched at a time (one ledger query, ten portfolio listings, a transaction listing per portfolio)
 _PAYOUT_CHUNK = 1000
 
 
@@ -127,11 +129,14 @@ def portfolio_fact(remote: RemotePortfolio, currency: str) -> PortfolioFact:
     )
 
 
-def read_back(client: InvestSuiteClient, payout: PayoutFacts, portfolios: Mapping[str, RemotePortfolio]) -> RemoteFacts:
+def read_back(
+    payout: PayoutFacts, portfolios: Mapping[str, RemotePortfolio], transactions: FoundTransactions
+) -> RemoteFacts:
     """InvestSuite as it is now for one payout: its transactions by external_id, and the portfolio.
 
-    ``portfolios`` were read beforehand for every payout, 100 per listing request (``id in [...]``); one
-    missing from it is gone.
+    Both were read beforehand for the whole chunk (``_match_chunk``): the portfolios 100 per listing request
+    (``id in [...]``), one missing from it is gone; the transactions per portfolio (``external_id in [...]``),
+    None where the portfolio answered 404 (gone as well).
     """
     if not needs_investsuite(payout) or payout.ledger_reference is None:
         return RemoteFacts()
@@ -139,11 +144,19 @@ def read_back(client: InvestSuiteClient, payout: PayoutFacts, portfolios: Mappin
     if remote is None:
         return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
     portfolio = portfolio_fact(remote, payout.currency)
-    try:
-        found = client.find_transactions(payout.portfolio_id, payout.ledger_reference)
-    except NotFoundError:
+    found = transactions.get((payout.portfolio_id, payout.ledger_reference))
+    if found is None:
         return RemoteFacts(transactions=None, portfolio=PortfolioFact(payout.portfolio_id, found=False))
     return RemoteFacts(transactions=tuple(transaction_fact(t) for t in found), portfolio=portfolio)
+
+
+def _wanted_transactions(
+    payouts: Sequence[PayoutFacts], portfolios: Mapping[str, RemotePortfolio]
+) -> Iterator[tuple[str, str]]:
+    """(portfolio, ledger reference) of each payout whose InvestSuite transaction is checked and portfolio found."""
+    for p in payouts:
+        if needs_investsuite(p) and p.ledger_reference is not None and p.portfolio_id in portfolios:
+            yield p.portfolio_id, p.ledger_reference
 
 
 def _portfolios_of(
@@ -232,11 +245,13 @@ def reconcile_payouts(
 def _match_chunk(
     app: Services, pool: ThreadPoolExecutor, payouts: Sequence[PayoutFacts], result: Reconciliation
 ) -> None:
-    """One chunk: its ledger transfers (one query), its portfolios (100 per GET), transactions per payout."""
+    """One chunk: its ledger transfers (one query), its portfolios (100 per GET), their transactions (one listing
+    per portfolio, 100 external ids per GET)."""
     transfers = app.ledger_reader.transfers_by_keys([p.payout_id for p in payouts])
     portfolios = _portfolios_of(pool, app.client, payouts)
-    remote = list(pool.map(lambda p: read_back(app.client, p, portfolios), payouts))
-    for payout, facts in zip(payouts, remote, strict=True):
+    transactions = transactions_of(pool, app.client, _wanted_transactions(payouts, portfolios))
+    for payout in payouts:
+        facts = read_back(payout, portfolios, transactions)
         transfer = transfers.get(payout.payout_id)
         fact = ledger_fact(transfer) if transfer is not None else None
         result.breaks += match_payout(payout, fact, facts)
