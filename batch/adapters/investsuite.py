@@ -142,6 +142,7 @@ class InvestSuiteClient:
         self._throttle = Throttle(settings.rate_limit_per_second, monotonic, sleep)
         base_url = settings.base_url.rstrip("/") + "/"
         self._base_url = httpx.URL(base_url)
+        self._base_prefix = str(self._base_url)
         #: how messages name the server: scheme, host, port and path (``netloc`` never has user or password)
         self.where = f"{self._base_url.scheme}://{self._base_url.netloc.decode()}{self._base_url.path.rstrip('/')}"
         self._tokens = TokenKeeper(settings, where=self.where, post=self._auth_post, monotonic=monotonic)
@@ -344,7 +345,9 @@ class InvestSuiteClient:
         return EventReceipt(idempotency_key=idempotency_key, status_code=status, body=document)
 
     def _url(self, path: str) -> httpx.URL:
-        return self._base_url.join(path)
+        # ``path`` is relative (its ids quoted by ``segment``) and the base ends with "/": the concatenation is
+        # what ``URL.join`` gives, parsed once instead of twice (a join cost ~80 us more, six times a payout)
+        return httpx.URL(self._base_prefix + path)
 
     # ------------------------------------------------------------------ request machinery
 

@@ -87,6 +87,17 @@ _TRANSFER_FROM = """
 """
 _SELECT_TRANSFER_BY_KEY = sa.text(f"SELECT {_TRANSFER_COLUMNS} {_TRANSFER_FROM} WHERE t.idempotency_key = :key")
 _SELECT_TRANSFERS_BY_KEYS = sa.text(f"SELECT {_TRANSFER_COLUMNS} {_TRANSFER_FROM} WHERE t.idempotency_key = ANY(:keys)")
+# built once: a payout's post runs both (a text clause built per call showed in the profile, issue 27)
+_SELECT_ACCOUNT = sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref")
+_INSERT_PAYOUT_TRANSFER = sa.text(
+    """INSERT INTO ledger.transfers (idempotency_key, debit_account_id, credit_account_id,
+               amount, currency, value_date, counterparty, description)
+       VALUES (:key, :debit, :credit, :amount, :currency, :value_date, :counterparty,
+               :description)
+       ON CONFLICT (idempotency_key) DO NOTHING
+       RETURNING reference, idempotency_key, amount, currency, value_date, counterparty,
+                 created_at"""
+)
 
 
 def _transfer(row: Any) -> Transfer:
@@ -237,7 +248,7 @@ class Ledger:
             # this process does anything else (the clearing account is shared by every payout).
             with translated(self._engine.url), self._autocommit.connect() as conn:
                 account = conn.execute(
-                    sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
+                    _SELECT_ACCOUNT,
                     {"ref": account_reference},
                 ).first()
                 wrong_account = account is None or account.kind != CUSTOMER_KIND
@@ -254,15 +265,7 @@ class Ledger:
                     )
                 clearing_id = self._clearing_account_id(conn, currency)
                 inserted = conn.execute(
-                    sa.text(
-                        """INSERT INTO ledger.transfers (idempotency_key, debit_account_id, credit_account_id,
-                                   amount, currency, value_date, counterparty, description)
-                           VALUES (:key, :debit, :credit, :amount, :currency, :value_date, :counterparty,
-                                   :description)
-                           ON CONFLICT (idempotency_key) DO NOTHING
-                           RETURNING reference, idempotency_key, amount, currency, value_date, counterparty,
-                                     created_at"""
-                    ),
+                    _INSERT_PAYOUT_TRANSFER,
                     {
                         "key": idempotency_key,
                         "debit": account.id,
@@ -362,7 +365,7 @@ class Ledger:
             return cached
         reference = self.clearing_account_reference(currency)
         row = conn.execute(
-            sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
+            _SELECT_ACCOUNT,
             {"ref": reference},
         ).first()
         if row is None:
@@ -406,7 +409,7 @@ class LedgerAdmin:
             {"ref": reference, "currency": currency, "owner": owner, "kind": kind},
         )
         row = conn.execute(
-            sa.text("SELECT id, currency, kind FROM ledger.accounts WHERE reference = :ref"),
+            _SELECT_ACCOUNT,
             {"ref": reference},
         ).one()
         if row.currency.strip() != currency or row.kind != kind:

@@ -2,11 +2,13 @@
 -- transitions for stops, listings.
 
 -- name: claim
--- lease up to :n executable payouts nobody else holds
+-- lease up to :n executable payouts nobody else holds; the NOT IN is payouts_claimable's predicate (0018),
+-- word for word, so the oldest come from that index instead of a sort of every open payout at each claim
 UPDATE batch.payouts
    SET lease_owner = :worker, lease_expires_at = now() + make_interval(secs => :lease)
  WHERE id IN (SELECT id FROM batch.payouts
-               WHERE state = ANY(:states)
+               WHERE state NOT IN ('COMPLETED', 'CANCELLED', 'MOVE_REVERSED', 'HELD', 'NEEDS_ATTENTION')
+                 AND state = ANY(:states)
                  AND flow = ANY(:flows)
                  AND (lease_expires_at IS NULL OR lease_expires_at < now())
                  AND (CAST(:portfolio_ids AS text[]) IS NULL OR portfolio_id = ANY(CAST(:portfolio_ids AS text[])))

@@ -99,14 +99,17 @@ class Engine:
     ) -> ExecutionStats:
         """Claim and drive executable operations until none is left (or a stop is requested)."""
         stats = ExecutionStats()
-        # a small queue beyond the threads: a claimed operation waits at most one operation's time
+        # a small queue beyond the threads: a claimed operation waits at most one operation's time. It is
+        # refilled once half of it is taken, not after every completion: one claim (and its attempts query)
+        # per few operations instead of one per operation, and the threads never wait for a claim
         batch = self.concurrency + max(1, self.concurrency // 4)
+        refill_at = self.concurrency + (batch - self.concurrency) // 2
         states = sorted(frozenset().union(*(EXECUTABLE[kind] for kind in self.flows)))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="operation") as pool:
             in_flight: set[Future[tuple[PayoutRecord, float]]] = set()
             exhausted = False
             while True:
-                if not exhausted and not self.stop_requested.is_set() and len(in_flight) < batch:
+                if not exhausted and not self.stop_requested.is_set() and len(in_flight) <= refill_at:
                     claimed = self.journal.claim_payouts(
                         worker=self.worker,
                         limit=batch - len(in_flight),
