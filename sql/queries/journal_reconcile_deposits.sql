@@ -1,4 +1,4 @@
--- Reconciliation of deposits (batch/service/reconcile_deposits.py): the deposit operations in scope, and the
+-- Reconciliation of deposits (batch/service/reconcile/deposits.py): the deposit operations in scope, and the
 -- operations behind the ledger's deposit transfers. Read-only.
 
 -- name: deposits_of_date
