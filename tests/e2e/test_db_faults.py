@@ -8,6 +8,7 @@ counted in one report only.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -24,7 +25,7 @@ from batch.adapters.journal.leases import listener_lease
 from batch.adapters.migrations import migrate
 from batch.adapters.postgres import JOURNAL_DB, Dsns, ensure_database, make_engine, with_database
 from batch.service.heartbeat import Heartbeat
-from tests.e2e.db_faults_support import FaultJob, FaultyServer, log_events, rows
+from tests.e2e.db_faults_support import FaultJob, FaultyServer, log_events, pristine_pgdata, rows
 from tests.fixtures.sandbox import RunningSandbox
 
 pytestmark = pytest.mark.slow
@@ -32,10 +33,18 @@ pytestmark = pytest.mark.slow
 LOCKED, DONE = 75, (0, 3)
 
 
+@pytest.fixture(scope="module")
+def pristine() -> Iterator[Path]:
+    """One initdb for the module: each test's server starts on a copy of this stopped, empty cluster."""
+    data = pristine_pgdata()
+    yield data
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
 @pytest.fixture
-def job(dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path) -> Iterator[FaultJob]:
+def job(dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path, pristine: Path) -> Iterator[FaultJob]:
     """A 30-portfolio book, InvestSuite answering after 150 ms, journal and ledger on a server of our own."""
-    server = FaultyServer()
+    server = FaultyServer(pristine)
     try:
         sandbox.admin.set_faults(latency_ms=150)
         yield FaultJob(server, dsns.sandbox, sandbox.base_url, tmp_path)
@@ -72,11 +81,11 @@ def test_killed_run_is_taken_over_at_once(job: FaultJob) -> None:
 
 
 def test_killed_run_and_workers_deposits_too_are_taken_over_at_once(
-    dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path
+    dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path, pristine: Path
 ) -> None:
     """SIGKILL of a run with two workers (withdrawals and deposits): the rerun releases every lease the dead
     processes held, whatever the flow, and drives both flows to the end (issue 26, item 3)."""
-    server = FaultyServer()
+    server = FaultyServer(pristine)
     try:
         sandbox.admin.set_faults(latency_ms=150)
         job = FaultJob(server, dsns.sandbox, sandbox.base_url, tmp_path, deposits=True, workers=2)
@@ -97,10 +106,12 @@ def test_killed_run_and_workers_deposits_too_are_taken_over_at_once(
         server.close()
 
 
-def test_dead_worker_leases_are_released_by_its_planner(dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path) -> None:
+def test_dead_worker_leases_are_released_by_its_planner(
+    dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path, pristine: Path
+) -> None:
     """A worker process SIGKILLed mid-run: its planner releases its leases once the workers exited and
     finishes those payouts itself; the run leaves nothing open (never "in progress 0" while stranded)."""
-    server = FaultyServer()
+    server = FaultyServer(pristine)
     try:
         sandbox.admin.set_faults(latency_ms=150)
         job = FaultJob(server, dsns.sandbox, sandbox.base_url, tmp_path, workers=2)
@@ -183,10 +194,10 @@ def test_paused_database_fails_bounded_then_rerun_completes(job: FaultJob) -> No
     job.assert_paid_once()
 
 
-def test_listener_instance_lease_survives_a_journal_restart(tmp_path: Path) -> None:
+def test_listener_instance_lease_survives_a_journal_restart(tmp_path: Path, pristine: Path) -> None:
     """A listener's instance lease across a journal restart: its heartbeat takes the lock again, no sweep
     (its own or another instance's) marks its live run ABANDONED, and the lease is never lost."""
-    server = FaultyServer()
+    server = FaultyServer(pristine)
     engine = None
     try:
         ensure_database(server.admin, JOURNAL_DB)

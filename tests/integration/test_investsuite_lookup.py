@@ -1,4 +1,8 @@
-"""Finding portfolios by external id with the documented list query, end to end against the real sandbox."""
+"""Finding portfolios by external id with the documented list query, end to end against the real sandbox.
+
+One sandbox and one set of databases serve the whole module (``module_sandbox``): every test adds
+portfolios under external ids no other test uses (CASH-, DUP-, TWIN-, WILD-, IN-), so what one test
+finds or counts is only its own, as on a fresh database."""
 
 from __future__ import annotations
 
@@ -22,14 +26,21 @@ from tests.fixtures.sandbox import RunningSandbox, SandboxState
 
 
 @pytest.fixture
-def client(sandbox: RunningSandbox) -> Iterator[InvestSuiteClient]:
+def client(module_sandbox: RunningSandbox) -> Iterator[InvestSuiteClient]:
+    """A new client per test (its call counts are this test's own) on the module's sandbox."""
     settings = InvestSuiteSettings(
-        base_url=sandbox.base_url,
+        base_url=module_sandbox.base_url,
         access_key_id=DEFAULT_ACCESS_KEY_ID,
         secret_access_key=SecretStr(DEFAULT_SECRET_ACCESS_KEY),
     )
     with InvestSuiteClient(settings) as client:
         yield client
+
+
+@pytest.fixture
+def sandbox_store(module_dsns: Dsns) -> SandboxState:
+    """The module's sandbox database, for adding portfolios straight in PostgreSQL."""
+    return SandboxState(module_dsns.sandbox)
 
 
 def _add_many(store: SandboxState, external_ids: list[str], **fields: Any) -> list[str]:
@@ -109,11 +120,11 @@ def test_lookup_of_nothing_asks_nothing(client: InvestSuiteClient) -> None:
 
 
 def test_sandbox_in_query_matches_exactly_the_listed_strings(
-    sandbox: RunningSandbox, sandbox_store: SandboxState
+    module_sandbox: RunningSandbox, sandbox_store: SandboxState
 ) -> None:
     """GET /portfolios/?query=external_id in ['A', 'B'] lists exactly the portfolios carrying one of them."""
     ids = _add_many(sandbox_store, ["IN-A", "IN-B", "IN-C", "IN-AB"])
-    with sandbox.client() as http:
+    with module_sandbox.client() as http:
         body = http.get("/portfolios/", params={"query": "external_id in ['IN-A', 'IN-B', 'NONE']"}).json()
         mixed = http.get("/portfolios/", params={"query": "external_id in ['IN-C', 'IN-A*']"}).json()
     assert sorted(d["id"] for d in body["results"]) == sorted(ids[:2])
@@ -121,10 +132,10 @@ def test_sandbox_in_query_matches_exactly_the_listed_strings(
 
 
 @pytest.mark.parametrize("query", ["external_id in ['IN-A', 'IN-B']", "external_id eq 'IN-A'"])
-def test_external_id_queries_read_the_external_id_index(dsns: Dsns, query: str) -> None:
+def test_external_id_queries_read_the_external_id_index(module_dsns: Dsns, query: str) -> None:
     """The compiled external-id lookups match the index portfolios_by_external_id (a 100-id lookup stays cheap)."""
     where, params = compile_sql(parse_query(query))
-    with psycopg.connect(libpq_dsn(dsns.sandbox)) as conn:
+    with psycopg.connect(libpq_dsn(module_dsns.sandbox)) as conn:
         conn.execute("SET enable_seqscan = off")
         plan = conn.execute(f"EXPLAIN SELECT id FROM sandbox.portfolios WHERE {where} ORDER BY id", params).fetchall()
     assert "portfolios_by_external_id" in " ".join(str(row[0]) for row in plan)
