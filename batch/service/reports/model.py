@@ -63,8 +63,6 @@ def state_as_of(payout: Mapping[str, Any], as_of: datetime) -> str:
     return "PLANNED"
 
 
-
-
 @dataclass
 class Line:
     """One candidate portfolio of a run (or of a date), or one payout a run moved that another decided."""
