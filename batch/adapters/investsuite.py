@@ -278,12 +278,9 @@ class InvestSuiteClient:
         return [t for t in self._transactions(portfolio_id, {"query": query}) if t.external_id == external_id]
 
     def transactions_by_external_id(self, portfolio_id: str, ids: Sequence[str]) -> dict[str, list[RemoteTransaction]]:
-        """The portfolio's transactions by ``external_id``, every id asked a key: the reconciliations' bulk read.
-
-        ``external_id in [...]`` 100 per request, following ``next``; per portfolio (the docs list no transactions
-        across portfolios). Exact matches of the request's own ids (``*`` is a wildcard); a transaction once even
-        if two pages repeat it; several transactions under one id are all kept (a duplicate).
-        """
+        """The portfolio's transactions by ``external_id`` (every id asked a key): ``external_id in [...]``, 100 per
+        request, following ``next``; per portfolio (the docs list none across portfolios). Exact matches only
+        (``*`` is a wildcard); a transaction once if two pages repeat it; several under one id all kept."""
         found: dict[str, dict[str, RemoteTransaction]] = {external_id: {} for external_id in set(ids)}
         for asked, query in list(in_queries("external_id", ids, _MAX_PAGE)):  # checked before a request
             for transaction in self._transactions(portfolio_id, {"query": query, "limit": str(_MAX_PAGE)}):
@@ -345,8 +342,7 @@ class InvestSuiteClient:
         return EventReceipt(idempotency_key=idempotency_key, status_code=status, body=document)
 
     def _url(self, path: str) -> httpx.URL:
-        # ``path`` is relative (its ids quoted by ``segment``) and the base ends with "/": the concatenation is
-        # what ``URL.join`` gives, parsed once instead of twice (a join cost ~80 us more, six times a payout)
+        # relative path (ids quoted by ``segment``), base ending in "/": what ``URL.join`` gives, ~80 us cheaper
         return httpx.URL(self._base_prefix + path)
 
     # ------------------------------------------------------------------ request machinery
