@@ -40,6 +40,9 @@ class Services(Protocol):
     def journal_engine(self) -> Engine: ...
 
     @property
+    def ledger_engine(self) -> Engine: ...
+
+    @property
     def deposit_ledger(self) -> DepositLedger: ...
 
     @property

@@ -236,3 +236,20 @@ def _gone_pid() -> int:
     while psutil.pid_exists(pid):
         pid += 1
     return pid
+
+
+def test_a_run_starts_only_the_worker_processes_the_database_server_can_connect(
+    dsns: Dsns, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """16 processes of 1,000 threads each cannot connect to one server: the run caps them (at one, the planner);
+    3 processes of 2 threads fit the test server and are kept."""
+    from batch.service.nightly.capacity import fit_processes  # noqa: PLC0415
+
+    huge = make_settings(sandbox.base_url, tmp_path / "reports")
+    huge = huge.model_copy(update={"run": huge.run.model_copy(update={"concurrency": 1000})})
+    with app_for(huge, dsns) as app:
+        assert fit_processes(app, 16) == 1
+    small = make_settings(sandbox.base_url, tmp_path / "reports")
+    small = small.model_copy(update={"run": small.run.model_copy(update={"concurrency": 2})})
+    with app_for(small, dsns) as app:
+        assert fit_processes(app, 3) == 3

@@ -36,6 +36,7 @@ from batch.service.audit_checks import check_before_money
 from batch.service.context import Services
 from batch.service.engine.steps import Engine, ExecutionStats
 from batch.service.heartbeat import Heartbeat
+from batch.service.nightly.capacity import fit_processes
 from batch.service.nightly.interruption import INTERRUPTED, interruption_record, interruption_text
 from batch.service.nightly.progress import PhaseTimer, Progress
 from batch.service.planning.announcements import AnnouncementStats, plan_announcements
@@ -206,7 +207,7 @@ def _locked_run(
         log.warning("run.dead_listeners_abandoned", runs=[str(r) for r in dead_listeners])
     # processes executing payouts, the planner included (more only when the caller can start workers)
     can_spawn = spawn_workers is not None and not request.dry_run
-    processes = (request.workers or settings.run.worker_processes()) if can_spawn else 1
+    processes = fit_processes(app, request.workers or settings.run.worker_processes()) if can_spawn else 1
     flows = run_flows(app, request)
     parameters = {
         "flows": sorted(flows),
