@@ -320,8 +320,10 @@ def test_workers_stop_when_their_planner_is_killed(tmp_path: Path, dsns: Dsns, s
         assert len(workers) == 2
         planner.kill()
         planner.wait(timeout=30)
-        _gone, alive = psutil.wait_procs(workers, timeout=60)
-        assert not alive, [w.pid for w in alive]
+        # bounded, generously: under a loaded 2-core CI machine (the suite's other worker busy) one worker once
+        # needed more than 60 s to finish its steps in flight and exit; it must still stop by itself
+        _gone, alive = psutil.wait_procs(workers, timeout=120)
+        assert not alive, [(w.pid, w.status(), w.cpu_times(), len(w.connections())) for w in alive]
     finally:
         if planner.poll() is None:
             planner.kill()
