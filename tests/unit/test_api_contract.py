@@ -18,13 +18,14 @@ import pytest
 from batch.adapters.investsuite import InvestSuiteClient
 from batch.errors import NotFoundError, RemotePermanentError
 from batch.service.reconcile.figures import PaidFigures, add_paid
-from batch.service.reconcile.readback import portfolio_fact, transaction_fact
+from batch.service.reconcile.readback import portfolio_fact
 from batch.service.reconcile.rules import (
     LedgerFact,
     PayoutFacts,
     RemoteFacts,
     match_payout,
 )
+from batch.service.reconcile.transactions import transaction_fact
 from tests.unit.test_investsuite_client import FakeClock, make_settings
 
 # §1: the login / refresh response, verbatim ("expires_in" is a string)

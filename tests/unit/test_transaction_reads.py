@@ -18,9 +18,9 @@ import pytest
 
 from batch.adapters.investsuite_models import RemotePortfolio
 from batch.errors import NotFoundError
-from batch.service.reconcile.readback import portfolio_fact, read_back, transaction_fact
+from batch.service.reconcile.readback import portfolio_fact, read_back
 from batch.service.reconcile.rules import PayoutFacts, PortfolioFact, RemoteFacts, match_payout
-from batch.service.reconcile.transactions import transactions_of
+from batch.service.reconcile.transactions import transaction_fact, transactions_of
 from tests.fakes import FakeInvestSuite
 from tests.unit.test_investsuite_client import PID, FakeApi, json_response, make_client, portfolio_doc
 from tests.unit.test_reconcile import PAYOUT, TRANSFER

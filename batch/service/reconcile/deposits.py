@@ -33,15 +33,12 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from batch.adapters.investsuite_models import RemoteTransaction
 from batch.adapters.ledger import Transfer
 from batch.adapters.sqlfiles import load_queries
 from batch.domain.deposit import move_key, undo_key
-from batch.domain.money import parse_amount
-from batch.errors import InvalidAmountError
 from batch.service.context import Services
 from batch.service.reconcile.rules import Break, TransactionFact, mask, text
-from batch.service.reconcile.transactions import transactions_of
+from batch.service.reconcile.transactions import transaction_fact, transactions_of
 
 if TYPE_CHECKING:
     from batch.service.reconcile.result import Reconciliation
@@ -293,18 +290,6 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _transaction_fact(tx: RemoteTransaction) -> TransactionFact:
-    movements = []
-    for m in tx.movements:
-        try:
-            quantity: Decimal | None = parse_amount(m.get("quantity"))
-        except InvalidAmountError:
-            quantity = None
-        kind, status, instrument = (_str(m.get(key)) for key in ("type", "status", "instrument_id"))
-        movements.append((kind, status, instrument, quantity))
-    return TransactionFact(tx.id, tx.status, tuple(movements))
-
-
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -336,7 +321,7 @@ def _remote(app: Services, pool: ThreadPoolExecutor, deposits: Sequence[DepositF
             return DepositRemote(transactions=None, portfolio_found=False)
         remote = portfolios.get(deposit.portfolio_id)
         funded = None if remote is None else bool((remote.model_extra or {}).get("funded_since"))
-        return DepositRemote(tuple(_transaction_fact(t) for t in found), True, funded)
+        return DepositRemote(tuple(transaction_fact(t) for t in found), True, funded)
 
     return [one(deposit) for deposit in deposits]
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from batch.adapters.investsuite import InvestSuiteClient
-from batch.adapters.investsuite_models import MalformedPortfolio, RemotePortfolio, RemoteTransaction
+from batch.adapters.investsuite_models import MalformedPortfolio, RemotePortfolio
 from batch.adapters.ledger_reads import LedgerTransfer
 from batch.domain.money import parse_amount
 from batch.domain.payout import STAMP_COLUMN
@@ -49,13 +49,12 @@ from batch.service.reconcile.rules import (
     PayoutFacts,
     PortfolioFact,
     RemoteFacts,
-    TransactionFact,
     count_by_type,
     match_payout,
     needs_investsuite,
     unknown_ledger_payouts,
 )
-from batch.service.reconcile.transactions import FoundTransactions, transactions_of
+from batch.service.reconcile.transactions import FoundTransactions, transaction_fact, transactions_of
 from batch.settings import BrokerIntegration
 
 #: portfolios read per listing request (the API's page maximum)
@@ -103,17 +102,6 @@ def ledger_fact(transfer: LedgerTransfer) -> LedgerFact:
         transfer.currency,
         transfer.value_date,
     )
-
-
-def transaction_fact(tx: RemoteTransaction) -> TransactionFact:
-    movements = []
-    for m in tx.movements:
-        try:
-            quantity: Decimal | None = parse_amount(m.get("quantity"))
-        except InvalidAmountError:
-            quantity = None
-        movements.append((_str(m.get("type")), _str(m.get("status")), _str(m.get("instrument_id")), quantity))
-    return TransactionFact(tx.id, tx.status, tuple(movements))
 
 
 def portfolio_fact(remote: RemotePortfolio, currency: str) -> PortfolioFact:

@@ -5,16 +5,20 @@ portfolios is documented. So the ids wanted are grouped by portfolio and each po
 documented list query, 100 ids per request (``InvestSuiteClient.transactions_by_external_id``): a portfolio
 with several payouts or credits in scope costs one request instead of one per id. Each listing runs on the
 reconciliation's pool; what each id finds is exactly what a lookup of that id alone (``external_id eq``) finds.
+``transaction_fact`` turns each into the plain record the rules take (withdrawals and deposits alike).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
+from decimal import Decimal
 from typing import Protocol
 
 from batch.adapters.investsuite_models import RemoteTransaction
-from batch.errors import NotFoundError
+from batch.domain.money import parse_amount
+from batch.errors import InvalidAmountError, NotFoundError
+from batch.service.reconcile.rules import TransactionFact
 
 #: (portfolio id, external id) -> the portfolio's transactions with that external id (several: a duplicate),
 #: or None when InvestSuite does not know the portfolio (404)
@@ -48,3 +52,19 @@ def transactions_of(pool: Executor, client: TransactionLister, wanted: Iterable[
         for external_id in ids:
             found[(portfolio_id, external_id)] = None if listed is None else listed.get(external_id, [])
     return found
+
+
+def transaction_fact(tx: RemoteTransaction) -> TransactionFact:
+    """A transaction as the plain record the rules take (its movements' type, status, instrument and quantity)."""
+    movements = []
+    for m in tx.movements:
+        try:
+            quantity: Decimal | None = parse_amount(m.get("quantity"))
+        except InvalidAmountError:
+            quantity = None
+        movements.append((_str(m.get("type")), _str(m.get("status")), _str(m.get("instrument_id")), quantity))
+    return TransactionFact(tx.id, tx.status, tuple(movements))
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
