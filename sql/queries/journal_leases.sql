@@ -63,22 +63,18 @@ UPDATE batch.leases SET run_id = :run_id WHERE name = :name AND token = :token
 UPDATE batch.leases SET released_at = now(), expires_at = now() WHERE name = :name AND token = :token
 
 -- name: release_payout_leases
--- a taken-over nightly run's payouts (planner, scale-out workers, any flow), never a listener's: those of
--- :dead_owners (processes of this host known to be gone) at once; any other holder's only when no step of the
--- payout is in flight (an intent without an outcome: its call may still be under way in a live process; that
--- lease runs out by itself and the payout is listed as in progress meanwhile)
+-- a nightly run's start: never a listener's lease; those of :dead_owners (processes of this host known to be
+-- gone: a run that failed while its journal was away could not release its own) at once, whoever held the run
+-- lease; with a take-over (:take_over) also any other holder's of the taken-over run when no step of the payout
+-- is in flight (an intent without an outcome: its call may still be under way in a live process; that lease
+-- runs out by itself and the payout is listed as in progress meanwhile). A finished run's other leases are its
+-- live scale-out workers' own.
 UPDATE batch.payouts p SET lease_owner = NULL, lease_expires_at = NULL
  WHERE p.lease_owner IS NOT NULL AND p.lease_owner NOT LIKE 'listener:%'
    AND (p.lease_owner = ANY(:dead_owners)
-        OR NOT EXISTS (SELECT 1 FROM batch.step_attempts a WHERE a.payout_id = p.id AND a.outcome IS NULL))
+        OR (CAST(:take_over AS boolean)
+            AND NOT EXISTS (SELECT 1 FROM batch.step_attempts a WHERE a.payout_id = p.id AND a.outcome IS NULL)))
 RETURNING p.id
-
--- name: release_dead_payout_leases
--- the payout leases of processes of this host known to be gone, whoever holds the run lease now (a run
--- that failed while its journal was away could not release them itself); never a listener's
-UPDATE batch.payouts SET lease_owner = NULL, lease_expires_at = NULL
- WHERE lease_owner = ANY(:dead_owners) AND lease_owner NOT LIKE 'listener:%'
-RETURNING id
 
 -- name: payout_lease_owners
 -- the processes holding payout leases (not listeners): the contender judges which of them are gone

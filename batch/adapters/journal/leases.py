@@ -162,11 +162,9 @@ class LeaseSession:
             if release_payouts:
                 owners = [str(o) for o in conn.execute(Q.payout_lease_owners.text).scalars()]
                 dead = [owner for owner in owners if self._owner_gone(owner)]
-                if verdict.takes_over:
-                    released = len(conn.execute(Q.release_payout_leases.text, {"dead_owners": dead}).all())
-                elif dead:  # a finished run's live workers keep theirs; gone processes' (a run that failed
-                    # when its journal went away could not release them) would strand payouts till they expire
-                    released = len(conn.execute(Q.release_dead_payout_leases.text, {"dead_owners": dead}).all())
+                if dead or verdict.takes_over:
+                    params = {"dead_owners": dead, "take_over": verdict.takes_over}
+                    released = len(conn.execute(Q.release_payout_leases.text, params).all())
             token = int(
                 conn.execute(
                     Q.take.text,

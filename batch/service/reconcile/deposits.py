@@ -290,10 +290,6 @@ def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _rows(app: Services, name: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     with app.journal_engine.connect() as conn:
         streamed = conn.execution_options(stream_results=True, yield_per=_CHUNK)

@@ -378,7 +378,3 @@ def _decimal(value: object) -> Decimal | None:
         return parse_amount(value)
     except InvalidAmountError:
         return None
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
